@@ -1,0 +1,1 @@
+"""longrl: data_gen."""

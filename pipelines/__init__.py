@@ -1,0 +1,1 @@
+"""longrl: pipelines."""

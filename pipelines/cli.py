@@ -1,0 +1,31 @@
+"""The `longrl` command line: one sub-command group per pipeline stage.
+
+Each stage's commands live in a small module beside this one (cli_<stage>.py) and import their
+library lazily inside the command, so `longrl --help` stays fast and never loads torch.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from pipelines import cli_model, cli_synth
+
+app = typer.Typer(
+    name="longrl",
+    help="Teach video language models to reason over long videos with RL: "
+    "data generation -> CoT-SFT -> MR-SP GRPO -> evaluation -> MLflow registry.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+)
+
+app.add_typer(cli_model.app, name="model")
+app.command("synth")(cli_synth.synth)
+
+
+def main() -> None:  # pragma: no cover - console entry
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
