@@ -1,0 +1,238 @@
+"""LLM judge for open-ended answers, on any OpenAI-compatible endpoint.
+
+One call per training step judges every open-ended rollout of the step at once: identical
+(question, reference, answer) triples are asked once, requests run concurrently under a bound
+(asyncio + the async `openai` client), verdicts are cached (in memory and, if `cache_path` is
+set, in a JSONL file that survives restarts), transient failures (connection, timeout, 429,
+5xx) are retried with exponential backoff, and a call that still fails - or a reply that is
+neither yes nor no - becomes a recorded error verdict. It never raises into the trainer and never
+turns a failure into a silent right or wrong (the reference made one blocking call per sample
+inside the rollout and crashed on the first failure).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import random
+import threading
+import time
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from common.secrets import api_key_from_env, redact
+from training.grpo.answer_parsing import strip_think
+
+PROMPT_VERSION = "judge-v1"
+SYSTEM_PROMPT = (
+    "You grade answers to questions about a video. You see the question, a reference answer "
+    "and a model's answer. Decide whether the model's answer is broadly similar in meaning to "
+    "the reference answer (wording may differ; extra detail is fine if it does not contradict "
+    "the reference). Reply with exactly one word: yes or no."
+)
+USER_TEMPLATE = "Question: {question}\nReference answer: {reference}\nModel answer: {answer}\n" \
+    "Is the model answer broadly similar to the reference answer? Reply yes or no."
+
+
+@dataclass
+class JudgeConfig:
+    """Where and how open-ended answers are judged."""
+
+    base_url: str = ""  # OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1; empty: no judge
+    model: str = ""  # model name the endpoint serves
+    api_key_env: str = "OPENAI_API_KEY"  # environment variable holding the key (never the key)
+    max_concurrency: int = 16  # requests in flight at once
+    max_attempts: int = 4  # tries per request (1 = no retry)
+    backoff_s: float = 1.0  # wait before the first retry; doubles each retry, with jitter
+    backoff_max_s: float = 30.0
+    timeout_s: float = 60.0  # per request
+    temperature: float = 0.0
+    max_tokens: int = 16  # a bare yes/no; reasoning judges need more
+    cache_path: str = ""  # JSONL verdict cache; empty keeps the cache in memory only
+    error_score: float = 0.0  # accuracy given to an answer the judge could not grade (recorded)
+
+
+@dataclass
+class Verdict:
+    correct: bool | None  # None: no verdict, see error
+    error: str | None = None
+    cached: bool = False
+    attempts: int = 0
+    reply: str = ""
+
+
+@dataclass
+class JudgeStats:
+    requests: int = 0  # triples asked for
+    unique: int = 0  # after de-duplication
+    cache_hits: int = 0
+    calls: int = 0  # HTTP requests made (retries included)
+    retries: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+
+    def as_metrics(self, prefix: str = "judge/") -> dict[str, float]:
+        return {prefix + k: float(v) for k, v in self.__dict__.items()}
+
+
+@dataclass
+class JudgeItem:
+    question: str
+    reference: str
+    answer: str
+
+    def key(self, model: str) -> str:
+        payload = json.dumps([PROMPT_VERSION, model, self.question, self.reference, self.answer])
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def parse_verdict(reply: str) -> bool | None:
+    """'yes'/'no' (first word after any <think> block, case and punctuation ignored)."""
+    words = strip_think(reply).lower().split()
+    first = words[0].strip(".,!:;\"'*`()[]") if words else ""
+    return {"yes": True, "no": False}.get(first)
+
+
+class _Retryable(Exception):
+    pass
+
+
+@dataclass
+class LLMJudge:
+    cfg: JudgeConfig
+    cache: dict[str, bool] = field(default_factory=dict)
+    last_stats: JudgeStats = field(default_factory=JudgeStats)
+
+    def __post_init__(self) -> None:
+        if self.cfg.cache_path and Path(self.cfg.cache_path).is_file():
+            for line in Path(self.cfg.cache_path).read_text().splitlines():
+                if line.strip():
+                    row = json.loads(line)
+                    self.cache[row["key"]] = bool(row["correct"])
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.cfg.base_url and self.cfg.model)
+
+    def judge(self, items: Sequence[JudgeItem]) -> list[Verdict]:
+        """Judge a whole step's items; one Verdict per item, in order. Never raises."""
+        return run_coroutine(self.ajudge(items))
+
+    async def ajudge(self, items: Sequence[JudgeItem]) -> list[Verdict]:
+        start = time.perf_counter()
+        stats = JudgeStats(requests=len(items))
+        if not items:
+            self.last_stats = stats
+            return []
+        if not self.configured:
+            stats.errors = len(items)
+            self.last_stats = stats
+            msg = "no judge configured (set reward.judge.base_url and reward.judge.model)"
+            return [Verdict(None, msg) for _ in items]
+        keys = [it.key(self.cfg.model) for it in items]
+        todo: dict[str, JudgeItem] = {}
+        for k, it in zip(keys, items, strict=True):
+            if k not in self.cache and k not in todo:
+                todo[k] = it
+        stats.unique = len(set(keys))
+        stats.cache_hits = stats.unique - len(todo)
+        fresh: dict[str, Verdict] = {}
+        if todo:
+            from openai import AsyncOpenAI
+
+            key = api_key_from_env(self.cfg.api_key_env) or "EMPTY"
+            # Retries are ours (counted, logged, backoff we control), not the client's.
+            client = AsyncOpenAI(base_url=self.cfg.base_url, api_key=key, max_retries=0,
+                                 timeout=self.cfg.timeout_s)
+            sem = asyncio.Semaphore(max(1, self.cfg.max_concurrency))
+            try:
+                results = await asyncio.gather(*(self._one(client, sem, it, stats)
+                                                 for it in todo.values()))
+            finally:
+                await client.close()
+            fresh = dict(zip(todo, results, strict=True))
+            self._remember({k: v for k, v in fresh.items() if v.correct is not None})
+        out = []
+        for k in keys:
+            if k in fresh:
+                out.append(fresh[k])
+            else:
+                out.append(Verdict(self.cache[k], cached=True))
+        stats.errors = sum(v.correct is None for v in out)
+        stats.seconds = time.perf_counter() - start
+        self.last_stats = stats
+        return out
+
+    async def _one(self, client: Any, sem: asyncio.Semaphore, item: JudgeItem,
+                   stats: JudgeStats) -> Verdict:
+        import openai
+
+        messages = [{"role": "system", "content": SYSTEM_PROMPT},
+                    {"role": "user", "content": USER_TEMPLATE.format(
+                        question=item.question, reference=item.reference, answer=item.answer)}]
+        last_error = ""
+        for attempt in range(1, max(1, self.cfg.max_attempts) + 1):
+            if attempt > 1:
+                stats.retries += 1
+                wait = min(self.cfg.backoff_max_s, self.cfg.backoff_s * 2 ** (attempt - 2))
+                await asyncio.sleep(wait * (0.5 + random.random() / 2))
+            try:
+                async with sem:
+                    stats.calls += 1
+                    resp = await client.chat.completions.create(
+                        model=self.cfg.model, messages=messages,
+                        temperature=self.cfg.temperature, max_tokens=self.cfg.max_tokens)
+                reply = (resp.choices[0].message.content or "") if resp.choices else ""
+            except (openai.APIConnectionError, openai.APITimeoutError, openai.RateLimitError,
+                    openai.InternalServerError) as exc:
+                last_error = f"{type(exc).__name__}: {exc}"
+                continue
+            except openai.APIStatusError as exc:  # 4xx other than 429: retrying will not help
+                return Verdict(None, redact(f"judge refused the request: {type(exc).__name__} "
+                                            f"{exc.status_code}: {exc}"), attempts=attempt)
+            except Exception as exc:  # malformed response bodies and the like
+                last_error = f"{type(exc).__name__}: {exc}"
+                continue
+            verdict = parse_verdict(reply)
+            if verdict is None:
+                return Verdict(None, redact(f"judge reply is not yes/no: {reply[:200]!r}"),
+                               attempts=attempt, reply=reply)
+            return Verdict(verdict, attempts=attempt, reply=reply)
+        return Verdict(None, redact(f"judge failed after {self.cfg.max_attempts} attempt(s): "
+                                    f"{last_error}"), attempts=self.cfg.max_attempts)
+
+    def _remember(self, verdicts: dict[str, Verdict]) -> None:
+        for k, v in verdicts.items():
+            self.cache[k] = bool(v.correct)
+        if self.cfg.cache_path and verdicts:
+            path = Path(self.cfg.cache_path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("a") as fh:
+                for k, v in verdicts.items():
+                    fh.write(json.dumps({"key": k, "correct": bool(v.correct)}) + "\n")
+
+
+def run_coroutine(coro: Coroutine[Any, Any, Any]) -> Any:
+    """Run a coroutine to completion from sync code, also when a loop is already running
+    (notebooks, Ray async actors): then it runs on a private loop in a helper thread."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = asyncio.run(coro)
+        except BaseException as exc:  # re-raised in the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]

@@ -1,0 +1,169 @@
+"""Batches for Qwen2.5-VL: left padding, 3-D M-RoPE positions, cached video embeddings, and
+log-probs of response tokens computed in chunks.
+
+Every forward pass in longrl (SFT, rollout prefill, old-policy/reference/update passes, eval)
+goes through these functions, so the inputs are identical wherever they are computed:
+- positions are always passed explicitly (without them Qwen2.5-VL silently falls back to
+  different positions) and the model's cached `rope_deltas` are reset first;
+- video embeddings are computed once (`encode_videos`) and scattered into the token embeddings
+  at the `<|video_pad|>` positions (`embed_with_video`); a count mismatch is an error naming the
+  row, never a substitution.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from training.prompts import EncodedExample
+from training.video_inputs import VideoPatches
+
+VIDEO_TOKEN_TYPE = 2
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # [B, L] long, left padded
+    attention_mask: torch.Tensor  # [B, L] long
+    mm_token_type_ids: torch.Tensor  # [B, L] int
+    loss_mask: torch.Tensor  # [B, L] float: 1 on response tokens
+    video_grid_thw: torch.Tensor  # [B, 3] long
+    second_per_grid_ts: torch.Tensor  # [B] float
+    pixel_values_videos: torch.Tensor | None  # [sum tokens, D] or None when embeddings are cached
+
+    @property
+    def size(self) -> int:
+        return self.input_ids.shape[0]
+
+    def to(self, device: torch.device | str) -> Batch:
+        moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
+        return Batch(**moved)
+
+
+def collate(examples: Sequence[EncodedExample], videos: Sequence[VideoPatches], pad_id: int,
+            with_pixels: bool = True) -> Batch:
+    """Left-pad a list of (example, its video) into a Batch. Left padding keeps every response
+    right-aligned so generation and training see identical positions."""
+    if len(examples) != len(videos):
+        raise ValueError(f"{len(examples)} examples but {len(videos)} videos")
+    length = max(len(e.input_ids) for e in examples)
+    B = len(examples)
+    input_ids = torch.full((B, length), pad_id, dtype=torch.long)
+    attn = torch.zeros((B, length), dtype=torch.long)
+    types = torch.zeros((B, length), dtype=torch.int32)
+    loss_mask = torch.zeros((B, length), dtype=torch.float32)
+    for i, (ex, video) in enumerate(zip(examples, videos, strict=True)):
+        n_video = sum(1 for t in ex.mm_token_type_ids if t == VIDEO_TOKEN_TYPE)
+        if n_video != video.num_tokens:
+            raise ValueError(f"row {i}: prompt has {n_video} video tokens but its video has {video.num_tokens}")
+        off = length - len(ex.input_ids)
+        input_ids[i, off:] = torch.tensor(ex.input_ids)
+        attn[i, off:] = 1
+        types[i, off:] = torch.tensor(ex.mm_token_type_ids, dtype=torch.int32)
+        loss_mask[i, off + ex.prompt_len :] = 1.0
+    return Batch(
+        input_ids=input_ids,
+        attention_mask=attn,
+        mm_token_type_ids=types,
+        loss_mask=loss_mask,
+        video_grid_thw=torch.tensor([v.grid_thw for v in videos], dtype=torch.long),
+        second_per_grid_ts=torch.tensor([v.second_per_grid_t for v in videos], dtype=torch.float32),
+        pixel_values_videos=torch.cat([v.pixel_values for v in videos]) if with_pixels else None,
+    )
+
+
+def base_model(model):
+    """The Qwen2_5_VLModel inside a *ForConditionalGeneration (or the model itself)."""
+    return getattr(model, "model", model)
+
+
+def rope_positions(model, batch: Batch) -> torch.Tensor:
+    """3-D M-RoPE position ids [3, B, L] for the batch (padding positions are 0)."""
+    inner = base_model(model)
+    inner.rope_deltas = None  # stale deltas from an earlier generate must not leak in
+    position_ids, _ = inner.get_rope_index(
+        batch.input_ids,
+        mm_token_type_ids=batch.mm_token_type_ids,
+        video_grid_thw=batch.video_grid_thw,
+        second_per_grid_ts=batch.second_per_grid_ts,
+        attention_mask=batch.attention_mask,
+    )
+    return position_ids
+
+
+def encode_videos(model, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> list[torch.Tensor]:
+    """Vision tower + merger once: one [tokens, hidden] tensor per video."""
+    out = base_model(model).get_video_features(pixel_values, grid_thw, return_dict=True)
+    return list(out.pooler_output)
+
+
+def embed_with_video(model, input_ids: torch.Tensor, video_embeds: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Token embeddings with row i's <|video_pad|> positions replaced by video_embeds[i]."""
+    inner = base_model(model)
+    video_token_id = inner.config.video_token_id
+    embeds = inner.get_input_embeddings()(input_ids)
+    if len(video_embeds) != input_ids.shape[0]:
+        raise ValueError(f"{input_ids.shape[0]} rows but {len(video_embeds)} video embeddings")
+    mask = input_ids == video_token_id
+    for i, ve in enumerate(video_embeds):
+        n = int(mask[i].sum())
+        if ve.shape[0] != n or ve.shape[-1] != embeds.shape[-1]:
+            raise ValueError(
+                f"row {i}: video embedding of shape {tuple(ve.shape)} does not fit {n} video tokens "
+                f"of width {embeds.shape[-1]}"
+            )
+    flat = torch.cat([ve.to(embeds.dtype) for ve in video_embeds]) if video_embeds else embeds.new_zeros(0, embeds.shape[-1])
+    return embeds.masked_scatter(mask.unsqueeze(-1), flat)
+
+
+def hidden_states(model, batch: Batch, video_embeds: Sequence[torch.Tensor] | None = None,
+                  position_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Last hidden states [B, L, H]. Uses cached `video_embeds` when given, otherwise encodes the
+    batch's pixels (once)."""
+    if video_embeds is None:
+        if batch.pixel_values_videos is None:
+            raise ValueError("batch has no pixels and no cached video embeddings were given")
+        video_embeds = encode_videos(model, batch.pixel_values_videos, batch.video_grid_thw)
+    if position_ids is None:
+        position_ids = rope_positions(model, batch)
+    inputs_embeds = embed_with_video(model, batch.input_ids, video_embeds)
+    out = base_model(model).language_model(
+        inputs_embeds=inputs_embeds, attention_mask=batch.attention_mask, position_ids=position_ids, use_cache=False
+    )
+    return out.last_hidden_state
+
+
+def token_logprobs(model, hidden: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor,
+                   chunk_size: int = 1024, temperature: float = 1.0,
+                   with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log p(input_ids[:, t] | < t) at positions where mask[:, t] > 0, as a [B, L] tensor (0
+    elsewhere), computing the vocabulary projection in chunks of selected positions so the full
+    [tokens x vocab] logits never exist at once. Optionally the entropy at those positions."""
+    B, L, H = hidden.shape
+    # Position t is predicted from hidden state t-1.
+    sel = mask[:, 1:] > 0
+    rows, cols = sel.nonzero(as_tuple=True)
+    h = hidden[:, :-1][rows, cols]
+    targets = input_ids[:, 1:][rows, cols]
+    lm_head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else model.lm_head
+    lps, ents = [], []
+    for s in range(0, h.shape[0], chunk_size):
+        logits = lm_head(h[s : s + chunk_size]).float()
+        if temperature != 1.0:
+            logits = logits / temperature
+        logp = F.log_softmax(logits, dim=-1)
+        lps.append(logp.gather(-1, targets[s : s + chunk_size, None]).squeeze(-1))
+        if with_entropy:
+            ents.append(-(logp.exp() * logp).sum(-1))
+    out = hidden.new_zeros((B, L), dtype=torch.float32)
+    if lps:
+        out[:, 1:][rows, cols] = torch.cat(lps)
+    ent = None
+    if with_entropy:
+        ent = hidden.new_zeros((B, L), dtype=torch.float32)
+        if ents:
+            ent[:, 1:][rows, cols] = torch.cat(ents)
+    return out, ent

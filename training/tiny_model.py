@@ -1,0 +1,196 @@
+"""Tiny, randomly initialised Qwen2.5-VL models saved as ordinary Hugging Face folders.
+
+Nothing is downloaded: the architecture is transformers' own Qwen2_5_VLForConditionalGeneration
+built from a small config, the tokenizer is a byte-level BPE trained here on a fixed corpus with
+Qwen's special tokens, and the folder carries the same processor configs a real
+Qwen2.5-VL-*-Instruct folder does. Every stage loads it exactly as it loads a downloaded model.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from training.chat_template import QWEN_VL_CHAT_TEMPLATE
+
+# Qwen2's special tokens, in Qwen's order (ids follow the trained vocabulary here).
+QWEN_SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+OPENAI_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+OPENAI_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+
+@dataclass
+class TinyModelSpec:
+    """Shape of a tiny Qwen2.5-VL. Defaults build in milliseconds (~0.2 M parameters)."""
+
+    seed: int = 0
+    vocab_size: int = 1024  # BPE vocabulary trained on the spot (special tokens included)
+    hidden_size: int = 64
+    intermediate_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    mrope_section: list[int] = field(default_factory=lambda: [2, 3, 3])  # sums to head_dim/2
+    vision_depth: int = 2
+    vision_hidden_size: int = 32
+    vision_intermediate_size: int = 64
+    vision_num_heads: int = 2
+    vision_fullatt_blocks: list[int] = field(default_factory=lambda: [1])
+    tokens_per_second: int = 2  # as Qwen2.5-VL-7B
+    max_position_embeddings: int = 32768
+    # Pixel budget written to the folder's video processor config: tiny frames keep tests fast.
+    video_min_pixels: int = 28 * 28 * 2
+    video_max_pixels: int = 56 * 56
+
+
+def _corpus() -> list[str]:
+    """Fixed text the tokenizer is trained on: the words our prompts, questions and answers use."""
+    words = (
+        "system user assistant you are a helpful assistant watch the video and answer question think step by step "
+        "first reasoning inside then give final answer options choose letter what happened "
+        "before after when where why how many times did object shape colour color red green "
+        "blue yellow purple orange white black cyan magenta circle square triangle star left "
+        "right top bottom center middle region enter leave appear disappear move stop start "
+        "change turn become stay which first last second third count number seconds minute "
+        "because so the a an of in on at to from is was were it this that with for and or not "
+        "yes no true false temporal goal purpose spatial plot narrative event frame clip "
+    ).split()
+    lines = [" ".join(words[i : i + 12]) for i in range(0, len(words), 12)]
+    lines += [f"<think>{' '.join(words[i:i+6])}</think> <answer>{chr(65 + i % 6)}</answer>" for i in range(0, len(words), 6)]
+    lines += [f"{c}. {w}" for c, w in zip("ABCDEF", words, strict=False)]
+    lines += [" ".join(str(n) for n in range(k, k + 20)) + " 3.5 0.25 12.75" for k in range(0, 200, 20)]
+    lines += ["Question: Options: Answer: The answer is ( A ) ( B ) ( C ) ( D )"]
+    return lines * 4
+
+
+def train_tokenizer(vocab_size: int):
+    """Byte-level BPE with Qwen's special tokens, wrapped as a PreTrainedTokenizerFast."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size - len(QWEN_SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_corpus(), trainer=trainer)
+    tok.add_special_tokens(QWEN_SPECIAL_TOKENS)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token=None,
+        model_max_length=32768,
+        padding_side="left",
+    )
+    fast.chat_template = QWEN_VL_CHAT_TEMPLATE
+    return fast
+
+
+def build_tiny_model(spec: TinyModelSpec, tokenizer=None):
+    """(model, tokenizer): a random Qwen2_5_VLForConditionalGeneration matched to the tokenizer."""
+    import torch
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    tokenizer = tokenizer or train_tokenizer(spec.vocab_size)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
+    head_dim = spec.hidden_size // spec.num_heads
+    if sum(spec.mrope_section) * 2 != head_dim:
+        raise ValueError(f"mrope_section {spec.mrope_section} must sum to head_dim/2 = {head_dim // 2}")
+    config = Qwen2_5_VLConfig(
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": spec.hidden_size,
+            "intermediate_size": spec.intermediate_size,
+            "num_hidden_layers": spec.num_layers,
+            "num_attention_heads": spec.num_heads,
+            "num_key_value_heads": spec.num_kv_heads,
+            "max_position_embeddings": spec.max_position_embeddings,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": spec.mrope_section},
+            "bos_token_id": ids["<|endoftext|>"],
+            "eos_token_id": ids["<|im_end|>"],
+            "pad_token_id": ids["<|endoftext|>"],
+        },
+        vision_config={
+            "depth": spec.vision_depth,
+            "hidden_size": spec.vision_hidden_size,
+            "intermediate_size": spec.vision_intermediate_size,
+            "num_heads": spec.vision_num_heads,
+            "out_hidden_size": spec.hidden_size,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "tokens_per_second": spec.tokens_per_second,
+            "window_size": 112,
+            "fullatt_block_indexes": spec.vision_fullatt_blocks,
+        },
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(spec.seed)
+    model = Qwen2_5_VLForConditionalGeneration(config)
+    model.eval()
+    return model, tokenizer
+
+
+def processor_configs(spec: TinyModelSpec) -> dict[str, dict]:
+    """The processor JSON files a Qwen2.5-VL folder carries, with the tiny pixel budget."""
+    common = {
+        "patch_size": 14,
+        "temporal_patch_size": 2,
+        "merge_size": 2,
+        "image_mean": OPENAI_CLIP_MEAN,
+        "image_std": OPENAI_CLIP_STD,
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "do_convert_rgb": True,
+        "processor_class": "Qwen2_5_VLProcessor",
+    }
+    image = {**common, "image_processor_type": "Qwen2VLImageProcessor",
+             "min_pixels": 28 * 28 * 4, "max_pixels": 112 * 112}
+    video = {**common, "video_processor_type": "Qwen2VLVideoProcessor",
+             "size": {"shortest_edge": spec.video_min_pixels, "longest_edge": spec.video_max_pixels},
+             "min_pixels": spec.video_min_pixels, "max_pixels": spec.video_max_pixels}
+    return {"preprocessor_config.json": image, "video_preprocessor_config.json": video}
+
+
+def write_tiny_model_folder(out_dir: str | Path, spec: TinyModelSpec | None = None) -> Path:
+    """Build and save a tiny model folder; deterministic given `spec.seed`."""
+    from dataclasses import asdict
+
+    spec = spec or TinyModelSpec()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model, tokenizer = build_tiny_model(spec)
+    model.generation_config.eos_token_id = [tokenizer.convert_tokens_to_ids("<|im_end|>"),
+                                             tokenizer.convert_tokens_to_ids("<|endoftext|>")]
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    for name, content in processor_configs(spec).items():
+        (out / name).write_text(json.dumps(content, indent=2))
+    (out / "longrl_tiny_spec.json").write_text(json.dumps(asdict(spec), indent=2))
+    return out

@@ -1,0 +1,171 @@
+"""Video -> Qwen2.5-VL model inputs without torchvision.
+
+Frames are sampled by data_gen.video_io, resized with opencv to Qwen's pixel budget
+(`smart_resize`: sides multiples of patch*merge = 28, area within [min_pixels, max_pixels]),
+normalised with the model's mean/std and cut into the exact patch layout of transformers'
+Qwen2-VL video processor: rows of C*temporal_patch*patch*patch values ordered
+(t, h/merge, w/merge, merge_h, merge_w). The layout is tested against transformers' own processor.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+from data_gen.video_io import VideoError, probe_video, read_frames, sample_indices
+
+# qwen-vl-utils' video defaults, used when neither the config nor the model folder sets a budget.
+QWEN_VIDEO_MIN_PIXELS = 128 * 28 * 28
+QWEN_VIDEO_MAX_PIXELS = 768 * 28 * 28
+
+
+@dataclass
+class VideoSampling:
+    """How a video becomes frames. Give `num_frames` (uniform) or `fps` (bounded by
+    min_frames/max_frames). Pixel budgets are per frame; 0 means "take the model folder's video
+    processor config" (falling back to qwen-vl-utils' defaults). `total_pixels` (0 = off) caps the
+    whole clip like qwen-vl-utils does, shrinking frames when there are many."""
+
+    num_frames: int = 16
+    fps: float = 0.0
+    min_frames: int = 4
+    max_frames: int = 768
+    min_pixels: int = 0
+    max_pixels: int = 0
+    total_pixels: int = 0
+
+
+@dataclass
+class VisionSpec:
+    """What the model's vision tower expects (read from the model folder)."""
+
+    patch_size: int = 14
+    temporal_patch_size: int = 2
+    merge_size: int = 2
+    image_mean: list[float] = field(default_factory=lambda: [0.48145466, 0.4578275, 0.40821073])
+    image_std: list[float] = field(default_factory=lambda: [0.26862954, 0.26130258, 0.27577711])
+    min_pixels: int = QWEN_VIDEO_MIN_PIXELS
+    max_pixels: int = QWEN_VIDEO_MAX_PIXELS
+
+    @property
+    def factor(self) -> int:
+        return self.patch_size * self.merge_size
+
+    @classmethod
+    def from_model_dir(cls, model_dir: str | Path) -> VisionSpec:
+        """Read video_preprocessor_config.json (preferred) or preprocessor_config.json."""
+        d = Path(model_dir)
+        spec = cls()
+        video_cfg = d / "video_preprocessor_config.json"
+        for path in (d / "preprocessor_config.json", video_cfg):
+            if not path.is_file():
+                continue
+            cfg = json.loads(path.read_text())
+            for key in ("patch_size", "temporal_patch_size", "merge_size", "image_mean", "image_std"):
+                if key in cfg:
+                    setattr(spec, key, cfg[key])
+            if path == video_cfg:  # image pixel budgets do not apply to video frames
+                size = cfg.get("size") or {}
+                spec.min_pixels = int(cfg.get("min_pixels") or size.get("shortest_edge") or spec.min_pixels)
+                spec.max_pixels = int(cfg.get("max_pixels") or size.get("longest_edge") or spec.max_pixels)
+        return spec
+
+
+@dataclass
+class VideoPatches:
+    """One video ready for the model."""
+
+    pixel_values: torch.Tensor  # [t*h*w, C*tp*p*p] float32
+    grid_thw: tuple[int, int, int]  # in patches, before merging
+    second_per_grid_t: float  # seconds covered by one temporal patch (for M-RoPE time ids)
+    timestamps_s: list[float]  # timestamp of each sampled frame
+    merge_size: int = 2
+
+    @property
+    def num_tokens(self) -> int:
+        t, h, w = self.grid_thw
+        return t * h * w // (self.merge_size**2)
+
+
+def frame_size(height: int, width: int, num_frames: int, sampling: VideoSampling, spec: VisionSpec) -> tuple[int, int]:
+    """Target (height, width) for every frame of a clip."""
+    min_px = sampling.min_pixels or spec.min_pixels
+    max_px = sampling.max_pixels or spec.max_pixels
+    if sampling.total_pixels > 0:
+        # Same rule as qwen-vl-utils: share the clip budget among frames, never below min_px.
+        max_px = max(min(max_px, sampling.total_pixels / num_frames * spec.temporal_patch_size), int(min_px * 1.05))
+    return smart_resize(height, width, factor=spec.factor, min_pixels=min_px, max_pixels=int(max_px))
+
+
+def resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+    """uint8 [T,H,W,3] -> uint8 [T,height,width,3]; area filter when shrinking, cubic when growing."""
+    if frames.shape[1:3] == (height, width):
+        return frames
+    shrinking = height * width < frames.shape[1] * frames.shape[2]
+    interp = cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC
+    return np.stack([cv2.resize(f, (width, height), interpolation=interp) for f in frames])
+
+
+def patchify(frames: np.ndarray, spec: VisionSpec) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """Normalised float frames [T,H,W,3] (H, W multiples of patch*merge) -> (patches, grid_thw).
+
+    T is padded to a multiple of the temporal patch by repeating the last frame, as the
+    transformers processor does.
+    """
+    tp, p, m = spec.temporal_patch_size, spec.patch_size, spec.merge_size
+    if pad := -frames.shape[0] % tp:
+        frames = np.concatenate([frames, np.repeat(frames[-1:], pad, axis=0)], axis=0)
+    t, h, w, c = frames.shape
+    if h % (p * m) or w % (p * m):
+        raise ValueError(f"frame size {h}x{w} is not a multiple of {p * m}")
+    gt, gh, gw = t // tp, h // p, w // p
+    x = frames.transpose(0, 3, 1, 2)  # T, C, H, W
+    x = x.reshape(gt, tp, c, gh // m, m, p, gw // m, m, p)
+    x = x.transpose(0, 3, 6, 4, 7, 2, 1, 5, 8)  # gt, gh/m, gw/m, m, m, C, tp, p, p
+    return np.ascontiguousarray(x.reshape(gt * gh * gw, c * tp * p * p)), (gt, gh, gw)
+
+
+def frames_to_patches(frames: np.ndarray, sample_fps: float, spec: VisionSpec, sampling: VideoSampling,
+                      timestamps_s: list[float] | None = None) -> VideoPatches:
+    """uint8 RGB frames sampled at `sample_fps` -> VideoPatches."""
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"expected uint8 RGB frames [T,H,W,3], got {frames.dtype} {frames.shape}")
+    h, w = frame_size(frames.shape[1], frames.shape[2], frames.shape[0], sampling, spec)
+    resized = resize_frames(frames, h, w).astype(np.float32) / 255.0
+    mean = np.asarray(spec.image_mean, dtype=np.float32)
+    std = np.asarray(spec.image_std, dtype=np.float32)
+    normed = (resized - mean) / std
+    patches, grid = patchify(normed, spec)
+    return VideoPatches(
+        pixel_values=torch.from_numpy(patches),
+        grid_thw=grid,
+        second_per_grid_t=spec.temporal_patch_size / sample_fps,
+        timestamps_s=list(timestamps_s or []),
+        merge_size=spec.merge_size,
+    )
+
+
+def load_video_patches(path: str | Path, sampling: VideoSampling, spec: VisionSpec,
+                       start_s: float = 0.0, end_s: float | None = None) -> VideoPatches:
+    """Decode, sample and patch one video span. Raises data_gen.video_io.VideoError when the
+    video cannot be used (callers record and skip it)."""
+    info = probe_video(path)
+    indices = sample_indices(info, num_frames=sampling.num_frames if sampling.fps <= 0 else 0,
+                             fps=sampling.fps, min_frames=sampling.min_frames,
+                             max_frames=sampling.max_frames, start_s=start_s, end_s=end_s)
+    if len(indices) % spec.temporal_patch_size:
+        # An odd count would make the processor repeat the last frame; sample one more instead.
+        indices = sample_indices(info, num_frames=len(indices) + 1, start_s=start_s, end_s=end_s)
+    frames = read_frames(path, indices)
+    span = (min(end_s, info.duration_s) if end_s is not None else info.duration_s) - max(0.0, start_s)
+    sample_fps = len(indices) / span if span > 0 else info.fps
+    if not np.isfinite(sample_fps) or sample_fps <= 0:
+        raise VideoError(path, f"cannot derive a sampling rate from span {span}")
+    timestamps = [float(i) / info.fps for i in indices]
+    return frames_to_patches(frames, sample_fps, spec, sampling, timestamps)
