@@ -1,0 +1,77 @@
+"""Load and save model folders: the tiny test models and downloaded Qwen2.5-VL folders alike.
+
+Checkpoints are ordinary Hugging Face folders (safetensors, config, tokenizer, chat template,
+processor configs) that `from_pretrained` and vLLM load directly - there is no merge step.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+
+# Files a model folder carries besides weights/config/tokenizer that every stage must keep.
+PROCESSOR_FILES = (
+    "preprocessor_config.json",
+    "video_preprocessor_config.json",
+    "chat_template.json",
+    "chat_template.jinja",
+    "longrl_tiny_spec.json",
+)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class ModelFolderError(ValueError):
+    pass
+
+
+def check_model_dir(path: str | Path) -> Path:
+    p = Path(path)
+    if not (p / "config.json").is_file():
+        raise ModelFolderError(f"{p} is not a Hugging Face model folder (no config.json)")
+    return p
+
+
+def load_tokenizer(path: str | Path):
+    from transformers import AutoTokenizer
+
+    from training.chat_template import QWEN_VL_CHAT_TEMPLATE
+
+    tok = AutoTokenizer.from_pretrained(check_model_dir(path))
+    if not getattr(tok, "chat_template", None):
+        tok.chat_template = QWEN_VL_CHAT_TEMPLATE
+    # Rollouts and batches are left padded; a pad token is required.
+    tok.padding_side = "left"
+    if tok.pad_token_id is None:
+        tok.pad_token = "<|endoftext|>"
+    return tok
+
+
+def load_model(path: str | Path, dtype: str = "float32", device: str | torch.device = "cpu",
+               attn_implementation: str | None = None):
+    """A Qwen2.5-VL-family model (AutoModelForImageTextToText) in eval mode on `device`."""
+    from transformers import AutoModelForImageTextToText
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r} not in {list(DTYPES)}")
+    kwargs = {"dtype": DTYPES[dtype]}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    model = AutoModelForImageTextToText.from_pretrained(check_model_dir(path), **kwargs)
+    return model.to(device).eval()
+
+
+def save_model_folder(model, tokenizer, out_dir: str | Path, source_dir: str | Path | None = None) -> Path:
+    """Write a loadable model folder: weights (safetensors), config, generation config, tokenizer,
+    and the processor/chat-template files copied from `source_dir`."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    if source_dir is not None:
+        for name in PROCESSOR_FILES:
+            src = Path(source_dir) / name
+            if src.is_file() and not (out / name).exists():
+                shutil.copy2(src, out / name)
+    return out
