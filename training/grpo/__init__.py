@@ -1,0 +1,1 @@
+"""GRPO for long video (MR-SP stage 1): algorithm math, rewards, the single-controller trainer."""
