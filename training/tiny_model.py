@@ -46,7 +46,7 @@ class TinyModelSpec:
     num_layers: int = 2
     num_heads: int = 4
     num_kv_heads: int = 2
-    mrope_section: list[int] = field(default_factory=lambda: [2, 3, 3])  # sums to head_dim/2
+    mrope_section: list[int] = field(default_factory=list)  # empty: Qwen's 1/4, 3/8, 3/8 split
     vision_depth: int = 2
     vision_hidden_size: int = 32
     vision_intermediate_size: int = 64
@@ -57,6 +57,15 @@ class TinyModelSpec:
     # Pixel budget written to the folder's video processor config: tiny frames keep tests fast.
     video_min_pixels: int = 28 * 28 * 2
     video_max_pixels: int = 56 * 56
+
+
+def default_mrope_section(head_dim: int) -> list[int]:
+    """Split head_dim/2 rotary frequencies over (time, height, width) in Qwen's proportions
+    (Qwen2.5-VL-7B: [16, 24, 24] of 64)."""
+    half = head_dim // 2
+    t = half // 4
+    h = (half - t) // 2
+    return [t, h, half - t - h]
 
 
 def _corpus() -> list[str]:
@@ -114,8 +123,9 @@ def build_tiny_model(spec: TinyModelSpec, tokenizer=None):
     tokenizer = tokenizer or train_tokenizer(spec.vocab_size)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
     head_dim = spec.hidden_size // spec.num_heads
-    if sum(spec.mrope_section) * 2 != head_dim:
-        raise ValueError(f"mrope_section {spec.mrope_section} must sum to head_dim/2 = {head_dim // 2}")
+    section = spec.mrope_section or default_mrope_section(head_dim)
+    if sum(section) * 2 != head_dim:
+        raise ValueError(f"mrope_section {section} must sum to head_dim/2 = {head_dim // 2}")
     config = Qwen2_5_VLConfig(
         text_config={
             "vocab_size": len(tokenizer),
@@ -125,7 +135,7 @@ def build_tiny_model(spec: TinyModelSpec, tokenizer=None):
             "num_attention_heads": spec.num_heads,
             "num_key_value_heads": spec.num_kv_heads,
             "max_position_embeddings": spec.max_position_embeddings,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": spec.mrope_section},
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": section},
             "bos_token_id": ids["<|endoftext|>"],
             "eos_token_id": ids["<|im_end|>"],
             "pad_token_id": ids["<|endoftext|>"],

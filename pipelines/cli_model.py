@@ -1,0 +1,34 @@
+"""`longrl model ...`: model folders (the tiny test model kit)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from pipelines.cli_common import console
+
+app = typer.Typer(help="Model folders: build tiny random Qwen2.5-VL models for tests and demos.",
+                  no_args_is_help=True)
+
+
+@app.command("tiny")
+def tiny(
+    out: Path = typer.Option(..., "--out", help="Folder to write the model into."),
+    seed: int = typer.Option(0, "--seed", help="Seed for the random weights (the folder is deterministic given it)."),
+    hidden_size: int = typer.Option(64, help="Text hidden size."),
+    layers: int = typer.Option(2, help="Text decoder layers."),
+    vision_depth: int = typer.Option(2, help="Vision transformer blocks."),
+) -> None:
+    """Write a randomly initialised Qwen2.5-VL-architecture model folder (transformers'
+    Qwen2_5_VLForConditionalGeneration, a BPE tokenizer trained on the spot with Qwen's special
+    tokens and chat template, processor configs). Every stage loads it exactly like a downloaded
+    Qwen2.5-VL-*-Instruct folder."""
+    from training.tiny_model import TinyModelSpec, write_tiny_model_folder
+
+    spec = TinyModelSpec(seed=seed, hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+                         num_layers=layers, vision_depth=vision_depth,
+                         vision_fullatt_blocks=[vision_depth - 1])
+    path = write_tiny_model_folder(out, spec)
+    n = sum(f.stat().st_size for f in path.iterdir())
+    console.print(f"[green]wrote[/green] tiny Qwen2.5-VL model to {path} ({n / 1e6:.1f} MB, seed {seed})")
