@@ -1,0 +1,223 @@
+"""Benchmarks as registered, declarative tasks (the lm-evaluation-harness shape).
+
+A `TaskSpec` says everything the runner needs to know about a benchmark: how to read its released
+files (`loader`), how to ask the question (`prompt_template`, `option_format`,
+`subtitle_template`), what kind of answer it expects (`answer_type`) and how to read it
+(`filters`), how to score it (`metric`, `group_all`, `headline`) and how to break the score down
+(`breakdown_keys`). Loaders turn the benchmark's own records into `EvalItem`s; nothing else in
+the harness knows a benchmark's file format.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from eval.filters import MCQ_CHAIN, NUMBER_CHAIN, OPEN_CHAIN, check_chain
+
+ANSWER_TYPES = ("multiple_choice", "numeric", "open_ended")
+TASK_ANSWER_TYPES = (*ANSWER_TYPES, "mixed")  # mixed: each item says its own type
+METRICS = ("accuracy", "llm_judge")
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+DEFAULT_FILTERS = {"multiple_choice": MCQ_CHAIN, "numeric": NUMBER_CHAIN, "open_ended": OPEN_CHAIN}
+
+
+class TaskError(ValueError):
+    """A benchmark folder that cannot be read as that benchmark (missing file, wrong schema)."""
+
+
+@dataclass
+class SubtitleLine:
+    start_s: float
+    end_s: float
+    text: str
+
+
+@dataclass
+class EvalItem:
+    """One question, whatever the benchmark.
+
+    `answer` is the option letter for multiple choice, the number as written for numeric, the
+    reference text for open-ended. `cluster` names the video (questions about one video are
+    correlated: the bootstrap resamples videos). `group` ties VNBench's shuffled tries of one
+    question together. `error` is set by the loader when the item cannot be run (its video file
+    is missing): the runner records it as an error for this question, never a substitute.
+    """
+
+    qid: str
+    video_path: str
+    question: str
+    answer: str
+    answer_type: str = "multiple_choice"
+    options: list[str] = field(default_factory=list)
+    breakdown: dict[str, str] = field(default_factory=dict)
+    cluster: str = ""
+    group: str = ""
+    clip_start_s: float = 0.0
+    clip_end_s: float | None = None
+    subtitles: list[SubtitleLine] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    error: str = ""
+
+    def letters(self) -> str:
+        return LETTERS[: len(self.options)]
+
+
+Loader = Callable[[Path], list[EvalItem]]
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A benchmark, declaratively. See the module docstring; `layout` documents the files the
+    loader expects under --data (shown in errors and `longrl eval --list`)."""
+
+    name: str
+    loader: Loader
+    prompt_template: str  # str.format fields: {question}, {options}
+    answer_type: str
+    metric: str = "accuracy"
+    breakdown_keys: tuple[str, ...] = ()
+    filters: tuple[str, ...] = ()
+    option_format: str = "{letter}. {text}"
+    subtitle_template: str = ""  # full prompt with {subtitles} too; empty: no subtitles
+    instructions: dict[str, str] = field(default_factory=dict)  # {instruction} per answer type
+    max_new_tokens: int = 32
+    group_all: bool = False  # a group counts as correct only if all its items are (VNBench)
+    headline: str = "micro"  # "micro": over questions; "macro": mean over breakdown_keys[0]
+    description: str = ""
+    layout: str = ""
+    markers: tuple[str, ...] = ()  # globs (relative); any match identifies the benchmark's folder
+    folder_names: tuple[str, ...] = ()  # sub-folders of --data where the benchmark may live
+    prompt_fn: Callable[[EvalItem], str] | None = None  # renders the question instead of the template
+    native_style: str = "benchmark"  # prompt style of `--prompt-style auto` for this task
+
+    @property
+    def supports_subtitles(self) -> bool:
+        return bool(self.subtitle_template)
+
+    def filter_chain(self, answer_type: str | None = None) -> tuple[str, ...]:
+        """The extraction chain for an item of `answer_type` (the task's own type by default)."""
+        if self.filters:
+            return self.filters
+        return DEFAULT_FILTERS[answer_type or self.answer_type]
+
+    def render_options(self, options: Sequence[str]) -> str:
+        return "\n".join(
+            self.option_format.format(letter=LETTERS[i], text=text) for i, text in enumerate(options)
+        )
+
+    def render_prompt(self, item: EvalItem, subtitles: str | None = None, style: str = "benchmark") -> str:
+        """The user text for `item`. Style "benchmark" is the benchmark's official prompt;
+        "reasoning" is the training prompt format (the model was trained to think, then answer).
+        `subtitles` (already selected lines) only when the run asks for them and the task has
+        them."""
+        with_subs = subtitles is not None and self.supports_subtitles
+        if style == "reasoning" or self.prompt_fn is not None:
+            body = (self.prompt_fn or training_style_question)(item)
+            if with_subs:
+                body = SUBTITLE_HEADER.format(subtitles=subtitles or NO_SUBTITLES) + body
+            return body.strip()
+        fields = {
+            "question": item.question.strip(),
+            "options": self.render_options(item.options),
+            "instruction": self.instructions.get(item.answer_type, ""),
+        }
+        if with_subs:
+            return self.subtitle_template.format(subtitles=subtitles or NO_SUBTITLES, **fields).strip()
+        return self.prompt_template.format(**fields).strip()
+
+    def resolve_root(self, data_dir: Path) -> Path:
+        """The benchmark's folder: `data_dir` itself or one of `folder_names` under it, whichever
+        holds one of `markers`."""
+        candidates = [data_dir] + [data_dir / n for n in self.folder_names]
+        for root in candidates:
+            if not self.markers or any(any(root.glob(m)) for m in self.markers):
+                return root
+        raise TaskError(
+            f"{self.name}: no benchmark files under {data_dir} (looked for {' or '.join(self.markers)} in "
+            f"{', '.join(str(c) for c in candidates)}). Expected layout:\n{self.layout}"
+        )
+
+    def load(self, data_dir: Path) -> list[EvalItem]:
+        items = self.loader(self.resolve_root(Path(data_dir)))
+        seen: set[str] = set()
+        for item in items:
+            if item.qid in seen:
+                raise TaskError(f"{self.name}: question id {item.qid!r} appears twice")
+            seen.add(item.qid)
+            if not item.cluster:
+                item.cluster = item.video_path
+            if self.answer_type != "mixed":
+                item.answer_type = self.answer_type
+        return items
+
+
+SUBTITLE_HEADER = "This video's subtitles are listed below:\n{subtitles}\n"
+NO_SUBTITLES = "No subtitles available"
+PROMPT_STYLES = ("benchmark", "reasoning")
+
+
+def training_style_question(item: EvalItem) -> str:
+    """The question as longrl's training shows it (lettered options, then what form the answer
+    takes), via training.prompts.format_question."""
+    from data_gen.schema import CATEGORIES, QARecord
+    from training.prompts import format_question
+
+    rec = QARecord(id=item.qid, video_id=item.cluster, video_path=item.video_path, question=item.question,
+                   answer=item.answer, answer_type=item.answer_type, category=CATEGORIES[0],
+                   options=list(item.options))
+    return format_question(rec)
+
+
+TASKS: dict[str, TaskSpec] = {}
+
+
+def register(spec: TaskSpec) -> TaskSpec:
+    """Add a task to the registry, checking its declaration."""
+    if spec.name in TASKS:
+        raise ValueError(f"task {spec.name!r} is registered twice")
+    if spec.answer_type not in TASK_ANSWER_TYPES:
+        raise ValueError(f"task {spec.name}: answer_type {spec.answer_type!r} not in {TASK_ANSWER_TYPES}")
+    if spec.metric not in METRICS:
+        raise ValueError(f"task {spec.name}: metric {spec.metric!r} not in {METRICS}")
+    if spec.headline not in ("micro", "macro") or (spec.headline == "macro" and not spec.breakdown_keys):
+        raise ValueError(f"task {spec.name}: headline {spec.headline!r} needs breakdown keys for macro")
+    for answer_type in ANSWER_TYPES if spec.answer_type == "mixed" else (spec.answer_type,):
+        check_chain(spec.filter_chain(answer_type))
+    if spec.native_style not in PROMPT_STYLES:
+        raise ValueError(f"task {spec.name}: native_style {spec.native_style!r} not in {PROMPT_STYLES}")
+    TASKS[spec.name] = spec
+    return spec
+
+
+def get_task(name: str) -> TaskSpec:
+    import eval.tasks  # noqa: F401 - registers the benchmark modules
+
+    key = name.strip().lower()
+    if key not in TASKS:
+        raise KeyError(f"unknown benchmark {name!r}; known: {', '.join(sorted(TASKS))}")
+    return TASKS[key]
+
+
+def list_tasks() -> list[TaskSpec]:
+    import eval.tasks  # noqa: F401
+
+    return [TASKS[k] for k in sorted(TASKS)]
+
+
+def select_subtitles(lines: list[SubtitleLine] | None, times_s: Sequence[float] | None) -> str:
+    """Subtitle text shown with the frames: the lines on screen at any sampled frame time
+    (Video-MME's protocol); every line when the frame times are not known."""
+    if not lines:
+        return ""
+    if times_s is None:
+        chosen = lines
+    else:
+        chosen = [ln for ln in lines if any(ln.start_s <= t < ln.end_s for t in times_s)]
+    out: list[str] = []
+    for ln in chosen:
+        if ln.text and (not out or out[-1] != ln.text):
+            out.append(ln.text)
+    return "\n".join(out)

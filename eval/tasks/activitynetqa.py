@@ -1,0 +1,71 @@
+"""ActivityNet-QA (Yu et al. 2019): open-ended questions about ActivityNet videos, graded by an
+LLM judge (is the prediction a meaningful match of the reference? yes/no), as lmms-eval and
+Video-ChatGPT grade it. The test split is used when present, else val.
+
+Released files (github.com/MILVLG/activitynet-qa, dataset/), read as they are:
+    test_q.json   list of {video_name, question, question_id}
+    test_a.json   list of {answer, type, question_id}; type 0 motion, 1 spatial relation,
+                  2 temporal relation, 3 yes/no, 4 color, 5 object, 6 location, 7 number, 8 other
+    all_test/v_<video_name>.{mp4,mkv,webm} (or videos/), the ActivityNet videos
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from eval.task import EvalItem, TaskError, TaskSpec, register
+from eval.tasks.common import find_video, read_rows, require, set_breakdown
+
+TYPES = {
+    0: "motion", 1: "spatial_relation", 2: "temporal_relation", 3: "yes_no", 4: "color",
+    5: "object", 6: "location", 7: "number", 8: "other",
+}  # fmt: skip
+LAYOUT = __doc__.split("read as they are:\n")[1]
+
+
+def load_activitynetqa(root: Path) -> list[EvalItem]:
+    split = "test" if (root / "test_q.json").is_file() else "val"
+    questions = read_rows(root / f"{split}_q.json")
+    answers = {}
+    for n, row in enumerate(read_rows(root / f"{split}_a.json")):
+        require(row, ("question_id", "answer"), f"{root / f'{split}_a.json'} record {n}")
+        answers[str(row["question_id"])] = row
+    video_dir = root / "all_test" if (root / "all_test").is_dir() else root / "videos"
+    items = []
+    for n, row in enumerate(questions):
+        where = f"{root / f'{split}_q.json'} record {n}"
+        require(row, ("video_name", "question", "question_id"), where)
+        qid = str(row["question_id"])
+        if qid not in answers:
+            raise TaskError(f"{where}: question {qid} has no answer in {split}_a.json")
+        name = str(row["video_name"])
+        video_path, error = find_video(video_dir, name if name.startswith("v_") else f"v_{name}")
+        qtype = answers[qid].get("type")
+        item = EvalItem(
+            qid=qid,
+            video_path=video_path,
+            question=str(row["question"]).strip().rstrip("?") + "?",
+            answer=str(answers[qid]["answer"]),
+            cluster=name,
+            meta={"split": split},
+            error=error,
+        )
+        items.append(set_breakdown(item, type=TYPES.get(int(qtype), str(qtype)) if qtype is not None else None))
+    return items
+
+
+register(
+    TaskSpec(
+        name="activitynetqa",
+        loader=load_activitynetqa,
+        prompt_template="{question}\nAnswer the question using a single word or phrase.",
+        answer_type="open_ended",
+        metric="llm_judge",
+        breakdown_keys=("type",),
+        max_new_tokens=32,
+        description="ActivityNet-QA: open-ended answers graded by an LLM judge",
+        layout=LAYOUT,
+        markers=("test_q.json", "val_q.json"),
+        folder_names=("activitynetqa", "ActivityNet-QA", "activitynet-qa"),
+    )
+)

@@ -1,0 +1,71 @@
+"""NExT-QA multiple choice (Xiao et al. 2021): 5-option causal / temporal / descriptive
+questions about everyday videos. The test split is used when present, else val.
+
+Released files (github.com/doc-doc/NExT-QA), read as they are:
+    test.csv (or val.csv)   video, frame_count, width, height, question, answer (0-4), qid,
+                            type (CW CH TN TC TP DC DL DO), a0 ... a4
+    map_vid_vidorID.json    {"<video>": "<folder>/<vidor id>"}
+    NExTVideo/<folder>/<vidor id>.mp4
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from eval.task import EvalItem, TaskError, TaskSpec, register
+from eval.tasks.common import (
+    find_video,
+    first_existing,
+    letter_of,
+    read_json,
+    read_rows,
+    require,
+    set_breakdown,
+)
+
+FIELDS = ("video", "question", "answer", "qid", "type", "a0", "a1", "a2", "a3", "a4")
+GROUPS = {"C": "Causal", "T": "Temporal", "D": "Descriptive"}
+LAYOUT = __doc__.split("read as they are:\n")[1]
+
+
+def load_nextqa(root: Path) -> list[EvalItem]:
+    path = first_existing(root, ("test.csv", "val.csv"), "NExT-QA split file")
+    video_map = read_json(root / "map_vid_vidorID.json")
+    items = []
+    for n, row in enumerate(read_rows(path)):
+        where = f"{path} row {n + 2}"
+        require(row, FIELDS, where)
+        video = str(row["video"])
+        if video not in video_map:
+            raise TaskError(f"{where}: video {video} is not in map_vid_vidorID.json")
+        video_path, error = find_video(root / "NExTVideo", video_map[video])
+        options = [str(row[f"a{i}"]).strip() for i in range(5)]
+        qtype = str(row["type"]).strip()
+        item = EvalItem(
+            qid=f"{video}_{row['qid']}",
+            video_path=video_path,
+            question=str(row["question"]).strip().rstrip("?") + "?",
+            answer=letter_of(row["answer"], 5, where),
+            options=options,
+            cluster=video,
+            meta={"split": path.stem},
+            error=error,
+        )
+        items.append(set_breakdown(item, type=qtype, group=GROUPS.get(qtype[:1], qtype)))
+    return items
+
+
+register(
+    TaskSpec(
+        name="nextqa",
+        loader=load_nextqa,
+        prompt_template="{question}\n{options}\nAnswer with the option's letter from the given choices directly.",
+        answer_type="multiple_choice",
+        breakdown_keys=("group", "type"),
+        max_new_tokens=16,
+        description="NExT-QA multiple choice: causal / temporal / descriptive questions",
+        layout=LAYOUT,
+        markers=("map_vid_vidorID.json",),
+        folder_names=("nextqa", "NExT-QA", "NExTQA"),
+    )
+)
