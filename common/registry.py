@@ -23,6 +23,7 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 EVAL_STATUS_TAG = "eval.status"
 EVAL_METRIC_PREFIX = "eval."
+_FLOAT_SLACK = 1e-9
 
 
 class RegistryError(RuntimeError):
@@ -73,7 +74,9 @@ def decide(
         # Never compare against a number we do not have: a human decides (recorded as rejected).
         return out(False, f"champion v{champion_version} has no value for metric {gate.metric!r}")
     gain = candidate_value - champion_value if gate.higher_is_better else champion_value - candidate_value
-    if gain > gate.min_margin:
+    # Metrics are rounded decimals (0.52 - 0.50 = 0.020000000000000018): a gain equal to the
+    # margin up to float noise is not "more than" it.
+    if gain - gate.min_margin > _FLOAT_SLACK:
         return out(True, f"beats champion v{champion_version} by {gain:.4g} > margin {gate.min_margin:g}")
     return out(False, f"gain {gain:.4g} over champion v{champion_version} is not above margin {gate.min_margin:g}")
 

@@ -32,6 +32,7 @@ def _healthy(url: str) -> bool:
 def start_mlflow_server(root: Path, port: int | None = None) -> tuple[subprocess.Popen, str]:
     """Start `mlflow server` with its state under `root`; return (process, tracking URI) once
     /health answers. Used by the fixture and by `longrl pipeline run-local`."""
+    root = root.resolve()
     root.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
@@ -42,7 +43,8 @@ def start_mlflow_server(root: Path, port: int | None = None) -> tuple[subprocess
         "--artifacts-destination", str(root / "artifacts"),
         "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
     ]  # fmt: skip
-    env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true")
+    # The job executor (GenAI background jobs) starts ~7 huey workers of ~250 MB each: not needed.
+    env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true", MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
     env.pop("MLFLOW_TRACKING_URI", None)
     log = open(root / "server.log", "ab")  # noqa: SIM115 - closed with the process
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
