@@ -56,7 +56,11 @@ class LogProbModel(torch.nn.Module):
         return self.sp_size > 1
 
     def encode_videos(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> list[torch.Tensor]:
-        """Per-video embeddings, split by frames over the SP group when there is one."""
+        """Per-video embeddings (equal on every SP rank), split by frames over the SP group when
+        there is one: what the trainer caches once per video and step."""
+        return [e.clone() for e in self._encode_videos(pixel_values, grid_thw)]
+
+    def _encode_videos(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> list[torch.Tensor]:
         if not self.split_active:
             return encode_videos(self.model, pixel_values, grid_thw)
         return encode_videos_split(self.model, pixel_values, grid_thw, self.sp_group, self.sp_rank, self.sp_size)
@@ -75,7 +79,7 @@ class LogProbModel(torch.nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(log-probs [B, L], entropy [B, L] or None) of the tokens where score_mask > 0."""
         if video_embeds is None and pixel_values_videos is not None:
-            video_embeds = self.encode_videos(pixel_values_videos, video_grid_thw)
+            video_embeds = self._encode_videos(pixel_values_videos, video_grid_thw)
         if video_embeds is None:
             raise ValueError("give cached video_embeds or pixel_values_videos with video_grid_thw")
         b, length = input_ids.shape
