@@ -1,0 +1,206 @@
+"""Multi-node training as a KubeRay RayJob: build the object, create it, wait, stream its status.
+
+The pipeline's GRPO/SFT step runs this when `ray_workers > 0`: the step's own pod stays small
+(no GPU) and the work runs on a Ray cluster that KubeRay starts for the job and deletes after it
+(`shutdownAfterJobFinishes`). Inputs and outputs live on the shared PVC, mounted at the same path
+in the step's pod and in every Ray pod, so the job's command line uses the same paths.
+
+The job name is derived from the pipeline run and task, so a retried step finds the job it
+started before and waits for it instead of starting a second one.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+GROUP, VERSION, PLURAL = "ray.io", "v1", "rayjobs"
+TERMINAL_JOB_STATUS = {"SUCCEEDED", "FAILED", "STOPPED"}
+FAILED_DEPLOYMENT_STATUS = {"Failed", "ValidationFailed"}
+
+
+class RayJobFailed(RuntimeError):
+    pass
+
+
+@dataclass
+class RayJobConfig:
+    """Shape of the Ray cluster a RayJob brings up (KubeRay v1 API)."""
+
+    namespace: str = "longrl"
+    image: str = "ghcr.io/longrl/longrl-gpu:0.1.0"
+    ray_version: str = "2.60.0"
+    workers: int = 2  # GPU worker pods (one per node)
+    gpus_per_worker: int = 8
+    accelerator_resource: str = "nvidia.com/gpu"
+    worker_cpu: str = "32"
+    worker_memory: str = "512Gi"
+    head_cpu: str = "4"
+    head_memory: str = "16Gi"
+    node_selector: dict[str, str] = field(default_factory=lambda: {"nvidia.com/gpu.present": "true"})
+    tolerations: list[dict[str, str]] = field(
+        default_factory=lambda: [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    )
+    pvc_name: str = "longrl-data"  # shared volume: videos, caches, checkpoints
+    mount_path: str = "/mnt/data"
+    shm_size: str = "64Gi"  # /dev/shm for NCCL and dataloaders
+    service_account: str = "longrl-ray"
+    secret_env: dict[str, str] = field(default_factory=dict)  # ENV_NAME -> "secret-name:key"
+    run_as_user: int = 1000
+    active_deadline_s: int = 7 * 24 * 3600
+    ttl_after_finished_s: int = 3600
+
+
+def job_name(*parts: str, max_len: int = 47) -> str:
+    """A DNS-1123 name from the pipeline run id and task (RayJob names feed pod names: short)."""
+    text = "-".join(p for p in parts if p).lower()
+    text = re.sub(r"[^a-z0-9-]+", "-", text).strip("-")
+    text = re.sub(r"-{2,}", "-", text)
+    return (text[:max_len].rstrip("-")) or "longrl-job"
+
+
+def _security_context(cfg: RayJobConfig) -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": cfg.run_as_user,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _pod_template(cfg: RayJobConfig, name: str, cpu: str, memory: str, gpus: int,
+                  env: list[dict[str, Any]]) -> dict[str, Any]:  # fmt: skip
+    limits: dict[str, Any] = {"cpu": cpu, "memory": memory}
+    if gpus:
+        limits[cfg.accelerator_resource] = gpus
+    container = {
+        "name": name,
+        "image": cfg.image,
+        "imagePullPolicy": "IfNotPresent",
+        "resources": {"requests": {"cpu": cpu, "memory": memory}, "limits": limits},
+        "env": env,
+        "securityContext": _security_context(cfg),
+        "volumeMounts": [
+            {"name": "data", "mountPath": cfg.mount_path},
+            {"name": "dshm", "mountPath": "/dev/shm"},
+        ],
+    }
+    spec: dict[str, Any] = {
+        "serviceAccountName": cfg.service_account,
+        "containers": [container],
+        "volumes": [
+            {"name": "data", "persistentVolumeClaim": {"claimName": cfg.pvc_name}},
+            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": cfg.shm_size}},
+        ],
+    }
+    if gpus:
+        spec["nodeSelector"] = dict(cfg.node_selector)
+        spec["tolerations"] = [dict(t) for t in cfg.tolerations]
+    return {"metadata": {"labels": {"app.kubernetes.io/part-of": "longrl"}}, "spec": spec}
+
+
+def build_rayjob(cfg: RayJobConfig, name: str, entrypoint: list[str],
+                 env: dict[str, str] | None = None, labels: dict[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
+    """The RayJob object: a head (no GPU) and one worker group of `cfg.workers` GPU pods; the
+    entrypoint runs on the head through the Ray job submission API (KubeRay's K8sJobMode)."""
+    env_list: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in sorted((env or {}).items())]
+    for var, ref in sorted(cfg.secret_env.items()):
+        secret, _, key = ref.partition(":")
+        env_list.append({"name": var, "valueFrom": {"secretKeyRef": {"name": secret, "key": key or var}}})
+    head = _pod_template(cfg, "ray-head", cfg.head_cpu, cfg.head_memory, 0, env_list)
+    worker = _pod_template(cfg, "ray-worker", cfg.worker_cpu, cfg.worker_memory, cfg.gpus_per_worker, env_list)
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "RayJob",
+        "metadata": {"name": name, "namespace": cfg.namespace,
+                     "labels": {"app.kubernetes.io/part-of": "longrl", **(labels or {})}},  # fmt: skip
+        "spec": {
+            "entrypoint": shlex.join(entrypoint),
+            "submissionMode": "K8sJobMode",
+            "shutdownAfterJobFinishes": True,
+            "ttlSecondsAfterFinished": cfg.ttl_after_finished_s,
+            "activeDeadlineSeconds": cfg.active_deadline_s,
+            "backoffLimit": 0,
+            "rayClusterSpec": {
+                "rayVersion": cfg.ray_version,
+                "headGroupSpec": {"rayStartParams": {"dashboard-host": "0.0.0.0", "num-gpus": "0"},
+                                  "template": head},  # fmt: skip
+                "workerGroupSpecs": [{
+                    "groupName": "gpu-workers",
+                    "replicas": cfg.workers,
+                    "minReplicas": cfg.workers,
+                    "maxReplicas": cfg.workers,
+                    "rayStartParams": {},
+                    "template": worker,
+                }],
+            },
+        },
+    }
+
+
+def _status_line(status: dict[str, Any]) -> str:
+    parts = [f"deployment={status.get('jobDeploymentStatus', '-')}", f"job={status.get('jobStatus', '-')}"]
+    if status.get("message"):
+        parts.append(f"message={status['message']}")
+    return " ".join(parts)
+
+
+def run_rayjob(api_client: Any, body: dict[str, Any], poll_s: float = 10.0, timeout_s: float = 7 * 24 * 3600,
+               log: Callable[[str], None] = print, sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:  # fmt: skip
+    """Create `body` (or adopt the job of that name if a retried step already created it), poll
+    its status until it ends and print every change. Returns the final status; raises
+    RayJobFailed when the job fails, is stopped, or runs past `timeout_s` (then it is deleted so
+    no GPU stays held)."""
+    from kubernetes.client import CustomObjectsApi
+    from kubernetes.client.exceptions import ApiException
+
+    api = CustomObjectsApi(api_client)
+    ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    try:
+        api.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, body)
+        log(f"rayjob {ns}/{name}: created ({body['spec']['rayClusterSpec']['workerGroupSpecs'][0]['replicas']} workers)")
+    except ApiException as exc:
+        if exc.status != 409:
+            raise RayJobFailed(f"rayjob {ns}/{name}: create failed: HTTP {exc.status} {exc.reason}") from exc
+        log(f"rayjob {ns}/{name}: exists (retried step); waiting for it")
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while True:
+        try:
+            obj = api.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
+        except ApiException as exc:
+            if exc.status == 404:
+                raise RayJobFailed(f"rayjob {ns}/{name}: deleted while running") from exc
+            if exc.status >= 500:  # API server hiccup: try again at the next poll
+                log(f"rayjob {ns}/{name}: API error {exc.status}, retrying")
+                sleep(poll_s)
+                continue
+            raise
+        status = obj.get("status") or {}
+        line = _status_line(status)
+        if line != last:
+            log(f"rayjob {ns}/{name}: {line}")
+            last = line
+        job_status = status.get("jobStatus", "")
+        if job_status == "SUCCEEDED":
+            return status
+        if job_status in TERMINAL_JOB_STATUS or status.get("jobDeploymentStatus") in FAILED_DEPLOYMENT_STATUS:
+            raise RayJobFailed(f"rayjob {ns}/{name} ended {job_status or status.get('jobDeploymentStatus')}: "
+                               f"{status.get('message', 'no message')}")  # fmt: skip
+        if time.monotonic() > deadline:
+            api.delete_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
+            raise RayJobFailed(f"rayjob {ns}/{name}: not finished after {timeout_s:.0f} s; deleted")
+        sleep(poll_s)
+
+
+def in_cluster_api_client() -> Any:
+    """API client from the pod's service account (the pipeline runner's, see manifests/rbac)."""
+    from kubernetes import client, config
+
+    config.load_incluster_config()
+    return client.ApiClient()
