@@ -17,6 +17,7 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 CHAMPION = "champion"
@@ -156,7 +157,7 @@ def record_eval(name: str, version: str, metrics: dict[str, float], succeeded: b
         client.set_model_version_tag(name, version, f"{EVAL_METRIC_PREFIX}{key}", repr(float(value)))
 
 
-def _record(name: str, version: str, entry: dict[str, Any]) -> None:
+def record_decision(name: str, version: str, entry: dict[str, Any]) -> None:
     client = _client()
     entry = {"time": _now(), **entry}
     for key in ("decision", "reason", "alias", "actor", "time"):
@@ -204,7 +205,7 @@ def gate_and_promote(
             client.set_model_version_tag(name, champ_version, "promotion.replaced_by", candidate.version)
     entry = asdict(decision)
     entry.pop("promote")
-    _record(name, candidate.version, {"decision": "promoted" if decision.promote else "rejected",
+    record_decision(name, candidate.version, {"decision": "promoted" if decision.promote else "rejected",
                                       "alias": CHAMPION, "actor": actor, **entry})  # fmt: skip
     return decision
 
@@ -221,10 +222,52 @@ def promote(name: str, version: str, alias: str = CHAMPION, actor: str = "cli", 
     client.set_registered_model_alias(name, alias, mv.version)
     if previous is not None and previous.version != mv.version:
         client.set_model_version_tag(name, previous.version, f"{alias}.replaced_by", mv.version)
-    _record(name, mv.version, {"decision": "promoted", "alias": alias, "actor": actor,
+    record_decision(name, mv.version, {"decision": "promoted", "alias": alias, "actor": actor,
                                "reason": reason + (" (forced)" if force else ""),
                                "champion_version": previous.version if previous else None})  # fmt: skip
     return client.get_model_version(name, mv.version)
+
+
+def location_uri(path: str | Path, shared_volume: str = "") -> str:
+    """`pvc://<claim>/<sub>` for a path on the shared volume (`shared_volume` = "claim:/mount"),
+    else the absolute path: what a checkpoint reference records."""
+    p = Path(path).resolve()
+    claim, _, mount = shared_volume.partition(":")
+    if claim and mount and p.is_relative_to(mount):
+        return f"pvc://{claim}/{p.relative_to(mount)}"
+    return str(p)
+
+
+def materialize(model_uri: str, dst: str | Path, shared_volume: str = "") -> Path:
+    """A local Hugging Face folder for a registered model (`models:/name/3`, `models:/name@champion`).
+
+    A transformers-flavour version is downloaded into `dst`; a reference version
+    (checkpoint_ref.json) resolves to its location: `pvc://claim/sub` -> the shared volume's
+    mount, or a path. Anything else (an s3:// reference) is an error, never a guess.
+    """
+    import mlflow
+
+    local = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=str(dst)))
+    ref = next(iter(sorted(local.rglob("checkpoint_ref.json"))), None)
+    if ref is not None:
+        loc = json.loads(ref.read_text())["location_uri"]
+        claim, _, mount = shared_volume.partition(":")
+        if loc.startswith("pvc://"):
+            ref_claim, _, sub = loc[len("pvc://"):].partition("/")
+            if ref_claim != claim or not mount:
+                raise RegistryError(f"{model_uri} lives on volume {ref_claim!r}, which is not mounted here")
+            folder = Path(mount) / sub
+        elif "://" in loc:
+            raise RegistryError(f"{model_uri} refers to {loc}; copy it to a mounted volume first")
+        else:
+            folder = Path(loc)
+        if not (folder / "config.json").is_file():
+            raise RegistryError(f"{model_uri} refers to {folder}, which holds no model (no config.json)")
+        return folder
+    for cfg in sorted(local.rglob("config.json")):
+        if any(cfg.parent.glob("*.safetensors")):
+            return cfg.parent
+    raise RegistryError(f"{model_uri}: downloaded to {local} but found no model folder in it")
 
 
 def describe(name: str | None = None) -> list[dict[str, Any]]:

@@ -366,6 +366,23 @@ def stage_run(
     client.set_terminated(run.run_id, status="FINISHED")
 
 
+def find_pipeline_run(kfp_run_id: str, experiment: str = DEFAULT_EXPERIMENT) -> str | None:
+    """The parent run of a KFP run (by its `kfp.run_id` tag), or None."""
+    if not enabled():
+        return None
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    found = client.search_runs(
+        [exp.experiment_id],
+        filter_string=f"tags.`{KFP_RUN_TAG}` = '{kfp_run_id}' and tags.`{STAGE_TAG}` = 'pipeline'",
+    )
+    return found[0].info.run_id if found else None
+
+
 def pipeline_run(
     kfp_run_id: str,
     experiment: str = DEFAULT_EXPERIMENT,
@@ -376,19 +393,17 @@ def pipeline_run(
     """Create (or find, when this KFP run id was seen before: retries must not duplicate it) the
     parent run of one pipeline run, tagged `kfp.run_id`; returns its id or None (MLflow off).
 
-    The run stays RUNNING; the pipeline's last step closes it with `end_pipeline_run`.
+    The run stays RUNNING; the pipeline's exit handler closes it with `end_pipeline_run`.
     """
     if not enabled():
         return None
     from mlflow import MlflowClient
 
     client = MlflowClient()
+    existing = find_pipeline_run(kfp_run_id, experiment)
+    if existing:
+        return existing
     experiment_id = _experiment_id(client, experiment)
-    found = client.search_runs(
-        [experiment_id], filter_string=f"tags.`{KFP_RUN_TAG}` = '{kfp_run_id}' and tags.`{STAGE_TAG}` = 'pipeline'"
-    )
-    if found:
-        return found[0].info.run_id
     all_tags = {KFP_RUN_TAG: kfp_run_id, STAGE_TAG: "pipeline"}
     all_tags.update({k: _param_text(v) for k, v in (tags or {}).items()})
     run = client.create_run(experiment_id, tags=all_tags, run_name=run_name or f"pipeline-{kfp_run_id}")
@@ -396,8 +411,9 @@ def pipeline_run(
     return run.info.run_id
 
 
-def end_pipeline_run(run_id: str | None, status: str = "FINISHED") -> None:
+def end_pipeline_run(run_id: str | None, status: str = "FINISHED", tags: Mapping[str, Any] | None = None) -> None:
     if run_id and enabled():
         from mlflow import MlflowClient
 
+        StageRun(run_id, "pipeline").set_tags(tags or {})
         MlflowClient().set_terminated(run_id, status=status)

@@ -1,0 +1,111 @@
+"""The pipeline's evaluation: the new model, the base model and the current champion on the same
+benchmarks with the same settings (`longrl eval` each), then one comparison: scores, deltas and
+paired tests (eval.compare), written as JSON and a Markdown table."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from components.launch import longrl_argv, mlflow_env, run_step
+
+ROLES = ("candidate", "base", "champion")
+
+
+def eval_argv(model: Path, data: Path, out: Path, benchmarks: str, frames: int, limit: int,
+              overrides: list[str]) -> list[str]:  # fmt: skip
+    argv = ["eval", "--model", str(model), "--benchmark", benchmarks, "--data", str(data), "--out", str(out)]
+    if frames > 0:
+        argv += ["--frames", str(frames)]
+    if limit > 0:
+        argv += ["--limit", str(limit)]
+    for o in overrides:
+        argv += ["--set", o]
+    return longrl_argv(*argv)
+
+
+def role_metrics(out: Path) -> dict[str, float]:
+    """Flat metrics of one eval run (`<benchmark>/score`, `<benchmark>/accuracy`, ...), named as
+    the eval stage logs them to MLflow."""
+    from eval.report import mlflow_metrics
+
+    metrics: dict[str, float] = {}
+    for path in sorted(out.glob("*/metrics.json")):
+        metrics.update(mlflow_metrics(path.parent.name, json.loads(path.read_text())))
+    return metrics
+
+
+def eval_succeeded(out: Path, benchmarks: list[str], max_error_rate: float) -> tuple[bool, str]:
+    """An evaluation counts only if every benchmark produced metrics, scored something, and had
+    at most `max_error_rate` of its questions fail (decode/engine errors, judge failures)."""
+    for name in benchmarks:
+        path = out / name / "metrics.json"
+        if not path.is_file():
+            return False, f"{name}: no metrics.json"
+        o = json.loads(path.read_text())["overall"]
+        if not o["n"] or not o["scored"]:
+            return False, f"{name}: nothing scored ({o['n']} questions)"
+        rate = (o["errors"] + o["judge_errors"]) / o["n"]
+        if rate > max_error_rate:
+            return False, f"{name}: {rate:.1%} of questions failed (> {max_error_rate:.1%})"
+    return True, "ok"
+
+
+def compare(outs: dict[str, Path], benchmarks: list[str], max_error_rate: float) -> dict[str, Any]:
+    from eval.compare import compare_runs
+
+    result: dict[str, Any] = {"benchmarks": benchmarks, "roles": {}, "paired": {}}
+    for role, out in outs.items():
+        ok, why = eval_succeeded(out, benchmarks, max_error_rate)
+        result["roles"][role] = {"out": str(out), "succeeded": ok, "reason": why, "metrics": role_metrics(out)}
+    if result["roles"]["candidate"]["succeeded"]:
+        for other in ("base", "champion"):
+            if other in outs and result["roles"][other]["succeeded"]:
+                result["paired"][other] = compare_runs(outs["candidate"], outs[other])["benchmarks"]
+    return result
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None or not math.isfinite(v) else f"{100 * v:.1f}"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    roles = [r for r in ROLES if r in result["roles"]]
+    lines = ["| benchmark | " + " | ".join(roles) + " | vs base | vs champion |",
+             "|---" * (len(roles) + 3) + "|"]  # fmt: skip
+    for bench in result["benchmarks"]:
+        key = f"{bench}/score"
+        row = [_pct(result["roles"][r]["metrics"].get(key)) for r in roles]
+        deltas = []
+        for other in ("base", "champion"):
+            p = result["paired"].get(other, {}).get(bench)
+            if not p or p["difference"] is None:
+                deltas.append("n/a")
+            else:
+                deltas.append(f"{100 * p['difference']:+.1f} (n={p['n']}, p={p['mcnemar_p']:.3g})")
+        lines.append(f"| {bench} | " + " | ".join(row) + " | " + " | ".join(deltas) + " |")
+    for role in roles:
+        info = result["roles"][role]
+        if not info["succeeded"]:
+            lines.append(f"\n{role} evaluation did not succeed: {info['reason']}")
+    return "\n".join(lines) + "\n"
+
+
+def evaluate_all(models: dict[str, Path], data: Path, work: Path, benchmarks: str, frames: int, limit: int,
+                 overrides: list[str], max_error_rate: float, mlflow_tracking_uri: str,
+                 mlflow_parent_run_id: str) -> dict[str, Any]:  # fmt: skip
+    """Evaluate each model (candidate, base, champion when there is one) into work/<role>."""
+    env = mlflow_env(mlflow_tracking_uri, mlflow_parent_run_id)
+    outs = {}
+    for role, model in models.items():
+        outs[role] = work / role
+        try:
+            run_step(eval_argv(model, data, outs[role], benchmarks, frames, limit, overrides), env=env)
+        except Exception as exc:  # recorded: a failed eval blocks promotion, it does not hide
+            print(f"{role} evaluation failed: {exc}", flush=True)
+    names = [b.strip() for b in benchmarks.split(",") if b.strip()]
+    result = compare(outs, names, max_error_rate)
+    (work / "comparison.json").write_text(json.dumps(result, indent=1))
+    return result

@@ -1,0 +1,94 @@
+"""Inputs of the pipeline: videos (synthetic or a folder), the base model, the QA dataset.
+
+Deterministic steps (cached by KFP): the same parameters give the same outputs, so a re-run of
+the pipeline skips them. Their folders on the shared volume are keyed by a hash of their inputs,
+never by the run id, so a cache hit still points at files that exist.
+"""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Model, Output
+
+from components.images import CPU
+
+
+@dsl.component(**CPU)
+def prepare_videos(source: str, synth_videos: int, synth_minutes: float, synth_fps: float, synth_seed: int,
+                   runs_root: str, videos: Output[Dataset]):
+    """`source="synth"`: render procedural videos with `longrl synth`; otherwise `source` is a
+    folder of videos (on the shared volume), recorded by reference (never copied)."""
+    import hashlib
+    from pathlib import Path
+
+    from components.launch import StepError, longrl_argv, output_dir, run_step, write_ref
+
+    if source == "synth":
+        key = hashlib.sha256(f"{synth_videos}|{synth_minutes}|{synth_fps}|{synth_seed}".encode()).hexdigest()[:16]
+        out = output_dir(videos.path, runs_root, "cache", f"synth-{key}")
+        run_step(longrl_argv("synth", "--out", str(out), "--videos", str(synth_videos), "--minutes",
+                             str(synth_minutes), "--fps", str(synth_fps), "--seed", str(synth_seed)))  # fmt: skip
+        videos.metadata.update({"source": "synth", "videos": synth_videos, "minutes": synth_minutes})
+        return
+    folder = Path(source)
+    if not folder.is_dir():
+        raise StepError(f"video source {source!r} is neither 'synth' nor an existing folder")
+    write_ref(videos.path, folder)
+    videos.metadata.update({"source": str(folder)})
+
+
+@dsl.component(**CPU)
+def prepare_model(model: str, base_model: Output[Model]):
+    """The base model: a Hugging Face folder (on the shared volume; referenced, not copied) or
+    `tiny` / `tiny:SEED`, a random tiny Qwen2.5-VL written by `longrl model tiny` (demo, tests)."""
+    import json
+    from pathlib import Path
+
+    from components.launch import StepError, longrl_argv, run_step, write_ref
+
+    if model == "tiny" or model.startswith("tiny:"):
+        seed = model.partition(":")[2] or "0"
+        run_step(longrl_argv("model", "tiny", "--out", base_model.path, "--seed", seed))
+        base_model.metadata.update({"model": model, "model_type": "qwen2_5_vl"})
+        return
+    folder = Path(model)
+    if not (folder / "config.json").is_file():
+        raise StepError(f"base model {model!r} is not a Hugging Face model folder (no config.json)")
+    write_ref(base_model.path, folder)
+    config = json.loads((folder / "config.json").read_text())
+    base_model.metadata.update({"model": model, "model_type": config.get("model_type", "")})
+
+
+@dsl.component(**CPU)
+def build_data(videos: Input[Dataset], annotator: str, captioner_url: str, reasoner_url: str,
+               frames: int, overrides: list, runs_root: str, mlflow_tracking_uri: str,
+               mlflow_experiment: str, dataset: Output[Dataset]):
+    """LongVideo-Reason generation (`longrl data build`): clips -> captions -> reasoning QA ->
+    difficulty filter -> sft/rl/eval splits. API keys come from the pod's environment."""
+    import hashlib
+    import json
+
+    from components.launch import (
+        longrl_argv,
+        mlflow_env,
+        output_dir,
+        overrides_list,
+        parent_run_id,
+        resolve,
+        run_step,
+    )
+
+    src = resolve(videos.path)
+    sets = overrides_list(overrides)
+    key = hashlib.sha256(json.dumps([str(src), annotator, captioner_url, reasoner_url, frames, sets]).encode())
+    out = output_dir(dataset.path, runs_root, "cache", f"data-{key.hexdigest()[:16]}")
+    argv = ["data", "build", "--videos", str(src), "--out", str(out), "--annotator", annotator]
+    if captioner_url:
+        argv += ["--captioner-url", captioner_url]
+    if reasoner_url:
+        argv += ["--reasoner-url", reasoner_url]
+    if frames > 0:
+        argv += ["--frames", str(frames)]
+    parent = parent_run_id(mlflow_tracking_uri, experiment=mlflow_experiment)
+    run_step(longrl_argv(*argv, *sets), env=mlflow_env(mlflow_tracking_uri, parent))
+    summary = out / "summary.json"
+    if summary.is_file():
+        dataset.metadata.update({"summary": json.loads(summary.read_text())})

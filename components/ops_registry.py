@@ -1,0 +1,33 @@
+"""Register the trained model in MLflow and apply the promotion gate."""
+
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import Artifact, Dataset, Input, Markdown, Model, Output
+
+from components.images import CPU
+
+
+@dsl.component(**CPU)
+def register_and_promote(candidate: Input[Model], comparison: Input[Artifact], data: Input[Dataset],
+                         model_name: str, base_model: str, gate_metric: str, gate_min_margin: float,
+                         auto_promote: bool, shared_volume: str, kfp_run_id: str, mlflow_tracking_uri: str,
+                         mlflow_parent_run_id: str, decision: Output[Markdown]
+                         ) -> NamedTuple("Registered", version=str, promoted=bool):  # fmt: skip
+    """New version of `model_name` (@challenger) with lineage tags, its evaluation recorded, and
+    @champion moved only if the gate passes (scores of candidate and champion from the same
+    evaluation run). Not cached: it changes the registry."""
+    from collections import namedtuple
+
+    from components.launch import resolve
+    from components.registry_launch import register_candidate
+
+    out = namedtuple("Registered", ["version", "promoted"])
+    version, promoted, text = register_candidate(
+        resolve(candidate.path), resolve(comparison.path), resolve(data.path), model_name, base_model,
+        gate_metric, gate_min_margin, auto_promote, shared_volume, kfp_run_id, mlflow_tracking_uri,
+        mlflow_parent_run_id)
+    with open(decision.path, "w") as f:
+        f.write(text)
+    print(text)
+    return out(version, promoted)

@@ -1,0 +1,37 @@
+"""Training components: CoT-SFT and GRPO. Caching is off (training is not deterministic across
+hardware, and a re-run is asked for on purpose). Both run in the GPU image; with
+`ray_workers > 0` the step's pod only launches and watches a RayJob (see components.kuberay)."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Metrics, Model, Output
+
+from components.images import GPU
+
+
+@dsl.component(**GPU)
+def sft(model: Input[Model], data: Input[Dataset], frames: int, max_steps: int, lr: float, overrides: list,
+        ray_workers: int, gpus_per_worker: int, rayjob_config_json: str, runs_root: str, kfp_run_id: str,
+        mlflow_tracking_uri: str, mlflow_parent_run_id: str, trained: Output[Model], metrics: Output[Metrics]):
+    """CoT-SFT (`longrl train sft`) of `model` on the `sft` split of `data`."""
+    from components.launch import overrides_list, resolve
+    from components.train_launch import train_stage
+
+    train_stage("sft", resolve(model.path), resolve(data.path), trained, metrics,
+                {"frames": frames, "max_steps": max_steps, "lr": lr}, overrides_list(overrides),
+                runs_root, kfp_run_id, mlflow_tracking_uri, mlflow_parent_run_id,
+                ray_workers, gpus_per_worker, rayjob_config_json)
+
+
+@dsl.component(**GPU)
+def grpo(model: Input[Model], data: Input[Dataset], frames: int, steps: int, lr: float, group_size: int,
+         kl_coef: float, overrides: list, ray_workers: int, gpus_per_worker: int, rayjob_config_json: str,
+         runs_root: str, kfp_run_id: str, mlflow_tracking_uri: str, mlflow_parent_run_id: str,
+         trained: Output[Model], metrics: Output[Metrics]):
+    """GRPO with cached video embeddings (`longrl train grpo`) on the `rl` split of `data`."""
+    from components.launch import overrides_list, resolve
+    from components.train_launch import train_stage
+
+    train_stage("grpo", resolve(model.path), resolve(data.path), trained, metrics,
+                {"frames": frames, "steps": steps, "lr": lr, "group_size": group_size, "kl_coef": kl_coef},
+                overrides_list(overrides), runs_root, kfp_run_id, mlflow_tracking_uri, mlflow_parent_run_id,
+                ray_workers, gpus_per_worker, rayjob_config_json)

@@ -1,0 +1,74 @@
+"""The promote step's work: log the candidate checkpoint and its data in a nested MLflow run,
+register it (@challenger) with lineage tags, record its evaluation, apply the gate."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+SPLITS = ("sft", "rl", "eval")
+
+
+def log_data(run: Any, data_dir: Path) -> str:
+    """Log every split of the dataset folder as a run input; returns one digest for the whole
+    dataset ("sft:<d>,rl:<d>,eval:<d>", MLflow's digests). A folder without `save_to_disk` splits
+    gets a sha256 over its files instead (prefixed `sha256:` so the two are never confused)."""
+    digests = []
+    for split in SPLITS:
+        folder = data_dir / split
+        if (folder / "dataset_info.json").is_file():
+            digest = run.log_dataset(folder, name=f"longvideo-reason-{split}", context=split)
+            digests.append(f"{split}:{digest}")
+    if digests:
+        return ",".join(digests)
+    h = hashlib.sha256()
+    for path in sorted(p for p in data_dir.rglob("*") if p.is_file()):
+        h.update(str(path.relative_to(data_dir)).encode())
+        h.update(path.read_bytes())
+    return f"sha256:{h.hexdigest()[:16]}"
+
+
+def register_candidate(model_dir: Path, comparison_dir: Path, data_dir: Path, model_name: str, base_model: str,
+                       gate_metric: str, gate_min_margin: float, auto_promote: bool, shared_volume: str,
+                       kfp_run_id: str, tracking_uri: str, parent_run_id: str) -> tuple[str, bool, str]:  # fmt: skip
+    """Returns (version, promoted, Markdown summary of the decision)."""
+    if not tracking_uri:
+        return "", False, "MLflow is not configured (no tracking URI): nothing registered.\n"
+    from common import registry, tracking
+
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+    if parent_run_id:
+        os.environ["MLFLOW_RUN_ID"] = parent_run_id
+    comparison = json.loads((comparison_dir / "comparison.json").read_text())
+    cand = comparison["roles"]["candidate"]
+    champ = comparison["roles"].get("champion")
+    with tracking.stage_run("register", tags={"registry.model": model_name}) as run:
+        digest = log_data(run, data_dir)
+        source = run.log_checkpoint(model_dir, location_uri=registry.location_uri(model_dir, shared_volume))
+        run.log_dict(comparison, "eval/comparison.json")
+        tags = {"data.digest": digest, "pipeline.kfp_run_id": kfp_run_id, "pipeline.mlflow_run_id": parent_run_id,
+                "base_model": base_model, "eval.benchmarks": ",".join(comparison["benchmarks"])}  # fmt: skip
+        mv = registry.register_version(model_name, source, run_id=run.run_id, tags=tags, alias=registry.CHALLENGER)
+        registry.record_eval(model_name, mv.version, cand["metrics"], cand["succeeded"])
+        if auto_promote:
+            champion_metrics = champ["metrics"] if champ and champ["succeeded"] else None
+            gate = registry.GateConfig(metric=gate_metric, min_margin=gate_min_margin)
+            d = registry.gate_and_promote(model_name, mv.version, gate, eval_succeeded=cand["succeeded"],
+                                          candidate_metrics=cand["metrics"], champion_metrics=champion_metrics)  # fmt: skip
+            promoted, reason = d.promote, d.reason
+        else:
+            promoted, reason = False, "auto_promote is off (promote by hand: longrl registry promote)"
+            registry.record_decision(model_name, mv.version, {"decision": "rejected", "reason": reason,
+                                                              "alias": registry.CHAMPION, "actor": "pipeline"})  # fmt: skip
+        run.set_tags({"registry.version": mv.version, "promotion.decision": "promoted" if promoted else "rejected",
+                      "promotion.reason": reason})  # fmt: skip
+    text = (f"**{model_name} v{mv.version}** registered as @challenger "
+            f"({'promoted to @champion' if promoted else 'not promoted'}: {reason})\n\n"
+            f"- gate: `{gate_metric}` must beat the champion by more than {gate_min_margin:g}\n"
+            f"- candidate `{gate_metric}` = {cand['metrics'].get(gate_metric, 'n/a')}; evaluation "
+            f"{'succeeded' if cand['succeeded'] else 'failed: ' + cand['reason']}\n"
+            f"- data digest: {digest}\n- source: {mv.source}\n")  # fmt: skip
+    return str(mv.version), promoted, text

@@ -1,0 +1,86 @@
+"""Training steps (SFT, GRPO): in the step's own pod (one node), or as a KubeRay RayJob that
+runs the same `longrl train ...` command on a Ray cluster (multi-node), waiting and streaming
+its status. Outputs: the trained model folder and the final metrics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from components.launch import (
+    StepError,
+    longrl_argv,
+    mlflow_env,
+    model_folder,
+    numeric_items,
+    output_dir,
+    read_jsonl_last,
+    run_step,
+    write_ref,
+)
+
+# Config keys of each stage for the pipeline's common knobs (the stage configs name them).
+KNOB_KEYS: dict[str, dict[str, str]] = {
+    "sft": {"frames": "video.num_frames", "max_steps": "max_steps", "lr": "lr"},
+    "grpo": {"frames": "video.sampling.num_frames", "steps": "steps", "lr": "optim.lr",
+             "group_size": "rollout.group_size", "kl_coef": "algorithm.kl_coef"},  # fmt: skip
+}
+
+
+def ray_overrides(stage: str, workers: int) -> list[str]:
+    """Overrides that make a stage spread over `workers` GPU processes of a Ray cluster (the
+    job's entrypoint runs with RAY_ADDRESS set, so Ray Train joins that cluster)."""
+    return ["launcher=ray", f"num_workers={workers}", "use_gpu=true"]
+
+
+def knob_overrides(stage: str, knobs: dict[str, Any]) -> list[str]:
+    """`key=value` for the knobs that are set (0 / empty means: keep the stage config's value)."""
+    keys = KNOB_KEYS[stage]
+    unknown = sorted(set(knobs) - set(keys))
+    if unknown:
+        raise StepError(f"{stage}: no config key for pipeline knob(s) {unknown}")
+    return [f"{keys[k]}={v}" for k, v in knobs.items() if v not in (0, 0.0, "", None)]
+
+
+def train_stage(stage: str, model_in: Path, data_in: Path, out_artifact: Any, metrics_artifact: Any,
+                knobs: dict[str, Any], overrides: list[str], runs_root: str, kfp_run_id: str,
+                mlflow_tracking_uri: str, mlflow_parent_run_id: str, ray_workers: int = 0,
+                gpus_per_worker: int = 1, rayjob_config_json: str = "") -> Path:  # fmt: skip
+    """Run `longrl train <stage>` and fill the KFP output artifacts; returns the model folder."""
+    out = output_dir(out_artifact.path, runs_root, kfp_run_id, stage)
+    args = ["train", stage, "--model", str(model_in), "--data", str(data_in), "--out", str(out),
+            *knob_overrides(stage, knobs), *overrides]  # fmt: skip
+    env = mlflow_env(mlflow_tracking_uri, mlflow_parent_run_id)
+    if ray_workers > 0:
+        if not runs_root:
+            raise StepError("multi-node training (ray_workers > 0) needs runs_root on the shared volume")
+        _run_on_ray(stage, ["longrl", *args, *ray_overrides(stage, ray_workers * gpus_per_worker)],
+                    env, kfp_run_id, ray_workers, gpus_per_worker, rayjob_config_json)  # fmt: skip
+    else:
+        run_step(longrl_argv(*args), env=env)
+    folder = model_folder(out)
+    final = read_jsonl_last(out / "metrics.jsonl")
+    for name, value in numeric_items(final).items():
+        metrics_artifact.log_metric(f"{stage}/{name}", value)
+    out_artifact.metadata.update({"stage": stage, "model_dir": str(folder), "base_model": str(model_in)})
+    if folder != out:  # the stage wrote OUT/model beside its checkpoints: point the artifact at it
+        write_ref(out_artifact.path, folder)
+    return folder
+
+
+def _run_on_ray(stage: str, entrypoint: list[str], env: dict[str, str], kfp_run_id: str, workers: int,
+                gpus_per_worker: int, rayjob_config_json: str) -> None:  # fmt: skip
+    from components.kuberay import (
+        RayJobConfig,
+        build_rayjob,
+        in_cluster_api_client,
+        job_name,
+        run_rayjob,
+    )
+
+    cfg = RayJobConfig(**json.loads(rayjob_config_json or "{}"))
+    cfg.workers, cfg.gpus_per_worker = workers, gpus_per_worker
+    body = build_rayjob(cfg, job_name(kfp_run_id, stage), entrypoint, env=env,
+                        labels={"longrl/stage": stage, "pipeline/runid": job_name(kfp_run_id)})  # fmt: skip
+    run_rayjob(in_cluster_api_client(), body, log=lambda line: print(line, flush=True))

@@ -1,0 +1,146 @@
+"""The `long-video-reasoning` pipeline: videos -> LongVideo-Reason data -> CoT-SFT (optional) ->
+GRPO (optional) -> evaluation of new vs base vs champion -> registry and promotion gate.
+
+`build_pipeline(cluster)` returns the pipeline with the Kubernetes settings of `cluster` applied
+(GPUs, nodes, shared volume, secrets); kfp.local ignores those settings. Which training stages
+run is chosen per run: `run_sft` and `run_grpo` (both, SFT only, or GRPO only from the base).
+"""
+
+# No `from __future__ import annotations`: KFP reads the pipeline function's annotations as types.
+import json
+from dataclasses import asdict
+from typing import Any
+
+from kfp import dsl, kubernetes
+
+from components.ops_data import build_data, prepare_model, prepare_videos
+from components.ops_eval import evaluate_models, resolve_champion
+from components.ops_registry import register_and_promote
+from components.ops_tracking import finish_tracking, start_tracking
+from components.ops_train import grpo, sft
+from pipelines.cluster import ClusterConfig, apply_common, apply_gpu
+
+PIPELINE_NAME = "long-video-reasoning"
+KFP_RUN_LABEL = "metadata.labels['pipeline/runid']"  # KFP labels every pod with its run id
+
+
+def _cached(task: Any, on: bool) -> Any:
+    task.set_caching_options(on)
+    return task
+
+
+def build_pipeline(cluster: ClusterConfig | None = None) -> Any:
+    cfg = cluster or ClusterConfig()
+    rayjob_json = json.dumps(cfg.rayjob)
+
+    def cpu(task: Any, cache: bool) -> Any:
+        kubernetes.use_field_path_as_env(task, env_name="KFP_RUN_ID", field_path=KFP_RUN_LABEL)
+        return _cached(apply_common(task, cfg), cache)
+
+    def gpu(task: Any, gpus: int, cache: bool) -> Any:
+        kubernetes.use_field_path_as_env(task, env_name="KFP_RUN_ID", field_path=KFP_RUN_LABEL)
+        return _cached(apply_gpu(task, cfg, gpus), cache)
+
+    @dsl.pipeline(name=PIPELINE_NAME, description=__doc__.split("\n\n")[0])
+    def long_video_reasoning(
+        base_model: str = "/mnt/data/models/Qwen2.5-VL-7B-Instruct",  # HF folder on the volume, or tiny[:seed]
+        registered_model: str = "longrl-video-reasoner",
+        video_source: str = "/mnt/data/videos",  # a folder of videos, or "synth"
+        synth_videos: int = 8,
+        synth_minutes: float = 2.0,
+        synth_fps: float = 8.0,
+        synth_seed: int = 0,
+        data_annotator: str = "llm",  # llm (captioner + reasoner endpoints) or groundtruth (synth)
+        captioner_url: str = "http://vllm.longrl.svc.cluster.local:8000/v1",
+        reasoner_url: str = "http://vllm.longrl.svc.cluster.local:8000/v1",
+        data_overrides: list = [],  # noqa: B006 - KFP parameter default
+        frames: int = 64,  # frames per video for training and evaluation
+        run_sft: bool = True,
+        sft_max_steps: int = 0,  # 0: the stage's epochs
+        sft_lr: float = 1e-5,
+        sft_overrides: list = [],  # noqa: B006
+        run_grpo: bool = True,
+        grpo_steps: int = 100,
+        grpo_lr: float = 1e-6,
+        grpo_group_size: int = 8,
+        grpo_kl_coef: float = 0.01,
+        grpo_overrides: list = [],  # noqa: B006
+        ray_workers: int = 0,  # >0: training runs as a KubeRay RayJob on this many GPU nodes
+        gpus_per_worker: int = 8,
+        eval_benchmarks: str = "longvideo_reason",
+        eval_limit: int = 0,
+        eval_overrides: list = [],  # noqa: B006
+        eval_max_error_rate: float = 0.05,
+        gate_metric: str = "longvideo_reason/score",
+        gate_min_margin: float = 0.01,
+        auto_promote: bool = True,
+        mlflow_tracking_uri: str = "http://mlflow.longrl.svc.cluster.local:5000",
+        mlflow_experiment: str = "longrl",
+        runs_root: str = "/mnt/data/runs",  # heavy outputs on the shared volume ("" : in artifacts)
+    ) -> None:
+        run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
+        exit_task = cpu(finish_tracking(kfp_run_id=run_id, mlflow_tracking_uri=mlflow_tracking_uri,
+                                        experiment=mlflow_experiment), cache=False)  # fmt: skip
+        with dsl.ExitHandler(exit_task, name="tracked-run"):
+            params = {"base_model": base_model, "video_source": video_source, "frames": frames,
+                      "run_sft": run_sft, "run_grpo": run_grpo, "ray_workers": ray_workers}  # fmt: skip
+            start = cpu(start_tracking(kfp_run_id=run_id, kfp_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+                                       mlflow_tracking_uri=mlflow_tracking_uri, experiment=mlflow_experiment,
+                                       params_json=json.dumps({k: str(v) for k, v in params.items()})), cache=False)  # fmt: skip
+            parent = start.output
+            videos = cpu(prepare_videos(source=video_source, synth_videos=synth_videos, synth_minutes=synth_minutes,
+                                        synth_fps=synth_fps, synth_seed=synth_seed, runs_root=runs_root), cache=True)  # fmt: skip
+            base = cpu(prepare_model(model=base_model), cache=True)
+            data = cpu(build_data(videos=videos.outputs["videos"], annotator=data_annotator,
+                                  captioner_url=captioner_url, reasoner_url=reasoner_url, frames=frames,
+                                  overrides=data_overrides, runs_root=runs_root,
+                                  mlflow_tracking_uri=mlflow_tracking_uri, mlflow_experiment=mlflow_experiment),
+                       cache=True)  # fmt: skip
+            data.after(start)  # its MLflow run nests under the parent, which must exist first
+            champion = cpu(resolve_champion(model_name=registered_model, mlflow_tracking_uri=mlflow_tracking_uri),
+                           cache=False)  # fmt: skip
+            champion.after(start)
+            dataset = data.outputs["dataset"]
+            common = {"runs_root": runs_root, "kfp_run_id": run_id, "mlflow_tracking_uri": mlflow_tracking_uri,
+                      "mlflow_parent_run_id": parent, "ray_workers": ray_workers,
+                      "gpus_per_worker": gpus_per_worker, "rayjob_config_json": rayjob_json}  # fmt: skip
+
+            def train_sft(model: Any) -> Any:
+                return gpu(sft(model=model, data=dataset, frames=frames, max_steps=sft_max_steps, lr=sft_lr,
+                               overrides=sft_overrides, **common), cfg.train_gpus, cache=False)  # fmt: skip
+
+            def train_grpo(model: Any) -> Any:
+                return gpu(grpo(model=model, data=dataset, frames=frames, steps=grpo_steps, lr=grpo_lr,
+                                group_size=grpo_group_size, kl_coef=grpo_kl_coef, overrides=grpo_overrides,
+                                **common), cfg.train_gpus, cache=False)  # fmt: skip
+
+            def evaluate_and_promote(model: Any) -> None:
+                ev = gpu(evaluate_models(candidate=model, base=base.outputs["base_model"], data=dataset,
+                                         champion_uri=champion.outputs["model_uri"], benchmarks=eval_benchmarks,
+                                         frames=frames, limit=eval_limit, overrides=eval_overrides,
+                                         max_error_rate=eval_max_error_rate, shared_volume=cfg.shared_volume,
+                                         mlflow_tracking_uri=mlflow_tracking_uri, mlflow_experiment=mlflow_experiment),
+                         cfg.eval_gpus, cache=True)  # fmt: skip
+                ev.after(start)
+                cpu(register_and_promote(candidate=model, comparison=ev.outputs["comparison"], data=dataset,
+                                         model_name=registered_model, base_model=base_model, gate_metric=gate_metric,
+                                         gate_min_margin=gate_min_margin, auto_promote=auto_promote,
+                                         shared_volume=cfg.shared_volume, kfp_run_id=run_id,
+                                         mlflow_tracking_uri=mlflow_tracking_uri, mlflow_parent_run_id=parent),
+                    cache=False)  # fmt: skip
+
+            base_model_artifact = base.outputs["base_model"]
+            with dsl.If(run_sft == True, name="sft"):  # noqa: E712 - a KFP condition, not Python
+                sft_task = train_sft(base_model_artifact)
+                with dsl.If(run_grpo == True, name="sft-then-grpo"):  # noqa: E712
+                    evaluate_and_promote(train_grpo(sft_task.outputs["trained"]).outputs["trained"])
+                with dsl.Else(name="sft-only"):
+                    evaluate_and_promote(sft_task.outputs["trained"])
+            with dsl.Elif(run_grpo == True, name="grpo-only"):  # noqa: E712
+                evaluate_and_promote(train_grpo(base_model_artifact).outputs["trained"])
+
+    return long_video_reasoning
+
+
+def cluster_config_dict(cfg: ClusterConfig) -> dict[str, Any]:
+    return asdict(cfg)
