@@ -1,0 +1,124 @@
+"""Compile the pipeline and submit it to a Kubeflow Pipelines server through `kfp.Client`.
+
+Submission = upload the package (a new pipeline, or a new version of the existing one), get or
+create the experiment, start a run with the given parameters. The bearer token comes from the
+environment (`KFP_TOKEN`) only: never an option (shell history), never printed, never in the
+compiled YAML.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+TOKEN_ENV = "KFP_TOKEN"
+
+
+class SubmitError(ValueError):
+    pass
+
+
+def compile_pipeline(out: str | Path, cluster: Any = None) -> Path:
+    """Write the pipeline's KFP IR YAML to `out`."""
+    from kfp import compiler
+
+    from pipelines.long_video_reasoning import build_pipeline
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(build_pipeline(cluster), str(out))
+    return out
+
+
+def _pipeline_doc(package: str | Path) -> dict[str, Any]:
+    """The pipeline spec (first YAML document; the second, if any, is the platform spec)."""
+    return next(iter(yaml.safe_load_all(Path(package).read_text())))
+
+
+def pipeline_parameters(package: str | Path) -> dict[str, dict[str, Any]]:
+    """Name -> {"type", "default"} of the compiled pipeline's input parameters."""
+    spec = _pipeline_doc(package)
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    return {name: {"type": p["parameterType"], "default": p.get("defaultValue")} for name, p in params.items()}
+
+
+_PARSERS: dict[str, typing.Callable[[Any], bool]] = {
+    "STRING": lambda v: isinstance(v, str),
+    "NUMBER_INTEGER": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "NUMBER_DOUBLE": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+    "BOOLEAN": lambda v: isinstance(v, bool),
+    "LIST": lambda v: isinstance(v, list),
+    "STRUCT": lambda v: isinstance(v, dict),
+}
+
+
+def parse_params(items: list[str], declared: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """`k=v` strings -> typed values (YAML scalars/lists), checked against the declared types;
+    an unknown name or a wrong type is an error naming the parameter."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise SubmitError(f"--param {item!r} is not name=value")
+        name, raw = item.split("=", 1)
+        if name not in declared:
+            raise SubmitError(f"unknown pipeline parameter {name!r}; known: {', '.join(sorted(declared))}")
+        kind = declared[name]["type"]
+        value: Any = raw if kind == "STRING" else yaml.safe_load(raw)
+        if kind == "NUMBER_DOUBLE" and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not _PARSERS.get(kind, lambda v: True)(value):
+            raise SubmitError(f"parameter {name}={raw!r} is not a {kind.lower().replace('number_', '')}")
+        out[name] = value
+    return out
+
+
+@dataclass
+class Submitted:
+    pipeline_id: str
+    version_id: str
+    experiment_id: str
+    run_id: str
+    url: str
+
+
+def submit(host: str, package: str | Path, params: dict[str, Any], experiment: str = "longrl",
+           namespace: str | None = None, run_name: str | None = None, service_account: str | None = None,
+           pipeline_name: str | None = None) -> Submitted:  # fmt: skip
+    """Upload `package` and start a run. The token is read from $KFP_TOKEN when set."""
+    import kfp
+
+    from common.secrets import register_secret
+
+    token = os.environ.get(TOKEN_ENV) or None
+    if token:
+        register_secret(token)  # redacted from anything we log
+    package = Path(package)
+    name = pipeline_name or _pipeline_doc(package)["pipelineInfo"]["name"]
+    client = kfp.Client(host=host, namespace=namespace or "kubeflow", existing_token=token)
+    digest = hashlib.sha256(package.read_bytes()).hexdigest()[:12]
+    pipeline_id = client.get_pipeline_id(name)
+    if pipeline_id is None:
+        pipeline = client.upload_pipeline(str(package), pipeline_name=name, namespace=namespace)
+        pipeline_id = pipeline.pipeline_id
+        versions = client.list_pipeline_versions(pipeline_id, sort_by="created_at desc", page_size=1)
+        if not versions.pipeline_versions:
+            raise SubmitError(f"pipeline {name} ({pipeline_id}) was uploaded but has no version")
+        version_id = versions.pipeline_versions[0].pipeline_version_id
+    else:
+        version = client.upload_pipeline_version(
+            str(package), pipeline_version_name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{digest}",
+            pipeline_id=pipeline_id)  # fmt: skip
+        version_id = version.pipeline_version_id
+    exp = client.create_experiment(experiment, namespace=namespace)
+    run = client.run_pipeline(experiment_id=exp.experiment_id, job_name=run_name or f"{name}-{digest}",
+                              params=params, pipeline_id=pipeline_id, version_id=version_id,
+                              service_account=service_account)  # fmt: skip
+    url = f"{host.rstrip('/')}/#/runs/details/{run.run_id}"
+    return Submitted(pipeline_id, version_id, exp.experiment_id, run.run_id, url)
