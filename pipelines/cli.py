@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from pipelines import cli_model, cli_pipeline, cli_registry, cli_synth
+from pipelines import cli_eval, cli_model, cli_pipeline, cli_registry, cli_synth
 
 app = typer.Typer(
     name="longrl",
@@ -23,6 +23,7 @@ app.add_typer(cli_model.app, name="model")
 app.command("synth")(cli_synth.synth)
 app.add_typer(cli_registry.app, name="registry")
 app.add_typer(cli_pipeline.app, name="pipeline")
+app.add_typer(cli_eval.app, name="eval")
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -1,0 +1,79 @@
+"""Inference engines: `hf` (transformers, batched, CPU or GPU) and `vllm` (GPU, imported lazily).
+
+An engine does two things. `prepare(item)` decodes and samples the item's video (raising
+data_gen.video_io.VideoError for a video that cannot be used - the runner records that as an
+error for the question, never a substitute) and reports the sampled frame times, so the runner
+can choose the subtitle lines shown with those frames. `generate(prepared, prompts)` answers a
+batch. Both engines sample frames with the same code (data_gen.video_io + training.video_inputs),
+so a question sees the same frames whichever engine runs it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from eval.task import EvalItem
+
+ENGINES = ("hf", "vllm")
+
+
+@dataclass
+class Prompt:
+    user: str  # the question text (the video comes first in the user turn)
+    system: str | None = None  # None: the chat template's default system turn
+
+
+@dataclass
+class Prepared:
+    item: EvalItem
+    timestamps_s: list[float]  # time of each sampled frame
+    num_video_tokens: int
+    decode_s: float  # seconds spent decoding/sampling/patching this video
+    payload: Any = field(default=None, repr=False)  # engine-specific (patches, frames)
+
+
+@dataclass
+class Generation:
+    text: str
+    num_tokens: int
+    finished: bool  # False when max_new_tokens ran out first
+
+
+class Engine(Protocol):
+    name: str
+
+    def prepare(self, item: EvalItem) -> Prepared: ...
+
+    def generate(self, prepared: list[Prepared], prompts: list[Prompt], max_new_tokens: int,
+                 temperature: float = 0.0) -> list[Generation]: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+def make_engine(name: str, model_dir: str, sampling: Any, device: str = "auto", dtype: str = "auto",
+                seed: int = 0, **kwargs: Any) -> Engine:
+    """Build the engine named `name` (heavy imports happen here, not at module import)."""
+    if name == "hf":
+        from eval.engines.hf import HFEngine
+
+        return HFEngine(model_dir, sampling, device=device, dtype=dtype, seed=seed)
+    if name == "vllm":
+        from eval.engines.vllm_engine import VLLMEngine
+
+        return VLLMEngine(model_dir, sampling, dtype=dtype, seed=seed, **kwargs)
+    raise ValueError(f"unknown engine {name!r}; known: {', '.join(ENGINES)}")
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    if dtype != "auto":
+        return dtype
+    return "bfloat16" if str(device).startswith("cuda") else "float32"

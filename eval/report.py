@@ -1,0 +1,145 @@
+"""What a run leaves behind besides predictions: metrics.json, PNG charts, a console summary,
+and an MLflow run when a tracking server is configured (common.tracking)."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+PLOT = "accuracy.png"
+SUMMARY = "summary.json"
+
+
+def write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False))
+    tmp.replace(path)
+
+
+def _fmt(acc: float | None, ci: list[float] | None) -> str:
+    if acc is None:
+        return "n/a"
+    text = f"{100 * acc:.1f}"
+    if ci and all(c == c for c in ci):  # not NaN
+        text += f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+    return text
+
+
+def plot_benchmark(metrics: Mapping[str, Any], path: Path) -> Path | None:
+    """Bar chart of accuracy by each breakdown key (one panel per key) with 95 % intervals."""
+    breakdown = metrics.get("breakdown") or {}
+    panels = [(k, v) for k, v in breakdown.items() if v]
+    if not panels:
+        panels = [("overall", {"all": metrics["overall"]})]
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    height = sum(max(1.2, 0.32 * len(v) + 0.8) for _, v in panels)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8, height), squeeze=False)
+    for ax, (key, values) in zip(axes[:, 0], panels, strict=True):
+        names = list(values)
+        acc = [100 * (values[n]["accuracy"] or 0.0) for n in names]
+        lo = [a - 100 * (values[n]["ci95"] or [0, 0])[0] if values[n]["ci95"] else 0 for a, n in zip(acc, names, strict=True)]
+        hi = [100 * (values[n]["ci95"] or [0, 0])[1] - a if values[n]["ci95"] else 0 for a, n in zip(acc, names, strict=True)]
+        ax.barh(range(len(names)), acc, xerr=[lo, hi], color="#4C72B0", capsize=3)
+        for y, n in enumerate(names):
+            a = values[n]["accuracy"]
+            ax.text(1, y, "n/a" if a is None else f"{100 * a:.1f}", va="center", fontsize=7, color="black")
+        ax.set_yticks(range(len(names)), [f"{n} (n={values[n]['scored']})" for n in names], fontsize=8)
+        ax.set_xlim(0, 100)
+        ax.invert_yaxis()
+        ax.set_title(f"{metrics['benchmark']}: accuracy by {key} (%)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_summary(summary: Mapping[str, Any], path: Path) -> Path | None:
+    rows = [(name, s) for name, s in summary["benchmarks"].items() if s.get("score") is not None]
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 0.4 * len(rows) + 1.2))
+    scores = [100 * s["score"] for _, s in rows]
+    ci = [s.get("score_ci95") or [s["score"], s["score"]] for _, s in rows]
+    err = [[sc - 100 * c[0] for sc, c in zip(scores, ci, strict=True)], [100 * c[1] - sc for sc, c in zip(scores, ci, strict=True)]]
+    ax.barh(range(len(rows)), scores, xerr=err, color="#55A868", capsize=3)
+    ax.set_yticks(range(len(rows)), [n for n, _ in rows])
+    ax.set_xlim(0, 100)
+    ax.invert_yaxis()
+    ax.set_title(f"{summary.get('model', '')}: score by benchmark (%)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def console_table(summary: Mapping[str, Any]) -> Any:
+    from rich.table import Table
+
+    table = Table(title=f"eval: {summary.get('model', '')}")
+    for col in ("benchmark", "score (95% CI)", "n", "scored", "unanswered", "errors", "judge errors"):
+        table.add_column(col, justify="left" if col == "benchmark" else "right")
+    for name, s in summary["benchmarks"].items():
+        o = s["overall"]
+        table.add_row(name, _fmt(s.get("score"), s.get("score_ci95")), str(o["n"]), str(o["scored"]),
+                      str(o["unanswered"]), str(o["errors"]), str(o["judge_errors"]))
+    return table
+
+
+_BAD_METRIC_CHARS = re.compile(r"[^0-9A-Za-z_\-\./ ]")
+
+
+def metric_name(*parts: str) -> str:
+    """MLflow metric names allow letters, digits, _ - . / and space ("Goal & Purpose" -> "Goal _ Purpose")."""
+    return "/".join(_BAD_METRIC_CHARS.sub("_", str(p)) for p in parts)
+
+
+def mlflow_metrics(name: str, metrics: Mapping[str, Any]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    o = metrics["overall"]
+    for key in ("accuracy", "accuracy_answered"):
+        if o.get(key) is not None:
+            out[metric_name(name, key)] = float(o[key])
+    if metrics.get("score") is not None:
+        out[metric_name(name, "score")] = float(metrics["score"])
+        if metrics.get("score_ci95"):
+            out[metric_name(name, "score_ci95_low")] = float(metrics["score_ci95"][0])
+            out[metric_name(name, "score_ci95_high")] = float(metrics["score_ci95"][1])
+    for key in ("n", "scored", "unanswered", "errors", "judge_errors"):
+        out[metric_name(name, key)] = float(o[key])
+    for key, values in (metrics.get("breakdown") or {}).items():
+        for value, s in values.items():
+            if s.get("accuracy") is not None:
+                out[metric_name(name, key, value)] = float(s["accuracy"])
+    return out
+
+
+def log_to_mlflow(run: Any, out_dir: Path, summary: Mapping[str, Any], per_benchmark: Mapping[str, Mapping[str, Any]]) -> None:
+    """Metrics, plots, metrics.json and predictions of every benchmark into the stage's run
+    (a no-op when MLflow is off: `run` is then inactive)."""
+    if not getattr(run, "active", False):
+        return
+    metrics: dict[str, float] = {}
+    for name, m in per_benchmark.items():
+        metrics.update(mlflow_metrics(name, m))
+    run.log_metrics(metrics)
+    run.set_tags({"eval.model": summary.get("model", ""), "eval.benchmarks": ",".join(per_benchmark)})
+    for name in per_benchmark:
+        bench_dir = out_dir / name
+        for fname in ("metrics.json", PLOT, "predictions.jsonl", "run_info.json"):
+            if (bench_dir / fname).is_file():
+                run.log_artifact(bench_dir / fname, f"eval/{name}")
+    for fname in (SUMMARY, "summary.png"):
+        if (out_dir / fname).is_file():
+            run.log_artifact(out_dir / fname, "eval")
