@@ -62,12 +62,14 @@ def load_model(path: str | Path, dtype: str = "float32", device: str | torch.dev
     return model.to(device).eval()
 
 
-def save_model_folder(model, tokenizer, out_dir: str | Path, source_dir: str | Path | None = None) -> Path:
+def save_model_folder(model, tokenizer, out_dir: str | Path, source_dir: str | Path | None = None,
+                      state_dict: dict | None = None) -> Path:
     """Write a loadable model folder: weights (safetensors), config, generation config, tokenizer,
-    and the processor/chat-template files copied from `source_dir`."""
+    and the processor/chat-template files copied from `source_dir`. `state_dict` (full tensors)
+    replaces the model's own parameters - an FSDP-sharded model passes its gathered weights."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, safe_serialization=True)
+    model.save_pretrained(out, safe_serialization=True, state_dict=state_dict)
     tokenizer.save_pretrained(out)
     if source_dir is not None:
         for name in PROCESSOR_FILES:

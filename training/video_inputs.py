@@ -151,17 +151,35 @@ def frames_to_patches(frames: np.ndarray, sample_fps: float, spec: VisionSpec, s
     )
 
 
-def load_video_patches(path: str | Path, sampling: VideoSampling, spec: VisionSpec,
-                       start_s: float = 0.0, end_s: float | None = None) -> VideoPatches:
-    """Decode, sample and patch one video span. Raises data_gen.video_io.VideoError when the
-    video cannot be used (callers record and skip it)."""
-    info = probe_video(path)
+def frame_indices(info, sampling: VideoSampling, spec: VisionSpec, start_s: float = 0.0,
+                  end_s: float | None = None) -> np.ndarray:
+    """The frames `load_video_patches` decodes for a probed video (a multiple of the temporal
+    patch size)."""
     indices = sample_indices(info, num_frames=sampling.num_frames if sampling.fps <= 0 else 0,
                              fps=sampling.fps, min_frames=sampling.min_frames,
                              max_frames=sampling.max_frames, start_s=start_s, end_s=end_s)
     if len(indices) % spec.temporal_patch_size:
         # An odd count would make the processor repeat the last frame; sample one more instead.
         indices = sample_indices(info, num_frames=len(indices) + 1, start_s=start_s, end_s=end_s)
+    return indices
+
+
+def planned_grid(path: str | Path, sampling: VideoSampling, spec: VisionSpec, start_s: float = 0.0,
+                 end_s: float | None = None) -> tuple[int, int, int]:
+    """grid_thw that `load_video_patches` would produce, from the file's header alone (no frame
+    is decoded): lets a trainer know every example's length before decoding any video."""
+    info = probe_video(path)
+    n = len(frame_indices(info, sampling, spec, start_s, end_s))
+    h, w = frame_size(info.height, info.width, n, sampling, spec)
+    return n // spec.temporal_patch_size, h // spec.patch_size, w // spec.patch_size
+
+
+def load_video_patches(path: str | Path, sampling: VideoSampling, spec: VisionSpec,
+                       start_s: float = 0.0, end_s: float | None = None) -> VideoPatches:
+    """Decode, sample and patch one video span. Raises data_gen.video_io.VideoError when the
+    video cannot be used (callers record and skip it)."""
+    info = probe_video(path)
+    indices = frame_indices(info, sampling, spec, start_s, end_s)
     frames = read_frames(path, indices)
     span = (min(end_s, info.duration_s) if end_s is not None else info.duration_s) - max(0.0, start_s)
     sample_fps = len(indices) / span if span > 0 else info.fps
