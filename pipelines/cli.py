@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from pipelines import cli_eval, cli_model, cli_pipeline, cli_registry, cli_synth
+from pipelines import cli_eval, cli_model, cli_pipeline, cli_registry, cli_synth, cli_train
 
 app = typer.Typer(
     name="longrl",
@@ -24,6 +24,7 @@ app.command("synth")(cli_synth.synth)
 app.add_typer(cli_registry.app, name="registry")
 app.add_typer(cli_pipeline.app, name="pipeline")
 app.add_typer(cli_eval.app, name="eval")
+app.add_typer(cli_train.app, name="train")
 
 
 def main() -> None:  # pragma: no cover - console entry

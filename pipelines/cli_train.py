@@ -1,0 +1,54 @@
+"""`longrl train ...`: the training stages (CoT-SFT here; GRPO beside it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from pipelines.cli_common import CONFIG_HELP, OVERRIDES_HELP, console, fail, resolve_config
+
+app = typer.Typer(help="Training stages: CoT-SFT and GRPO on long videos.", no_args_is_help=True)
+
+
+@app.command("sft")
+def sft(
+    model: Path = typer.Option(..., "--model", help="Model folder to start from (Hugging Face format: a Qwen2.5-VL-*-Instruct folder, a checkpoint, or `longrl model tiny`)."),
+    data: Path = typer.Option(..., "--data", help="Dataset: a `longrl data build` folder (its `sft` split), a datasets/parquet/jsonl split, or a `longrl synth` folder."),
+    out: Path = typer.Option(..., "--out", help="Output folder (model/, checkpoints/, metrics.jsonl, loss_curve.png, skipped.jsonl, summary.json). A run started again on it resumes from its newest checkpoint."),
+    config: Path = typer.Option(None, "--config", help=CONFIG_HELP),
+    overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP + " Keys: see training.sft.config.SFTConfig, e.g. lr=0.00001 video.num_frames=32 num_workers=8 launcher=ray."),
+) -> None:
+    """CoT-SFT: teach the model to answer video questions as <think>reasoning</think><answer>answer</answer>.
+
+    The records' reasoning and answer are the target (loss on those tokens only), with 3-D M-RoPE positions and length-grouped batches.
+
+    One CPU/GPU process by default; num_workers=N runs N Ray Train workers with FSDP2 (gloo on CPU, NCCL on GPUs).
+
+    Examples with a missing or undecodable video, too many tokens, or an empty answer/reasoning are listed in OUT/skipped.jsonl and left out; more than max_bad_fraction of them fails the run.
+
+    Checkpoints and OUT/model are plain Hugging Face folders (from_pretrained and vLLM load them as they are). Metrics go to the console, OUT/metrics.jsonl and MLflow when MLFLOW_TRACKING_URI is set. See docs/sft.md."""
+    from training.sft.config import SFTConfig
+
+    cfg = resolve_config(SFTConfig, config, overrides)
+    try:
+        cfg.check()
+    except ValueError as exc:
+        fail(str(exc), 2)
+    from training.model_io import ModelFolderError
+    from training.sft.data import SFTDataError
+    from training.sft.metrics import summary_lines
+    from training.sft.run import train_sft
+
+    try:
+        summary = train_sft(cfg, model, data, out)
+    except (SFTDataError, ModelFolderError, FileNotFoundError) as exc:
+        fail(str(exc))
+    except Exception as exc:  # a failure inside Ray workers arrives wrapped; show its message
+        cause = getattr(exc, "__cause__", None)
+        if type(exc).__name__ in ("TrainingFailedError", "WorkerGroupError"):
+            fail(f"training failed: {cause or exc}")
+        raise
+    for line in summary_lines(summary):
+        console.print(line)
+    console.print(f"[green]done[/green]: {out}")

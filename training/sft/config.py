@@ -1,0 +1,116 @@
+"""SFT configuration: one flat dataclass (plus the video sampling), every field documented.
+
+Loaded with common.config.load_config (defaults -> YAML -> key=value overrides) and saved as
+OUT/config.yaml. Defaults suit a real run on GPUs; tests override the sizes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from training.prompts import SYSTEM_PROMPT
+from training.video_inputs import VideoSampling
+
+PRECISIONS = ("auto", "bf16", "fp32")
+LAUNCHERS = ("auto", "local", "ray")
+RESUME_MODES = ("auto", "never")
+
+
+@dataclass
+class SFTConfig:
+    """Settings of `longrl train sft`."""
+
+    # -- data -------------------------------------------------------------------------------
+    split: str = "sft"  # split read from --data (datasets folder, .parquet, .jsonl or a synth folder)
+    video_root: str = ""  # relative video paths resolve here; empty: the --data folder
+    max_examples: int = 0  # use at most this many records (0: all)
+    video: VideoSampling = field(default_factory=VideoSampling)  # frames / fps / pixel budget per video
+    use_record_frames: bool = False  # a record's own num_frames / sample_fps override `video`
+    system_prompt: str = SYSTEM_PROMPT  # asks for <think>...</think> then <answer>...</answer>
+    max_seq_len: int = 8192  # prompt (video tokens included) + response; longer examples are skipped
+    require_reasoning: bool = True  # an empty `reasoning` is bad data (the CoT target would be empty)
+    scan_decode: bool = True  # the pre-training scan decodes every video (False: probe only, faster)
+    scan_threads: int = 4  # decoding threads per worker during the scan
+    max_bad_fraction: float = 0.05  # more bad examples than this share fails the run
+
+    # -- optimisation -----------------------------------------------------------------------
+    lr: float = 1e-5  # peak learning rate (AdamW)
+    min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
+    warmup_ratio: float = 0.03  # warm-up share of all optimizer steps (when warmup_steps is 0)
+    warmup_steps: int = 0  # explicit warm-up steps (overrides warmup_ratio when > 0)
+    weight_decay: float = 0.0  # AdamW decoupled weight decay on matrices (not biases/norms)
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    max_grad_norm: float = 1.0  # clip the global gradient norm (<= 0: no clipping)
+    epochs: int = 1  # passes over the data
+    max_steps: int = 0  # stop after this many optimizer steps (0: run all epochs)
+    micro_batch_size: int = 1  # examples per forward pass on each worker
+    grad_accum: int = 1  # micro-batches per optimizer step on each worker
+    # global batch = micro_batch_size * grad_accum * num_workers; the loss is the mean over
+    # every response token of the global batch, so the step is the same for any split of it.
+    length_grouping: bool = True  # batch examples of similar length (little padding)
+    length_group_batches: int = 16  # global batches sorted together per group (more: less padding, less randomness)
+    logprob_chunk: int = 1024  # LM-head positions per chunk (the full logits never exist at once)
+
+    # -- model ------------------------------------------------------------------------------
+    freeze_vision_tower: bool = True  # the reference trains the LLM only; the ViT blocks stay frozen
+    freeze_projector: bool = False  # also freeze the merger/projector (vision -> LLM)
+    precision: str = "auto"  # "auto": bf16 autocast on GPU, fp32 on CPU; "bf16"; "fp32"
+    gradient_checkpointing: str = "auto"  # "auto": on with a GPU; "on"; "off"
+    attn_implementation: str = ""  # e.g. "flash_attention_2" on GPUs; empty: transformers' default (sdpa)
+
+    # -- workers ----------------------------------------------------------------------------
+    num_workers: int = 1  # training processes (one per GPU); >1 shards the model with FSDP2
+    launcher: str = "auto"  # "auto": local for 1 worker, Ray Train for more; "local"; "ray"
+    use_gpu: bool | str = "auto"  # "auto": GPUs when CUDA is available; true; false
+    cpus_per_worker: int = 1  # CPUs per worker: Ray resources, and torch threads when training on CPU
+
+    # -- checkpoints and evaluation ---------------------------------------------------------
+    save_every: int = 0  # checkpoint every N optimizer steps (0: only at the end)
+    keep_last: int = 2  # checkpoints kept (0: all)
+    save_dtype: str = ""  # weights of saved folders: "" as trained, or "bfloat16"/"float16"
+    resume: str = "auto"  # "auto": continue from OUT's newest checkpoint; "never"; or a checkpoint path
+    eval_every: int = 0  # evaluate every N steps (0: only at the end, if an eval set exists)
+    eval_split: str = ""  # split of --data for evaluation (e.g. "eval"); empty: hold out eval_holdout
+    eval_holdout: int = 0  # records of the training split held out for evaluation
+    eval_max_examples: int = 64  # evaluation examples used (loss)
+    eval_generate: int = 8  # of those, greedily decoded to measure format and accuracy (1 worker)
+    max_new_tokens: int = 256  # greedy decoding budget in evaluation
+
+    # -- logging ----------------------------------------------------------------------------
+    log_every: int = 1  # console/jsonl/MLflow metrics every N steps
+    progress: bool = True  # rich progress bar on the console
+    mlflow_log_model: bool = True  # log the final folder to MLflow (when a tracking URI is set)
+    seed: int = 0  # batch order, RNG states
+
+    def check(self) -> SFTConfig:
+        """Raise ValueError naming the first inconsistent field."""
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision {self.precision!r} not in {PRECISIONS}")
+        if self.launcher not in LAUNCHERS:
+            raise ValueError(f"launcher {self.launcher!r} not in {LAUNCHERS}")
+        if self.gradient_checkpointing not in ("auto", "on", "off"):
+            raise ValueError(f"gradient_checkpointing {self.gradient_checkpointing!r} not in auto/on/off")
+        if self.use_gpu not in ("auto", True, False):
+            raise ValueError(f"use_gpu {self.use_gpu!r} not in auto/true/false")
+        if self.save_dtype not in ("", "bfloat16", "float16", "float32"):
+            raise ValueError(f"save_dtype {self.save_dtype!r} not in '', bfloat16, float16, float32")
+        for name in ("micro_batch_size", "grad_accum", "num_workers", "epochs", "length_group_batches",
+                     "log_every", "logprob_chunk", "max_seq_len", "scan_threads", "cpus_per_worker"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.max_bad_fraction <= 1.0:
+            raise ValueError(f"max_bad_fraction {self.max_bad_fraction} must be within [0, 1]")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        return self
+
+    @property
+    def global_batch(self) -> int:
+        return self.micro_batch_size * self.grad_accum * self.num_workers
+
+    def wants_gpu(self) -> bool:
+        import torch
+
+        return self.use_gpu is True or (self.use_gpu == "auto" and torch.cuda.is_available())
