@@ -1,0 +1,84 @@
+"""Request throughput of data_gen.llm_client.ChatEndpoint against an OpenAI-compatible server with
+a fixed latency, next to the bound concurrency / latency (target: >= 90 % of it).
+
+The server (tests/fixtures/openai_server.py) runs in its own process so it does not share the
+client's interpreter; it answers every request after exactly `latency` seconds.
+
+    .venv/bin/python bench/bench_requests.py [--seconds 3] [--configs 8x0.1,32x0.1,64x0.2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from data_gen.llm_client import ChatEndpoint, ClientSettings  # noqa: E402
+
+
+def start_server(latency: float) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen([sys.executable, "-m", "tests.fixtures.openai_server", "--latency", str(latency)],
+                            cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    url = proc.stdout.readline().strip()
+    if not url.startswith("http"):
+        proc.kill()
+        raise RuntimeError(f"server did not start: {url!r}")
+    return proc, url
+
+
+async def measure(url: str, concurrency: int, n: int) -> tuple[float, int]:
+    ep = ChatEndpoint(url, "bench", settings=ClientSettings(concurrency=concurrency, timeout_s=30))
+    msgs = [[{"role": "user", "content": f"q{i}"}] for i in range(n)]
+    await asyncio.gather(*[ep.chat(m) for m in msgs[:concurrency]])  # warm the connection pool
+    t0 = time.perf_counter()
+    await asyncio.gather(*[ep.chat(m) for m in msgs])
+    elapsed = time.perf_counter() - t0
+    await ep.aclose()
+    return elapsed, ep.stats.retries
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=16.0, help="target length of each measurement")
+    # Real caption requests take seconds and reasoning-model QA requests tens of seconds. Each
+    # request costs the client ~3 ms of CPU (openai + httpx), so a burst of C requests takes
+    # C x 3 ms (more when the cores are shared) to issue: the ratio drops once that is no longer
+    # small next to the latency (the last, short-latency configuration shows it).
+    ap.add_argument("--configs", default="8x1,32x4,64x8,128x4", help="CONCURRENCYxLATENCY,...")
+    args = ap.parse_args()
+    proc, url = start_server(0.0)
+    try:
+        elapsed, _ = asyncio.run(measure(url, 32, 400))
+    finally:
+        proc.kill()
+        proc.wait()
+    print(f"CPU ceiling of client + server on this machine (latency 0, concurrency 32): "
+          f"{400 / elapsed:.0f} req/s")
+    print(f"{'concurrency':>11s} {'latency s':>9s} {'requests':>8s} {'bound req/s':>11s} "
+          f"{'measured req/s':>14s} {'ratio':>6s} {'retries':>7s}")
+    worst = 1.0
+    for spec in args.configs.split(","):
+        c_text, l_text = spec.split("x")
+        concurrency, latency = int(c_text), float(l_text)
+        bound = concurrency / latency
+        n = max(concurrency, int(bound * args.seconds) // concurrency * concurrency)
+        proc, url = start_server(latency)
+        try:
+            elapsed, retries = asyncio.run(measure(url, concurrency, n))
+        finally:
+            proc.kill()
+            proc.wait()
+        rate = n / elapsed
+        worst = min(worst, rate / bound)
+        print(f"{concurrency:11d} {latency:9.3f} {n:8d} {bound:11.1f} {rate:14.1f} {rate / bound:6.1%} {retries:7d}")
+    print(f"worst ratio {worst:.1%} (target >= 90 %)")
+
+
+if __name__ == "__main__":
+    main()
