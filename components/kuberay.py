@@ -50,7 +50,7 @@ class RayJobConfig:
     shm_size: str = "64Gi"  # /dev/shm for NCCL and dataloaders
     service_account: str = "longrl-ray"
     secret_env: dict[str, str] = field(default_factory=dict)  # ENV_NAME -> "secret-name:key"
-    run_as_user: int = 1000
+    run_as_user: int = 10001  # the longrl images' user
     active_deadline_s: int = 7 * 24 * 3600
     ttl_after_finished_s: int = 3600
 
@@ -68,6 +68,7 @@ def _security_context(cfg: RayJobConfig) -> dict[str, Any]:
         "runAsNonRoot": True,
         "runAsUser": cfg.run_as_user,
         "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,  # Ray writes to /tmp/ray: an emptyDir
         "capabilities": {"drop": ["ALL"]},
         "seccompProfile": {"type": "RuntimeDefault"},
     }
@@ -88,14 +89,19 @@ def _pod_template(cfg: RayJobConfig, name: str, cpu: str, memory: str, gpus: int
         "volumeMounts": [
             {"name": "data", "mountPath": cfg.mount_path},
             {"name": "dshm", "mountPath": "/dev/shm"},
+            {"name": "tmp", "mountPath": "/tmp"},
         ],
     }
     spec: dict[str, Any] = {
         "serviceAccountName": cfg.service_account,
+        "automountServiceAccountToken": False,
+        "securityContext": {"runAsNonRoot": True, "runAsUser": cfg.run_as_user, "fsGroup": cfg.run_as_user,
+                            "seccompProfile": {"type": "RuntimeDefault"}},  # fmt: skip
         "containers": [container],
         "volumes": [
             {"name": "data", "persistentVolumeClaim": {"claimName": cfg.pvc_name}},
             {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": cfg.shm_size}},
+            {"name": "tmp", "emptyDir": {}},
         ],
     }
     if gpus:
@@ -108,12 +114,7 @@ def build_rayjob(cfg: RayJobConfig, name: str, entrypoint: list[str],
                  env: dict[str, str] | None = None, labels: dict[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
     """The RayJob object: a head (no GPU) and one worker group of `cfg.workers` GPU pods; the
     entrypoint runs on the head through the Ray job submission API (KubeRay's K8sJobMode)."""
-    env_list: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in sorted((env or {}).items())]
-    for var, ref in sorted(cfg.secret_env.items()):
-        secret, _, key = ref.partition(":")
-        env_list.append({"name": var, "valueFrom": {"secretKeyRef": {"name": secret, "key": key or var}}})
-    head = _pod_template(cfg, "ray-head", cfg.head_cpu, cfg.head_memory, 0, env_list)
-    worker = _pod_template(cfg, "ray-worker", cfg.worker_cpu, cfg.worker_memory, cfg.gpus_per_worker, env_list)
+    env_list = _env_list(cfg, env)
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "RayJob",
@@ -126,20 +127,47 @@ def build_rayjob(cfg: RayJobConfig, name: str, entrypoint: list[str],
             "ttlSecondsAfterFinished": cfg.ttl_after_finished_s,
             "activeDeadlineSeconds": cfg.active_deadline_s,
             "backoffLimit": 0,
-            "rayClusterSpec": {
-                "rayVersion": cfg.ray_version,
-                "headGroupSpec": {"rayStartParams": {"dashboard-host": "0.0.0.0", "num-gpus": "0"},
-                                  "template": head},  # fmt: skip
-                "workerGroupSpecs": [{
-                    "groupName": "gpu-workers",
-                    "replicas": cfg.workers,
-                    "minReplicas": cfg.workers,
-                    "maxReplicas": cfg.workers,
-                    "rayStartParams": {},
-                    "template": worker,
-                }],
-            },
+            "rayClusterSpec": ray_cluster_spec(cfg, env_list),
         },
+    }
+
+
+def _env_list(cfg: RayJobConfig, env: dict[str, str] | None) -> list[dict[str, Any]]:
+    env_list: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in sorted((env or {}).items())]
+    for var, ref in sorted(cfg.secret_env.items()):
+        secret, _, key = ref.partition(":")
+        env_list.append({"name": var, "valueFrom": {"secretKeyRef": {"name": secret, "key": key or var}}})
+    return env_list
+
+
+def ray_cluster_spec(cfg: RayJobConfig, env_list: list[dict[str, Any]], min_workers: int | None = None) -> dict[str, Any]:
+    """Head (no GPU) + one group of `cfg.workers` GPU workers (fixed size unless `min_workers`)."""
+    head = _pod_template(cfg, "ray-head", cfg.head_cpu, cfg.head_memory, 0, env_list)
+    worker = _pod_template(cfg, "ray-worker", cfg.worker_cpu, cfg.worker_memory, cfg.gpus_per_worker, env_list)
+    return {
+        "rayVersion": cfg.ray_version,
+        "headGroupSpec": {"rayStartParams": {"dashboard-host": "0.0.0.0", "num-gpus": "0"}, "template": head},
+        "workerGroupSpecs": [{
+            "groupName": "gpu-workers",
+            "replicas": cfg.workers,
+            "minReplicas": cfg.workers if min_workers is None else min_workers,
+            "maxReplicas": cfg.workers,
+            "rayStartParams": {},
+            "template": worker,
+        }],
+    }
+
+
+def build_raycluster(cfg: RayJobConfig, name: str) -> dict[str, Any]:
+    """A long-lived RayCluster of the same shape (interactive GRPO: `ray job submit`), created
+    with no workers (no idle GPUs); scale `replicas` up to `cfg.workers` to use it."""
+    spec = ray_cluster_spec(cfg, _env_list(cfg, None), min_workers=0)
+    spec["workerGroupSpecs"][0]["replicas"] = 0
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "RayCluster",
+        "metadata": {"name": name, "namespace": cfg.namespace, "labels": {"app.kubernetes.io/part-of": "longrl"}},
+        "spec": spec,
     }
 
 
@@ -204,3 +232,51 @@ def in_cluster_api_client() -> Any:
 
     config.load_incluster_config()
     return client.ApiClient()
+
+
+# The checked-in manifests (manifests/gpu/kuberay, manifests/templates) are rendered from the
+# same builders, so a hand-applied RayCluster/RayJob has exactly the pipeline's pod shape;
+# tests/test_manifests.py fails when they drift. Regenerate: `python -m components.kuberay`.
+TEMPLATE_ENTRYPOINT = [
+    "longrl", "train", "grpo", "--model", "/mnt/data/models/Qwen2.5-VL-7B-Instruct",
+    "--data", "/mnt/data/datasets/longvideo-reason", "--out", "/mnt/data/runs/manual/grpo",
+    "launcher=ray", "num_workers=16", "use_gpu=true",
+]  # fmt: skip
+_HEADER = ("# Generated by `python -m components.kuberay` from components/kuberay.py: edit the builder, not\n"
+           "# this file. {what}\n")  # fmt: skip
+# Skip reasons for policy scanners that read CRD pod templates (checkov 3.3 does not).
+_CHECKOV_SKIPS = {
+    "checkov.io/skip1": "CKV_K8S_43=Images are pinned by version tag; set digests per registry with kustomize images.",
+    "checkov.io/skip2": "CKV_K8S_35=Training reads its API keys and store credentials from environment variables; the values come from Secrets.",
+    "checkov.io/skip3": "CKV_K8S_8=The KubeRay operator injects liveness probes into Ray head and worker pods.",
+    "checkov.io/skip4": "CKV_K8S_9=The KubeRay operator injects readiness probes into Ray head and worker pods.",
+}
+
+
+def template_manifests() -> dict[str, str]:
+    import yaml
+
+    cfg = RayJobConfig(secret_env={"OPENAI_API_KEY": "longrl-llm-api:api-key",
+                                   "MLFLOW_TRACKING_PASSWORD": "longrl-mlflow-client:password"})  # fmt: skip
+    cluster = build_raycluster(cfg, "longrl-grpo")
+    cluster["metadata"]["annotations"] = dict(_CHECKOV_SKIPS)
+    job = build_rayjob(cfg, "longrl-grpo-manual", TEMPLATE_ENTRYPOINT,
+                       env={"MLFLOW_TRACKING_URI": "http://mlflow.longrl.svc.cluster.local:5000"})  # fmt: skip
+    job["metadata"]["annotations"] = dict(_CHECKOV_SKIPS)
+    return {
+        "gpu/kuberay/raycluster-grpo.yaml": _HEADER.format(
+            what="A RayCluster for interactive GRPO (workers start at 0:\n# `kubectl scale` or edit replicas).")
+        + yaml.safe_dump(cluster, sort_keys=False),
+        "templates/rayjob-grpo.yaml": _HEADER.format(
+            what="A GRPO RayJob to start by hand (`kubectl create -f`);\n# the pipeline builds the same object itself.")
+        + yaml.safe_dump(job, sort_keys=False),
+    }
+
+
+if __name__ == "__main__":  # pragma: no cover - regenerates the checked-in manifests
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "manifests"
+    for rel, text in template_manifests().items():
+        (root / rel).write_text(text)
+        print(f"wrote manifests/{rel}")

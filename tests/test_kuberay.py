@@ -40,7 +40,7 @@ def test_rayjob_object_is_valid_and_requests_gpus():
     assert c["securityContext"]["runAsNonRoot"] is True
     assert {"name": "OPENAI_API_KEY", "valueFrom": {"secretKeyRef": {"name": "longrl-llm-api", "key": "api-key"}}} in c["env"]
     assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
-    assert {v["name"] for v in pod["volumes"]} == {"data", "dshm"}
+    assert {v["name"] for v in pod["volumes"]} == {"data", "dshm", "tmp"}
     head = spec["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
     assert "nvidia.com/gpu" not in head["containers"][0]["resources"]["limits"] and "nodeSelector" not in head
     bad = copy.deepcopy(body)
