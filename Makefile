@@ -27,7 +27,15 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-test: $(STAMP)
+# checkov (manifest policy scan) lives in its own venv: its pins (packaging, boto3, ...) clash
+# with kfp's. tests/test_manifests.py uses it (and creates it the same way when missing).
+CHECKOV := .tmp/tools/checkov/bin/checkov
+$(CHECKOV):
+	@mkdir -p .tmp/tools
+	$(PYTHON) -m venv .tmp/tools/checkov
+	.tmp/tools/checkov/bin/pip install -q checkov==3.3.30
+
+test: $(STAMP) $(CHECKOV)
 	@mkdir -p $(TMPDIR)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q $(PYTEST_ARGS)
