@@ -145,8 +145,8 @@ def test_checkov_zero_failures_every_skip_explained(tmp_path):
         path = tmp_path / (k.replace("/", "_") + ".yaml")
         path.write_text(render(k))
         files.append(path)
-    files += raw_files()
-    args = [str(checkov_bin()), "--framework", "kubernetes", "--skip-download", "-o", "json"]
+    files += raw_files() + sorted((ROOT / "docker").glob("Dockerfile.*"))
+    args = [str(checkov_bin()), "--framework", "kubernetes", "dockerfile", "--skip-download", "-o", "json"]
     for f in files:
         args += ["-f", str(f)]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=tmp_path)
@@ -162,8 +162,24 @@ def test_checkov_zero_failures_every_skip_explained(tmp_path):
     assert passed > 300
     scanned = {Path(c["file_path"]).name for rep in reports for c in rep["results"]["passed_checks"]}
     # checkov has no policies for KubeRay kinds: their pods are held to test_pod_policy above.
-    assert {"overlays_dev.yaml", "overlays_gpu-cluster.yaml", "s3.yaml"} <= scanned
+    assert {"overlays_dev.yaml", "overlays_gpu-cluster.yaml", "s3.yaml", "Dockerfile.cpu", "Dockerfile.gpu"} <= scanned
     unexplained = [c["check_id"] for c in skipped if len(c["check_result"].get("suppress_comment", "")) < 20]
     assert unexplained == []
     # The only skips are the two documented ones (image digests, env-var secrets).
     assert {c["check_id"] for c in skipped} <= {"CKV_K8S_43", "CKV_K8S_35"}
+
+
+def test_dockerfiles_match_the_project():
+    import re
+
+    from components.images import CPU_IMAGE, GPU_IMAGE
+
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    torch_pin = re.search(r'"torch==([0-9.]+)"', pyproject).group(1)
+    for name, image in (("Dockerfile.cpu", CPU_IMAGE), ("Dockerfile.gpu", GPU_IMAGE)):
+        text = (ROOT / "docker" / name).read_text()
+        assert f"torch=={torch_pin}" in text, name  # the same torch as the project pins
+        assert "USER 10001" in text, name  # the uid the manifests run as
+        assert f"-t {image} ." in text, name  # the build command documents the default image name
+        assert not re.search(r"pip install[^\n]*torchvision", text), name
+    assert '".[gpu]"' in (ROOT / "docker" / "Dockerfile.gpu").read_text()
