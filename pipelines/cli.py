@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from pipelines import cli_eval, cli_model, cli_pipeline, cli_registry, cli_synth, cli_train
+from pipelines import cli_data, cli_eval, cli_model, cli_pipeline, cli_registry, cli_synth, cli_train
 
 app = typer.Typer(
     name="longrl",
@@ -21,6 +21,7 @@ app = typer.Typer(
 
 app.add_typer(cli_model.app, name="model")
 app.command("synth")(cli_synth.synth)
+app.add_typer(cli_data.app, name="data")
 app.add_typer(cli_registry.app, name="registry")
 app.add_typer(cli_pipeline.app, name="pipeline")
 app.add_typer(cli_eval.app, name="eval")

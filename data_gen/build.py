@@ -1,0 +1,352 @@
+"""`longrl data build`: videos -> clip captions -> reasoning QA -> dedup -> difficulty filter ->
+splits, resumable and concurrent.
+
+Phases run in one asyncio loop; requests within a phase run concurrently (bounded per
+endpoint), frame decoding in a few threads. Every finished unit goes to the UnitCache first, so
+a killed run redoes only unfinished units. Final files (splits, rejects.jsonl, summary) are
+rebuilt from the cached units at the end of every run: nothing is lost or written twice.
+Rejected videos and questions are recorded with their stage and reason and never stop the rest;
+a run where nothing survives fails with the reasons.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from data_gen import annotate
+from data_gen.build_config import BuildConfig
+from data_gen.difficulty import (
+    Answerer,
+    EndpointAnswerer,
+    NoisyOracleAnswerer,
+    apply_verdicts,
+    judge,
+    near_duplicates,
+    verdict_key,
+)
+from data_gen.llm_client import ChatEndpoint, RequestFailed
+from data_gen.prompt_templates import load_prompt
+from data_gen.qa_format import QA_SCHEMA_FILE, generator_json, qa_schema
+from data_gen.schema import QARecord
+from data_gen.sources import Reject, VideoItem, clip_spans, discover, drop_duplicates, probe
+from data_gen.splits import assign_videos, save_splits
+from data_gen.unit_cache import UnitCache
+from data_gen.video_io import VideoError
+
+DATA_GEN_VERSION = "1"
+
+
+class BuildError(RuntimeError):
+    """The build produced nothing usable (every video or every question was rejected)."""
+
+
+@dataclass
+class BuildResult:
+    out: Path
+    counts: dict[str, int]
+    summary: dict[str, Any]
+    rejects: list[Reject] = field(default_factory=list)
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class Build:
+    def __init__(self, cfg: BuildConfig, answerer: Answerer | None = None):
+        cfg.check()
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.cache = UnitCache(cfg.cache_dir or self.out / "cache")
+        self.rejects: list[Reject] = []
+        self.answerer = answerer
+        self.endpoints: dict[str, ChatEndpoint] = {}
+        self.times: dict[str, float] = {}
+        self.counts: dict[str, Any] = {}
+
+    # -- helpers -------------------------------------------------------------------------
+    def _endpoint(self, name: str) -> ChatEndpoint:
+        if name not in self.endpoints:
+            ep_cfg = self.cfg.filter.endpoint if name == "filter" else getattr(self.cfg, name)
+            self.endpoints[name] = ChatEndpoint(ep_cfg.url, ep_cfg.model, ep_cfg.api_key_env,
+                                                self.cfg.client, name=name, seed=self.cfg.splits.seed)
+        return self.endpoints[name]
+
+    def _bar(self, total: int, desc: str):
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc=desc, unit="unit", disable=not self.cfg.progress, leave=True)
+
+    async def _each(self, desc: str, jobs: list) -> list:
+        """Run coroutines concurrently with a progress bar; results (or exceptions) in order."""
+        bar = self._bar(len(jobs), desc)
+
+        async def one(job):
+            try:
+                return await job
+            except Exception as exc:  # recorded by the caller as a reject with its reason
+                return exc
+            finally:
+                bar.update(1)
+
+        try:
+            return list(await asyncio.gather(*[one(j) for j in jobs]))
+        finally:
+            bar.close()
+
+    def _generator(self) -> str:
+        c = self.cfg
+        if c.annotator == "groundtruth":
+            return generator_json(annotator="groundtruth", data_gen=DATA_GEN_VERSION, qa_schema=QA_SCHEMA_FILE)
+        return generator_json(annotator="llm", data_gen=DATA_GEN_VERSION, captioner=c.captioner.model,
+                              caption_prompt=load_prompt(c.caption_prompt).version, reasoner=c.reasoner.model,
+                              qa_prompt=load_prompt(c.qa_prompt).version, qa_schema=QA_SCHEMA_FILE)
+
+    # -- phases --------------------------------------------------------------------------
+    async def videos(self) -> list[VideoItem]:
+        candidates, manifest_rejects = discover(self.cfg.videos)
+        self.rejects += manifest_rejects
+        sem = asyncio.Semaphore(self.cfg.decode_workers)
+
+        async def one(vid: str, path: Path) -> VideoItem:
+            async with sem:
+                return await asyncio.to_thread(probe, vid, path)
+
+        results = await self._each("probe videos", [one(v, p) for v, p in candidates])
+        items = []
+        for (vid, path), res in zip(candidates, results, strict=True):
+            if isinstance(res, VideoError):
+                self.rejects.append(Reject("probe", str(path), res.reason, vid))
+            elif isinstance(res, Exception):
+                self.rejects.append(Reject("probe", str(path), f"{type(res).__name__}: {res}", vid))
+            else:
+                items.append(res)
+        items, dups = drop_duplicates(items)
+        self.rejects += dups
+        self.counts["videos_found"] = len(candidates)
+        if not items:
+            reasons = "; ".join(f"{r.item}: {r.reason}" for r in self.rejects[:5])
+            raise BuildError(f"all {len(candidates)} videos were rejected ({reasons})" if candidates
+                             else f"no video files found in {self.cfg.videos}")
+        return items
+
+    async def captions(self, items: list[VideoItem]) -> dict[str, list[dict]]:
+        c = self.cfg
+        spans = {it.video_id: clip_spans(it.duration_s, c.clip_s, c.min_tail_s) for it in items}
+        self.counts["clips"] = sum(len(s) for s in spans.values())
+        out: dict[str, list[dict]] = {}
+        if c.annotator == "groundtruth":
+            for it in items:
+                try:
+                    texts = annotate.groundtruth_captions(annotate.groundtruth_log(it), spans[it.video_id])
+                except (ValueError, OSError, KeyError) as exc:
+                    self.rejects.append(Reject("caption", it.path, str(exc), it.video_id))
+                    continue
+                out[it.video_id] = [{"start": a, "end": b, "text": t}
+                                    for (a, b), t in zip(spans[it.video_id], texts, strict=True)]
+            return out
+        ep, prompt = self._endpoint("captioner"), load_prompt(c.caption_prompt)
+        decode = asyncio.Semaphore(c.decode_workers)
+
+        async def unit(it: VideoItem, span: tuple[float, float]) -> str:
+            parts = {"video": it.digest, "span": list(span), "frames": c.frames_per_clip,
+                     "max_pixels": c.frame_max_pixels, "quality": c.jpeg_quality, "prompt": prompt.version,
+                     "model": c.captioner.model, "temperature": c.captioner.temperature}
+            cached = self.cache.get("caption", parts)
+            if cached is not None:
+                return cached["text"]
+            text = await annotate.caption_clip(ep, prompt, it, span, c.frames_per_clip, c.frame_max_pixels,
+                                               c.jpeg_quality, decode, c.captioner.temperature,
+                                               c.captioner.max_tokens)
+            self.cache.put("caption", parts, {"text": text})
+            return text
+
+        jobs = [(it, span) for it in items for span in spans[it.video_id]]
+        results = await self._each("caption clips", [unit(it, s) for it, s in jobs])
+        failed: dict[str, str] = {}
+        for (it, span), res in zip(jobs, results, strict=True):
+            if isinstance(res, Exception):
+                reason = res.reason if isinstance(res, VideoError) else f"{type(res).__name__}: {res}"
+                failed.setdefault(it.video_id, f"clip {span[0]:.1f}-{span[1]:.1f} s: {reason}")
+            else:
+                out.setdefault(it.video_id, []).append({"start": span[0], "end": span[1], "text": res})
+        for it in items:
+            if it.video_id in failed:  # a video with a hole in its captions gets no questions
+                out.pop(it.video_id, None)
+                self.rejects.append(Reject("caption", it.path, failed[it.video_id], it.video_id))
+        return out
+
+    async def questions(self, items: list[VideoItem], captions: dict[str, list[dict]]) -> list[QARecord]:
+        c = self.cfg
+        generator = self._generator()
+        todo = [it for it in items if it.video_id in captions]
+
+        async def unit(it: VideoItem) -> dict:
+            caps = captions[it.video_id]
+            if c.annotator == "groundtruth":
+                log_text = it.events_path.read_text()
+                parts = {"video": it.digest, "log": _sha(log_text), "count": c.groundtruth_questions,
+                         "generator": generator}
+            else:
+                parts = {"video": it.digest, "captions": _sha(annotate.format_captions(caps)),
+                         "prompt": load_prompt(c.qa_prompt).version, "model": c.reasoner.model,
+                         "categories": c.categories, "per_category": c.questions_per_category,
+                         "attempts": c.max_qa_attempts, "temperature": c.reasoner.temperature,
+                         "schema": _sha(json.dumps(qa_schema(), sort_keys=True)), "generator": generator}
+            cached = self.cache.get("qa", parts)
+            if cached is not None:
+                return cached
+            if c.annotator == "groundtruth":
+                unit_value = annotate.groundtruth_qa(json.loads(log_text), c.groundtruth_questions, it, generator)
+            else:
+                unit_value = await annotate.generate_qa(
+                    self._endpoint("reasoner"), load_prompt(c.qa_prompt), it, caps, c.categories,
+                    c.questions_per_category, c.max_qa_attempts, c.reasoner.temperature,
+                    c.reasoner.max_tokens, generator)
+            self.cache.put("qa", parts, unit_value)
+            return unit_value
+
+        results = await self._each("generate QA", [unit(it) for it in todo])
+        records = []
+        for it, res in zip(todo, results, strict=True):
+            if isinstance(res, Exception):
+                self.rejects.append(Reject("qa", it.path, f"{type(res).__name__}: {res}", it.video_id))
+                continue
+            records += [QARecord.from_dict(r) for r in res["records"]]
+            self.rejects += [Reject("qa", it.video_id, reason, it.video_id, kind="question")
+                             for reason in res["rejected"]]
+        return records
+
+    async def rewrite(self, records: list[QARecord]) -> list[QARecord]:
+        c, prompt = self.cfg, load_prompt(self.cfg.rewrite_prompt)
+
+        async def unit(rec: QARecord) -> str:
+            parts = {"record": rec.id, "reasoning": _sha(rec.reasoning), "prompt": prompt.version,
+                     "model": c.rewriter.model, "temperature": c.rewriter.temperature}
+            cached = self.cache.get("rewrite", parts)
+            if cached is not None:
+                return cached["reasoning"]
+            text = await annotate.rewrite_reasoning(self._endpoint("rewriter"), prompt, rec.to_dict(),
+                                                    c.rewriter.temperature, c.rewriter.max_tokens)
+            self.cache.put("rewrite", parts, {"reasoning": text})
+            return text
+
+        results = await self._each("rewrite reasoning", [unit(r) for r in records])
+        for rec, res in zip(records, results, strict=True):
+            gen = json.loads(rec.generator)
+            if isinstance(res, Exception):  # explicit: the record keeps its original reasoning
+                self.rejects.append(Reject("rewrite", rec.id, f"original reasoning kept: {res}",
+                                           rec.video_id, rec.category, kind="question"))
+                gen["rewritten"] = False
+            else:
+                rec.reasoning = res
+                gen.update(rewritten=True, rewriter=c.rewriter.model, rewrite_prompt=prompt.version)
+            rec.generator = generator_json(**gen)
+        return records
+
+    def _make_answerer(self) -> Answerer | None:
+        f = self.cfg.filter
+        if self.answerer is not None or f.answerer == "none":
+            return self.answerer
+        if f.answerer == "noisy-oracle":
+            return NoisyOracleAnswerer(f.oracle_seed)
+        if f.answerer == "endpoint":
+            return EndpointAnswerer(self._endpoint("filter"), load_prompt(self.cfg.answer_prompt), f.num_frames,
+                                    self.cfg.frame_max_pixels, self.cfg.jpeg_quality, f.endpoint.temperature,
+                                    f.endpoint.max_tokens, asyncio.Semaphore(self.cfg.decode_workers))
+        raise ValueError("filter.answerer local needs an answerer object (the CLI builds it from --filter-model)")
+
+    async def filter(self, records: list[QARecord]) -> list[QARecord]:
+        f = self.cfg.filter
+        records, dups = near_duplicates(records, f.dedup_threshold)
+        self.rejects += dups
+        answerer = self._make_answerer()
+        self.counts["filter"] = answerer.identity if answerer else "off"
+        if answerer is None:
+            return records
+
+        async def unit(rec: QARecord) -> dict:
+            parts = verdict_key(rec, answerer, f.k)
+            cached = self.cache.get("verdict", parts)
+            if cached is not None:
+                return cached
+            verdict = await judge(rec, answerer, f.k)
+            self.cache.put("verdict", parts, verdict)
+            return verdict
+
+        results = await self._each(f"filter (k={f.k})", [unit(r) for r in records])
+        judged, verdicts = [], {}
+        for rec, res in zip(records, results, strict=True):
+            if isinstance(res, Exception):
+                reason = res.reason if isinstance(res, VideoError) else f"{type(res).__name__}: {res}"
+                self.rejects.append(Reject("filter", rec.id, f"answerer failed: {reason}", rec.video_id,
+                                           rec.category, kind="question"))
+            else:
+                judged.append(rec)
+                verdicts[rec.id] = res
+        kept, dropped = apply_verdicts(judged, verdicts, f.drop_always_right, f.drop_always_wrong)
+        self.rejects += dropped
+        for rec in kept:
+            rec.generator = generator_json(**json.loads(rec.generator), filter=answerer.identity, filter_k=f.k)
+        return kept
+
+    # -- run -----------------------------------------------------------------------------
+    async def _timed(self, name: str, coro):
+        t0 = time.perf_counter()
+        try:
+            return await coro
+        finally:
+            self.times[name] = round(time.perf_counter() - t0, 3)
+
+    async def run_async(self) -> BuildResult:
+        t0 = time.perf_counter()
+        try:
+            items = await self._timed("probe", self.videos())
+            caps = await self._timed("caption", self.captions(items))
+            generated = await self._timed("qa", self.questions(items, caps))
+            records = [QARecord.from_dict(r.to_dict()) for r in generated]
+            if self.cfg.rewrite:
+                records = await self._timed("rewrite", self.rewrite(records))
+            kept = await self._timed("filter", self.filter(records))
+        except BuildError:
+            from data_gen.build_report import write_reports
+
+            write_reports(self.out, self.rejects)  # the reasons are the useful part of a failure
+            raise
+        finally:
+            for ep in self.endpoints.values():
+                await ep.aclose()
+        self.times["total"] = round(time.perf_counter() - t0, 3)
+        return self.finish(items, generated, kept)
+
+    def finish(self, items: list[VideoItem], generated: list[QARecord], kept: list[QARecord]) -> BuildResult:
+        from data_gen.build_report import summarise, write_reports
+
+        kept.sort(key=lambda r: (r.video_id, r.id))
+        write_reports(self.out, self.rejects)  # written even when the build fails below
+        usable = {r.video_id for r in kept}
+        if not kept:
+            reasons = "; ".join(f"[{r.stage}] {r.item}: {r.reason}" for r in self.rejects[:5])
+            raise BuildError(f"no question survived ({len(generated)} generated; {len(self.rejects)} "
+                             f"rejects, see {self.out / 'rejects.jsonl'}): {reasons}")
+        digests = {it.video_id: it.digest for it in items if it.video_id in usable}
+        s = self.cfg.splits
+        assignment = assign_videos(digests, {"sft": s.sft, "rl": s.rl, "eval": s.eval}, s.seed)
+        counts = save_splits(kept, assignment, self.out)
+        summary = summarise(self, items, generated, kept, counts)
+        return BuildResult(self.out, counts, summary, self.rejects)
+
+
+def run_build(cfg: BuildConfig, answerer: Answerer | None = None) -> BuildResult:
+    """Run a whole build (sync entry point for the CLI and the KFP component)."""
+    return asyncio.run(Build(cfg, answerer).run_async())
+
+
+__all__ = ["Build", "BuildError", "BuildResult", "RequestFailed", "run_build"]
