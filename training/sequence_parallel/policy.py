@@ -76,8 +76,11 @@ class LogProbModel(torch.nn.Module):
         video_grid_thw: torch.Tensor | None = None,
         temperature: float = 1.0,
         with_entropy: bool = False,
+        video_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(log-probs [B, L], entropy [B, L] or None) of the tokens where score_mask > 0."""
+        """(log-probs [B, L], entropy [B, L] or None) of the tokens where score_mask > 0.
+        `video_mask` [B, L] marks where the video embeddings go (batch.mm_token_type_ids == 2);
+        without it every <|video_pad|> token id is taken for a video position."""
         if video_embeds is None and pixel_values_videos is not None:
             video_embeds = self._encode_videos(pixel_values_videos, video_grid_thw)
         if video_embeds is None:
@@ -86,7 +89,8 @@ class LogProbModel(torch.nn.Module):
         if position_ids.shape != (3, b, length):
             raise ValueError(f"position_ids must be [3, {b}, {length}] (full sequence), got {tuple(position_ids.shape)}")
         inner = base_model(self.model)
-        embeds = embed_with_video(self.model, input_ids, video_embeds)
+        embeds = (embed_with_video(self.model, input_ids, video_embeds) if video_mask is None
+                  else _embed_at(inner, input_ids, video_embeds, video_mask))
         masks = full_sequence_masks(inner.language_model, embeds, attention_mask)
 
         split = SequenceSplit.even(length, self.sp_size)
@@ -125,3 +129,21 @@ class LogProbModel(torch.nn.Module):
     def generate(self, *args, **kwargs):
         """The wrapped model's `generate` (unsplit; sequence parallelism is for scoring)."""
         return self.model.generate(*args, **kwargs)
+
+
+def _embed_at(inner, input_ids: torch.Tensor, video_embeds: Sequence[torch.Tensor],
+              video_mask: torch.Tensor) -> torch.Tensor:
+    """Token embeddings with row i's video positions (video_mask) replaced by video_embeds[i].
+    Unlike matching the <|video_pad|> id, a sampled response that happens to contain that token
+    keeps its token embedding, exactly as it had when it was generated."""
+    embeds = inner.get_input_embeddings()(input_ids)
+    mask = video_mask.bool()
+    for i, ve in enumerate(video_embeds):
+        n = int(mask[i].sum())
+        if ve.shape != (n, embeds.shape[-1]):
+            raise ValueError(f"row {i}: video embedding of shape {tuple(ve.shape)} does not fit {n} video "
+                             f"positions of width {embeds.shape[-1]}")
+    if len(video_embeds) != input_ids.shape[0]:
+        raise ValueError(f"{input_ids.shape[0]} rows but {len(video_embeds)} video embeddings")
+    flat = torch.cat([ve.to(embeds.dtype) for ve in video_embeds])
+    return embeds.masked_scatter(mask.unsqueeze(-1), flat)
