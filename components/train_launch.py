@@ -40,7 +40,19 @@ def knob_overrides(stage: str, knobs: dict[str, Any]) -> list[str]:
     unknown = sorted(set(knobs) - set(keys))
     if unknown:
         raise StepError(f"{stage}: no config key for pipeline knob(s) {unknown}")
-    return [f"{keys[k]}={v}" for k, v in knobs.items() if v not in (0, 0.0, "", None)]
+    return [f"{keys[k]}={yaml_scalar(v)}" for k, v in knobs.items() if v not in (0, 0.0, "", None)]
+
+
+def yaml_scalar(value: Any) -> str:
+    """A value as the stage's `key=value` parser (YAML 1.1) reads it back with its type: a float
+    in exponent form needs a dot in the mantissa ("2e-05" would be read as a string)."""
+    if isinstance(value, float):
+        text = repr(value)
+        mantissa, e, exp = text.partition("e")
+        if e and "." not in mantissa:
+            text = f"{mantissa}.0e{exp}"
+        return text
+    return str(value)
 
 
 def train_stage(stage: str, model_in: Path, data_in: Path, out_artifact: Any, metrics_artifact: Any,

@@ -130,13 +130,12 @@ def test_failed_stage_is_marked_and_secret_redacted(mlflow_env):
     assert tracking.PARENT_TAG not in r.data.tags  # no parent: a top-level run
 
 
-def test_checkpoint_as_transformers_model_and_as_reference(mlflow_env, tmp_path):
+def test_checkpoint_as_transformers_model_and_as_reference(mlflow_env, tmp_path, tiny_model_dir):
     import mlflow
 
     from common.registry import register_version
-    from training.tiny_model import write_tiny_model_folder
 
-    model_dir = write_tiny_model_folder(tmp_path / "tiny")
+    model_dir = tiny_model_dir
     name = f"ckpt-{os.environ['MLFLOW_EXPERIMENT_NAME']}"
     with tracking.stage_run("sft") as run:
         inline_uri = run.log_checkpoint(model_dir, name="model")

@@ -1,0 +1,150 @@
+"""`longrl pipeline run-local`: the whole long-video-reasoning pipeline on this machine.
+
+kfp.local runs every component as a subprocess of this Python (no Docker, no Kubernetes); a
+local `mlflow server` (sqlite + local artifacts under OUT/mlflow) takes the lineage and the
+registry; the model is a tiny random Qwen2.5-VL and the videos are procedural (`longrl synth`),
+so the run needs no download and finishes in minutes on 2 CPU cores. The pipeline and
+components are the ones a cluster runs; only the sizes differ (DEMO_PARAMS).
+
+The parent MLflow run is created here and handed to every step as MLFLOW_RUN_ID (the convention
+Kubeflow's MLflow integration uses), so all stage runs nest under it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+# Demo sizes: small enough for 2 CPU cores, big enough that every stage does real work.
+DEMO_PARAMS: dict[str, Any] = {
+    "base_model": "tiny:0",
+    "registered_model": "longrl-demo",
+    "video_source": "synth",
+    "synth_videos": 6,
+    "synth_minutes": 0.5,
+    "synth_fps": 4.0,
+    "synth_seed": 0,
+    "data_annotator": "groundtruth",
+    "captioner_url": "",
+    "reasoner_url": "",
+    "data_overrides": [],
+    "frames": 4,
+    "run_sft": True,
+    "sft_max_steps": 8,
+    "sft_lr": 1e-3,
+    "sft_overrides": ["video.max_pixels=12544", "eval_generate=0", "max_new_tokens=16"],
+    "run_grpo": True,
+    "grpo_steps": 2,
+    "grpo_lr": 1e-5,
+    "grpo_group_size": 4,
+    "grpo_kl_coef": 0.01,
+    "grpo_overrides": ["rollout.prompts_per_step=2", "rollout.max_new_tokens=24", "video.sampling.max_pixels=12544",
+                       "save_every=0", "plots=true"],  # fmt: skip
+    "ray_workers": 0,
+    "gpus_per_worker": 1,
+    "eval_benchmarks": "longvideo_reason",
+    "eval_limit": 12,
+    "eval_overrides": ["max_pixels=12544", "max_new_tokens=24", "bootstrap=200"],
+    "eval_max_error_rate": 0.05,
+    "gate_metric": "longvideo_reason/score",
+    "gate_min_margin": 0.0,
+    "auto_promote": True,
+    "mlflow_experiment": "longrl-demo",
+    "runs_root": "",
+}
+
+
+def _latest(root: Path, pattern: str) -> Path | None:
+    found = sorted(root.glob(pattern), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
+
+
+def run_local(out: str | Path, param_items: list[str], keep_server: bool = False) -> int:
+    """Run the pipeline; returns the process exit code (0: the pipeline succeeded)."""
+    from kfp import local
+    from rich.console import Console
+
+    from common import tracking
+    from pipelines.local_mlflow import start_mlflow_server, stop_mlflow_server
+    from pipelines.long_video_reasoning import build_pipeline
+    from pipelines.submit import parse_params
+
+    console = Console()
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    pipeline = build_pipeline()
+    declared = {name: {"type": _ir_type(spec.type)} for name, spec in pipeline.component_spec.inputs.items()}
+    params = dict(DEMO_PARAMS)
+    params.update(parse_params(param_items, declared))
+
+    t0 = time.monotonic()
+    console.print(f"starting MLflow server (state in {out / 'mlflow'}) ...")
+    server, uri = start_mlflow_server(out / "mlflow")
+    saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME")}
+    status = "FAILED"
+    parent = None
+    try:
+        os.environ["MLFLOW_TRACKING_URI"] = uri
+        params["mlflow_tracking_uri"] = uri
+        kfp_run = f"local-{uuid.uuid4().hex[:8]}"
+        parent = tracking.pipeline_run(kfp_run, experiment=params["mlflow_experiment"],
+                                       params={k: str(v) for k, v in params.items()}, run_name=kfp_run)  # fmt: skip
+        os.environ["MLFLOW_RUN_ID"] = parent or ""
+        local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(out / "kfp"),
+                   raise_on_error=True)  # fmt: skip
+        console.print(f"running pipeline long-video-reasoning locally (MLflow {uri}, parent run {parent})")
+        pipeline(**params)
+        status = "FINISHED"
+    except Exception as exc:
+        console.print(f"[red]pipeline failed:[/red] {type(exc).__name__}: {exc}")
+    finally:
+        os.environ.pop("MLFLOW_RUN_ID", None)
+        tracking.end_pipeline_run(parent, status)
+        if status == "FINISHED":
+            _print_results(console, out, params["registered_model"], uri, time.monotonic() - t0)
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        if keep_server:
+            console.print(f"MLflow server left running at {uri} (pid {server.pid})")
+        else:
+            stop_mlflow_server(server)
+    return 0 if status == "FINISHED" else 1
+
+
+def _ir_type(kfp_type: str) -> str:
+    """kfp component-spec parameter types -> the IR names parse_params checks against."""
+    return {"String": "STRING", "Integer": "NUMBER_INTEGER", "Float": "NUMBER_DOUBLE", "Boolean": "BOOLEAN",
+            "List": "LIST", "Dict": "STRUCT"}.get(kfp_type, "STRING")  # fmt: skip
+
+
+def _print_results(console: Any, out: Path, model_name: str, uri: str, seconds: float) -> None:
+    from rich.markdown import Markdown
+
+    from common import registry
+
+    kfp_root = out / "kfp"
+    report = _latest(kfp_root, "*/evaluate-models*/report")
+    decision = _latest(kfp_root, "*/register-and-promote*/decision")
+    rows = [r for r in registry.describe(model_name)]
+    console.rule("long-video-reasoning: local run finished")
+    console.print(f"wall time {seconds / 60:.1f} min; everything is under {out}")
+    if report is not None:
+        console.print("[bold]evaluation (candidate vs base vs champion):[/bold]")
+        console.print(Markdown(report.read_text()))
+    if decision is not None:
+        console.print(Markdown(decision.read_text()))
+    if rows:
+        last = rows[-1]
+        console.print(f"registered model: [bold]{model_name} v{last['version']}[/bold] "
+                      f"aliases={last['aliases'] or '-'} source={last['source']}")  # fmt: skip
+    db, art = out / "mlflow" / "mlflow.db", out / "mlflow" / "artifacts"
+    console.print("MLflow UI (runs, metrics, plots, registry):\n"
+                  f"  .venv/bin/mlflow server --backend-store-uri sqlite:///{db} --artifacts-destination {art} "
+                  "--host 127.0.0.1 --port 5000   # then open http://127.0.0.1:5000")  # fmt: skip
+    console.print(f"registry: MLFLOW_TRACKING_URI=<that server> .venv/bin/longrl registry show --name {model_name}")

@@ -1,0 +1,153 @@
+"""Component plumbing: artifact references, overrides, knob -> config keys, the eval comparison
+and the register/promote step (real MLflow server)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from components import eval_launch, launch, train_launch
+from components.launch import StepError
+
+
+def test_refs_and_output_dirs(tmp_path):
+    target = tmp_path / "pvc" / "model"
+    target.mkdir(parents=True)
+    art = tmp_path / "artifact"
+    launch.write_ref(str(art), target, stage="sft")
+    assert launch.resolve(str(art)) == target.resolve()
+    assert launch.resolve(str(target)) == target  # a plain artifact is its own folder
+    target.rmdir()
+    with pytest.raises(StepError, match="does not exist"):
+        launch.resolve(str(art))
+    with pytest.raises(StepError, match="does not exist"):
+        launch.resolve(str(tmp_path / "nope"))
+    # No shared volume: the artifact is the folder. With one: runs_root/<parts>, artifact = ref.
+    assert launch.output_dir(str(tmp_path / "a1"), "", "run-1", "sft") == tmp_path / "a1"
+    out = launch.output_dir(str(tmp_path / "a2"), str(tmp_path / "runs"), "run-1", "sft")
+    assert out == tmp_path / "runs" / "run-1" / "sft" and out.is_dir()
+    assert launch.resolve(str(tmp_path / "a2")) == out.resolve()
+
+
+def test_overrides_and_numbers():
+    assert launch.overrides_list(["a=1", "b.c=x y"]) == ["a=1", "b.c=x y"]
+    assert launch.overrides_list('["a=1"]') == ["a=1"] and launch.overrides_list("a=1 b=2") == ["a=1", "b=2"]
+    assert launch.overrides_list(None) == [] and launch.overrides_list([]) == []
+    with pytest.raises(StepError, match="key=value"):
+        launch.overrides_list(["lr"])
+    assert launch.numeric_items({"a": 1, "b": {"c": 2.5, "d": "x", "e": float("nan")}, "f": True}) == {"a": 1.0, "b.c": 2.5}
+
+
+def test_metrics_jsonl_and_model_folder(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2}\n\nnot json\n{"step": 2, "loss": 1.5}\n')
+    assert launch.read_jsonl_last(tmp_path / "metrics.jsonl") == {"step": 2, "loss": 1.5}
+    assert launch.read_jsonl_last(tmp_path / "none.jsonl") == {}
+    with pytest.raises(StepError, match="no model folder"):
+        launch.model_folder(tmp_path)
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    assert launch.model_folder(tmp_path) == tmp_path / "model"
+
+
+def test_knobs_map_to_real_config_keys():
+    from common.config import load_config
+    from training.grpo.config import GRPOConfig
+    from training.sft.config import SFTConfig
+
+    sft = train_launch.knob_overrides("sft", {"frames": 8, "max_steps": 0, "lr": 2e-5})
+    assert sft == ["video.num_frames=8", "lr=2.0e-05"]  # 0 keeps the config's value; YAML reads 2.0e-05 as a float
+    cfg = load_config(SFTConfig, None, sft + train_launch.ray_overrides("sft", 16))
+    assert (cfg.video.num_frames, cfg.lr, cfg.num_workers, cfg.launcher) == (8, 2e-5, 16, "ray")
+    grpo = train_launch.knob_overrides("grpo", {"frames": 16, "steps": 3, "lr": 1e-6, "group_size": 4, "kl_coef": 0.02})
+    g = load_config(GRPOConfig, None, grpo)
+    assert (g.video.sampling.num_frames, g.steps, g.optim.lr, g.rollout.group_size, g.algorithm.kl_coef) == (16, 3, 1e-6, 4, 0.02)
+    with pytest.raises(StepError, match="no config key"):
+        train_launch.knob_overrides("sft", {"group_size": 4})
+
+
+def _fake_eval(out: Path, bench: str, correct: list[bool | None]) -> None:
+    """An eval output folder as `longrl eval` writes it (metrics computed by eval.metrics)."""
+    from eval.metrics import compute_metrics
+
+    preds = [{"qid": f"q{i}", "status": "error" if c is None else "answered", "correct": bool(c),
+              "cluster": f"v{i // 2}"} for i, c in enumerate(correct)]  # fmt: skip
+    d = out / bench
+    d.mkdir(parents=True)
+    (d / "predictions.jsonl").write_text("".join(json.dumps(p) + "\n" for p in preds))
+    (d / "metrics.json").write_text(json.dumps(compute_metrics(preds, n_boot=50)))
+
+
+def test_comparison_and_report(tmp_path):
+    _fake_eval(tmp_path / "candidate", "lvr", [True, True, True, False, True, False, True, True])
+    _fake_eval(tmp_path / "base", "lvr", [False, True, False, False, True, False, False, True])
+    _fake_eval(tmp_path / "champion", "lvr", [True, True, None, None, None, False, True, True])  # 3/8 errors, 4/5 right
+    outs = {r: tmp_path / r for r in ("candidate", "base", "champion")}
+    res = eval_launch.compare(outs, ["lvr"], max_error_rate=0.2)
+    cand = res["roles"]["candidate"]
+    assert cand["succeeded"] and cand["metrics"]["lvr/score"] == pytest.approx(6 / 8)
+    assert not res["roles"]["champion"]["succeeded"] and "37.5%" in res["roles"]["champion"]["reason"]
+    base_pair = res["paired"]["base"]["lvr"]
+    assert (base_pair["wins"], base_pair["losses"], base_pair["difference"]) == (3, 0, pytest.approx(3 / 8))
+    assert "champion" not in res["paired"]  # a failed eval is not compared with
+    md = eval_launch.markdown(res)
+    assert "| lvr | 75.0 | 37.5 | 80.0 | +37.5 (n=8, p=0.25) | n/a |" in md
+    assert "champion evaluation did not succeed" in md
+    missing = eval_launch.compare({"candidate": tmp_path / "empty", "base": tmp_path / "base"}, ["lvr"], 0.05)
+    assert not missing["roles"]["candidate"]["succeeded"] and missing["paired"] == {}
+    argv = eval_launch.eval_argv(Path("m"), Path("d"), Path("o"), "lvr", 8, 5, ["max_pixels=100"])
+    assert argv[3:] == ["eval", "--model", "m", "--benchmark", "lvr", "--data", "d", "--out", "o",
+                        "--frames", "8", "--limit", "5", "--set", "max_pixels=100"]  # fmt: skip
+
+
+def _comparison(tmp_path: Path, cand: list[bool], champ: list[bool] | None, name: str) -> Path:
+    work = tmp_path / name
+    _fake_eval(work / "candidate", "lvr", cand)
+    _fake_eval(work / "base", "lvr", [False] * len(cand))
+    outs = {"candidate": work / "candidate", "base": work / "base"}
+    if champ is not None:
+        _fake_eval(work / "champion", "lvr", champ)
+        outs["champion"] = work / "champion"
+    (work / "comparison.json").write_text(json.dumps(eval_launch.compare(outs, ["lvr"], 0.05)))
+    return work
+
+
+def test_register_and_gate_on_mlflow(mlflow_env, tmp_path, tiny_model_dir):
+    import os
+
+    from common import registry, tracking
+    from components.registry_launch import register_candidate
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "eval.jsonl").write_text('{"id": "q1"}\n')
+    parent = tracking.pipeline_run("kfp-42", experiment=os.environ["MLFLOW_EXPERIMENT_NAME"])
+    name = f"m-{os.environ['MLFLOW_EXPERIMENT_NAME']}"
+    args = dict(model_name=name, base_model="tiny", gate_metric="lvr/score", gate_min_margin=0.1, auto_promote=True,
+                shared_volume="", kfp_run_id="kfp-42", tracking_uri=mlflow_env, parent_run_id=parent)  # fmt: skip
+    first = _comparison(tmp_path, [True, False, True, False], None, "c1")
+    v1, promoted, text = register_candidate(tiny_model_dir, first, data, **args)
+    assert promoted and "no champion yet" in text
+    mv = registry.version_by_alias(name, "champion")
+    assert mv.version == v1 and mv.tags["pipeline.kfp_run_id"] == "kfp-42" and mv.tags["base_model"] == "tiny"
+    assert mv.tags["data.digest"].startswith("sha256:") and mv.tags["eval.status"] == "succeeded"
+    assert float(mv.tags["eval.lvr/score"]) == 0.5
+    # Candidate 0.75 vs champion 0.5 measured in the same eval: +0.25 > 0.1 -> promoted.
+    second = _comparison(tmp_path, [True, True, True, False], [True, False, True, False], "c2")
+    v2, promoted, _ = register_candidate(tiny_model_dir, second, data, **args)
+    assert promoted and registry.version_by_alias(name, "champion").version == v2
+    # 0.75 vs 0.75: not above the margin -> stays @challenger only.
+    third = _comparison(tmp_path, [True, True, True, False], [True, True, True, False], "c3")
+    v3, promoted, text = register_candidate(tiny_model_dir, third, data, **args)
+    assert not promoted and "not above margin" in text
+    assert registry.version_by_alias(name, "challenger").version == v3
+    assert registry.version_by_alias(name, "champion").version == v2
+    # The register run nests under the pipeline run and holds the checkpoint.
+    from mlflow import MlflowClient
+
+    run = MlflowClient().get_run(registry.version_by_alias(name, "challenger").run_id)
+    assert run.data.tags["mlflow.parentRunId"] == parent and run.data.tags["longrl.stage"] == "register"
+    os.environ.pop("MLFLOW_RUN_ID", None)
+    # No MLflow: nothing registered, said plainly.
+    assert register_candidate(tiny_model_dir, third, data, **{**args, "tracking_uri": ""})[0] == ""
