@@ -151,3 +151,40 @@ def test_bad_options_are_clear_errors(tiny_model_dir, synth_bench, tmp_path, eng
     assert r.exit_code == 2 and "unknown engine" in r.output
     r = _eval(*base, "--benchmark", "mlvu")
     assert r.exit_code == 2 and "no benchmark files" in r.output
+
+
+def test_results_reach_mlflow_when_configured(tiny_model_dir, synth_bench, tmp_path, mlflow_env) -> None:
+    import os
+
+    from mlflow import MlflowClient
+
+    r = _eval("--model", str(tiny_model_dir), "--benchmark", "synth", "--data", str(synth_bench), "--out", str(tmp_path),
+              "--frames", "2", "--limit", "3", *FAST)
+    assert r.exit_code == 0, r.output
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(os.environ["MLFLOW_EXPERIMENT_NAME"])
+    (run,) = client.search_runs([exp.experiment_id])
+    m = json.loads((tmp_path / "synth" / "metrics.json").read_text())
+    assert run.data.metrics["synth/n"] == 3.0
+    assert run.data.metrics["synth/errors"] == 0.0
+    if m["overall"]["accuracy"] is not None:
+        assert run.data.metrics["synth/accuracy"] == pytest.approx(m["overall"]["accuracy"])
+    assert run.data.params["frames"] == "2" and run.data.params["max_pixels"] == "3136"
+    assert run.data.tags["longrl.stage"] == "eval" and run.info.status == "FINISHED"
+    names = {a.path for a in client.list_artifacts(run.info.run_id, "eval/synth")}
+    assert {"eval/synth/metrics.json", "eval/synth/accuracy.png", "eval/synth/predictions.jsonl"} <= names
+
+
+def test_videomme_with_subtitles_end_to_end(tiny_model_dir, make_benchmark, tmp_path) -> None:
+    data = make_benchmark("videomme")
+    r = _eval("--model", str(tiny_model_dir), "--benchmark", "videomme", "--data", str(data), "--out", str(tmp_path),
+              "--frames", "2", "--subtitles", *FAST)
+    assert r.exit_code == 0, r.output
+    preds = {p["qid"]: p for p in _preds(tmp_path / "videomme_subtitles" / "predictions.jsonl")}
+    # frames at 0.5 s and 1.5 s: both cues are on screen at one of them
+    assert preds["001-1"]["prompt"].startswith(
+        "This video's subtitles are listed below:\nwelcome to the show\nthree red shapes\nSelect the best answer")
+    assert "No subtitles available" in preds["601-1"]["prompt"]
+    assert preds["001-1"]["system"] is None  # the benchmark's own prompt, no reasoning system turn
+    m = json.loads((tmp_path / "videomme_subtitles" / "metrics.json").read_text())
+    assert m["settings"]["subtitles"] is True and set(m["breakdown"]) == {"duration", "domain", "task_type"}
