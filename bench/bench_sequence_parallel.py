@@ -184,7 +184,8 @@ def main() -> None:
         r = results[s]
         note = "" if r["capped"] else f" (search stopped at --max-frames {args.max_frames})"
         ratio = r["longest"] / max(results[base]["longest"], 1)
-        print(f"  SP={s}: {r['longest']:>5} frames{note}  ({ratio:.2f}x SP={base})")
+        tried = " ".join(f"{f}:{'ok' if m['peak_mib'] <= args.cap_mib else 'over'}" for f, m in sorted(r["search"].items()))
+        print(f"  SP={s}: {r['longest']:>5} frames{note}  ({ratio:.2f}x SP={base})   tried {tried}")
 
     print(f"\nVision tower split by frames ({args.vision_frames} frames, {args.frame_px} px, no grad): wall time")
     vt = {s: max(run_local_group(_vision_rank, s, args.vision_frames, side)) for s in sizes}
