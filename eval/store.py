@@ -35,8 +35,11 @@ class PredictionStore:
             line = data[pos:nl]
             try:
                 rec = json.loads(line) if line.strip() else None
-            except json.JSONDecodeError:
-                break  # a torn line followed by nothing trustworthy
+            except json.JSONDecodeError as exc:
+                # Appends end with a newline, so a kill can only tear the unterminated tail; a
+                # broken line that ends with one is damage we must not paper over.
+                n = data[:pos].count(b"\n") + 1
+                raise ValueError(f"{self.path}:{n}: not valid JSON ({exc}); fix or remove the line") from exc
             if rec is not None:
                 records.setdefault(str(rec["qid"]), rec)
             pos = good_end = nl + 1

@@ -41,3 +41,13 @@ def test_store_drops_a_torn_last_line_and_keeps_the_rest(tmp_path) -> None:
     assert [json.loads(x)["qid"] for x in store.path.read_text().splitlines()] == ["a", "b", "c"]
     store.rewrite([{"qid": "a", "x": 9}])
     assert PredictionStore(store.path).load() == {"a": {"qid": "a", "x": 9}}
+
+
+def test_store_refuses_a_damaged_line_in_the_middle(tmp_path) -> None:
+    import pytest
+
+    path = tmp_path / "predictions.jsonl"
+    path.write_text('{"qid": "a"}\n{"qid": broken}\n{"qid": "c"}\n')
+    with pytest.raises(ValueError, match=r"predictions.jsonl:2: not valid JSON"):
+        PredictionStore(path).load()
+    assert path.read_text().count("\n") == 3  # nothing truncated

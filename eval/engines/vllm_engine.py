@@ -65,7 +65,8 @@ class VLLMEngine:
             requests.append({
                 "prompt": render_prompt(self.tokenizer, messages),
                 "multi_modal_data": {"video": p.payload.frames},
-                "mm_processor_kwargs": {"fps": p.payload.sample_fps, **self.pixels},
+                # fps sets second_per_grid_ts; the frames are already sampled and sized.
+                "mm_processor_kwargs": {"fps": p.payload.sample_fps, "do_sample_frames": False, **self.pixels},
             })
         params = SamplingParams(temperature=max(0.0, temperature), max_tokens=max_new_tokens, seed=self.seed,
                                 stop_token_ids=self.stop_ids, skip_special_tokens=True)
