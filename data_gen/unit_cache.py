@@ -75,4 +75,6 @@ class UnitCache:
         self.stats.writes += 1
 
     def count(self, kind: str) -> int:
-        return sum(1 for _ in (self.root / kind).glob("*/*.json")) if (self.root / kind).is_dir() else 0
+        """Finished units of `kind` (a writer killed mid-write leaves only a .tmp-* file)."""
+        folder = self.root / kind
+        return sum(not p.name.startswith(".") for p in folder.glob("*/*.json")) if folder.is_dir() else 0

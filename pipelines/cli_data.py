@@ -115,7 +115,7 @@ def build(
         if not Path(cfg.filter.model_dir).is_dir():
             fail(f"--filter-model {cfg.filter.model_dir}: not a model folder (give --filter-url for an endpoint)", 2)
         answerer = LocalModelAnswerer(Path(cfg.filter.model_dir), cfg.filter.num_frames,
-                                      cfg.filter.endpoint.temperature)
+                                      cfg.filter.endpoint.temperature, cfg.filter.endpoint.max_tokens)
     with tracking.stage_run("data", config=cfg) as run:
         try:
             result = run_build(cfg, answerer)

@@ -164,3 +164,27 @@ def test_bad_qa_items_and_a_dead_endpoint_are_rejected_not_fatal(tmp_path, synth
     assert len(recs) == result.summary["questions"]["kept"] == 2 * 7  # 8 per video, one broken
     assert all(r.pass_rate == -1.0 for r in recs) and result.summary["filter"] == "off"
     assert {r.video_id for r in recs} | {dead[0]["video_id"]} == {"synth_0000", "synth_0001", "synth_0002"}
+
+
+def test_filter_with_a_local_model_folder(tmp_path, synth_dir, tiny_model_dir):
+    """`--filter-model DIR`: the CLI plugs training's generation code in as the answerer."""
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for suffix in (".mp4", ".events.json"):
+        shutil.copy(synth_dir / f"synth_0000{suffix}", videos)
+    out = tmp_path / "out"
+    res = CliRunner().invoke(app, [
+        "data", "build", "--videos", str(videos), "--out", str(out), "--annotator", "groundtruth",
+        "--filter-model", str(tiny_model_dir), "--k", "2", "--no-progress", "groundtruth_questions=3",
+        "filter.endpoint.max_tokens=8", "filter.num_frames=4", "filter.drop_always_wrong=false",
+        "filter.drop_always_right=false"])
+    assert res.exit_code == 0, res.output
+    recs = [r for rs in _splits(out).values() for r in rs]
+    assert len(recs) == 3 and all(r.pass_rate in (0.0, 0.5, 1.0) for r in recs)
+    assert json.loads(recs[0].generator)["filter"].startswith(f"local:{tiny_model_dir.resolve()}")
+    verdicts = list((out / "cache" / "verdict").glob("*/*.json"))
+    assert len(verdicts) == 3 and all(len(json.loads(v.read_text())["value"]["replies"]) == 2 for v in verdicts)
