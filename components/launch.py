@@ -13,6 +13,7 @@ so a 16 GB checkpoint is not copied to the object store and Ray pods see the sam
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -126,7 +127,9 @@ def run_step(argv: list[str], env: dict[str, str] | None = None, tail_lines: int
             tail.append(line.rstrip("\n"))
         code = proc.wait()
     if code != 0:
-        raise StepError(f"{' '.join(argv[3:5])} failed with exit code {code}; last lines:\n"
+        words = argv[3:] if argv[1:3] == ["-m", "pipelines.cli"] else argv
+        command = " ".join(["longrl", *itertools.takewhile(lambda w: not w.startswith("-"), words[:2])])
+        raise StepError(f"{command} failed with exit code {code}; last lines:\n"
                         + redact("\n".join(tail)))  # fmt: skip
 
 
