@@ -97,7 +97,14 @@ def _fsdp_rank(tokenizer, shard_over: str) -> dict:
     lpm = build_log_prob_model(model, state, ParallelConfig(sp_size=2, shard_over=shard_over))
     _, _, loss = _score(lpm, model, batch, None, rope_positions(model, batch))
     state_dict = full_state_dict(lpm)
-    return {"grads": param_grads(model), "loss": loss,
+    # the frozen reference: sharded the same way, its shards offloaded to CPU memory
+    ref = build_log_prob_model(_model(DEFAULT, tokenizer, train=False), state,
+                               ParallelConfig(sp_size=2, shard_over=shard_over, reference_cpu_offload=True),
+                               trainable=False)
+    with torch.no_grad():
+        ref_lp, _ = ref(batch.input_ids, batch.attention_mask, rope_positions(ref.model, batch), batch.loss_mask,
+                        pixel_values_videos=batch.pixel_values_videos, video_grid_thw=batch.video_grid_thw)
+    return {"grads": param_grads(model), "loss": loss, "ref_lp": ref_lp, "dp_rank": state.dp_rank,
             "state_dict_diff": max((state_dict[k] - v).abs().max().item() for k, v in original.items())}
 
 
@@ -120,12 +127,14 @@ def _reference(tokenizer) -> dict:
         for name, grids in VISION_GRIDS.items():
             pixels = torch.randn(sum(t * h * w for t, h, w in grids), 1176, generator=torch.Generator().manual_seed(5))
             out[f"vision_{name}"] = encode_videos(model, pixels, torch.tensor(grids))
-    per_replica = []
+    per_replica, out["fsdp_lp"] = [], []
     for i, rows in enumerate(FSDP_ROWS):
         model = _model(DEFAULT, tokenizer)
         batch = make_video_batch(tokenizer, rows, seed=i)
-        grpo_loss(reference_logprobs(model, batch), batch.loss_mask).backward()
+        lp = reference_logprobs(model, batch)
+        grpo_loss(lp, batch.loss_mask).backward()
         per_replica.append(param_grads(model))
+        out["fsdp_lp"].append(lp.detach())
     out["fsdp_grads"] = {k: (per_replica[0][k] + per_replica[1][k]) / 2 for k in per_replica[0]}
     return out
 
@@ -191,7 +200,7 @@ def test_vision_split_equals_unsplit(world):
             assert [] in split_frames(grids, size)  # one rank really had no frames
 
 
-def test_fsdp_dp_x_sp_gradients_equal_data_parallel_mean(world):
+def test_fsdp_dp_x_sp_gradients_equal_data_parallel_mean_and_offloaded_reference(world):
     size, ranks, ref = world
     if size != 4:
         pytest.skip("the dp x sp mesh needs 4 ranks")
@@ -200,6 +209,7 @@ def test_fsdp_dp_x_sp_gradients_equal_data_parallel_mean(world):
             got = res["fsdp"][shard_over]
             assert max_diff(got["grads"], ref["fsdp_grads"]) <= TOL, (shard_over, rank)
             assert got["state_dict_diff"] == 0.0
+            assert (got["ref_lp"] - ref["fsdp_lp"][got["dp_rank"]]).abs().max().item() <= TOL
         # both SP ranks of a replica computed the same loss; the replicas differ
         assert ranks[0]["fsdp"][shard_over]["loss"] == ranks[1]["fsdp"][shard_over]["loss"]
         assert ranks[0]["fsdp"][shard_over]["loss"] != ranks[2]["fsdp"][shard_over]["loss"]
