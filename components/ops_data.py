@@ -58,9 +58,9 @@ def prepare_model(model: str, base_model: Output[Model]):
 
 
 @dsl.component(**CPU)
-def build_data(videos: Input[Dataset], annotator: str, captioner_url: str, reasoner_url: str,
-               frames: int, overrides: list, runs_root: str, mlflow_tracking_uri: str,
-               mlflow_experiment: str, dataset: Output[Dataset]):
+def build_data(videos: Input[Dataset], annotator: str, captioner_url: str, captioner_model: str,
+               reasoner_url: str, reasoner_model: str, overrides: list, runs_root: str,
+               mlflow_tracking_uri: str, mlflow_experiment: str, dataset: Output[Dataset]):
     """LongVideo-Reason generation (`longrl data build`): clips -> captions -> reasoning QA ->
     difficulty filter -> sft/rl/eval splits. API keys come from the pod's environment."""
     import hashlib
@@ -78,15 +78,14 @@ def build_data(videos: Input[Dataset], annotator: str, captioner_url: str, reaso
 
     src = resolve(videos.path)
     sets = overrides_list(overrides)
-    key = hashlib.sha256(json.dumps([str(src), annotator, captioner_url, reasoner_url, frames, sets]).encode())
+    key = hashlib.sha256(json.dumps([str(src), annotator, captioner_url, captioner_model, reasoner_url,
+                                     reasoner_model, sets]).encode())  # fmt: skip
     out = output_dir(dataset.path, runs_root, "cache", f"data-{key.hexdigest()[:16]}")
-    argv = ["data", "build", "--videos", str(src), "--out", str(out), "--annotator", annotator]
-    if captioner_url:
-        argv += ["--captioner-url", captioner_url]
-    if reasoner_url:
-        argv += ["--reasoner-url", reasoner_url]
-    if frames > 0:
-        argv += ["--frames", str(frames)]
+    argv = ["data", "build", "--videos", str(src), "--out", str(out), "--annotator", annotator, "--no-progress"]
+    for flag, value in (("--captioner-url", captioner_url), ("--captioner-model", captioner_model),
+                        ("--reasoner-url", reasoner_url), ("--reasoner-model", reasoner_model)):  # fmt: skip
+        if value and annotator == "llm":
+            argv += [flag, value]
     parent = parent_run_id(mlflow_tracking_uri, experiment=mlflow_experiment)
     run_step(longrl_argv(*argv, *sets), env=mlflow_env(mlflow_tracking_uri, parent))
     summary = out / "summary.json"

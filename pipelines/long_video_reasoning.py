@@ -52,7 +52,9 @@ def build_pipeline(cluster: ClusterConfig | None = None) -> Any:
         synth_seed: int = 0,
         data_annotator: str = "llm",  # llm (captioner + reasoner endpoints) or groundtruth (synth)
         captioner_url: str = "http://vllm.longrl.svc.cluster.local:8000/v1",
+        captioner_model: str = "qwen2.5-vl-7b-instruct",  # served name (manifests/gpu/vllm)
         reasoner_url: str = "http://vllm.longrl.svc.cluster.local:8000/v1",
+        reasoner_model: str = "qwen2.5-vl-7b-instruct",
         data_overrides: list = [],  # noqa: B006 - KFP parameter default
         frames: int = 64,  # frames per video for training and evaluation
         run_sft: bool = True,
@@ -92,7 +94,8 @@ def build_pipeline(cluster: ClusterConfig | None = None) -> Any:
                                         synth_fps=synth_fps, synth_seed=synth_seed, runs_root=runs_root), cache=True)  # fmt: skip
             base = cpu(prepare_model(model=base_model), cache=True)
             data = cpu(build_data(videos=videos.outputs["videos"], annotator=data_annotator,
-                                  captioner_url=captioner_url, reasoner_url=reasoner_url, frames=frames,
+                                  captioner_url=captioner_url, captioner_model=captioner_model,
+                                  reasoner_url=reasoner_url, reasoner_model=reasoner_model,
                                   overrides=data_overrides, runs_root=runs_root,
                                   mlflow_tracking_uri=mlflow_tracking_uri, mlflow_experiment=mlflow_experiment),
                        cache=True)  # fmt: skip
