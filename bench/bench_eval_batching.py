@@ -46,8 +46,13 @@ def main() -> None:
     model = args.model or str(write_tiny_model_folder(tmp / "tiny", TinyModelSpec(seed=0)))
     synth = Path(args.synth) if args.synth else tmp / "synth"
     if not args.synth:
-        generate(SynthConfig(videos=2, minutes=0.5, fps=4.0, width=160, height=90, questions_per_video=8), synth,
-                 progress=False)
+        generate(
+            SynthConfig(
+                videos=2, minutes=0.5, fps=4.0, width=160, height=90, questions_per_video=8
+            ),
+            synth,
+            progress=False,
+        )
     sampling = VideoSampling(num_frames=args.frames, min_pixels=784, max_pixels=args.max_pixels)
     engine = HFEngine(model, sampling)
     task = get_task("synth")
@@ -56,10 +61,14 @@ def main() -> None:
     prepared = [engine.prepare(it) for it in items]
     decode_s = time.perf_counter() - t0
     prompts = [Prompt(task.render_prompt(it), SYSTEM_PROMPT) for it in items]
-    print(f"device {engine.device} dtype {engine.dtype} torch threads {torch.get_num_threads()}; "
-          f"{len(items)} questions, {args.frames} frames ({prepared[0].num_video_tokens} video tokens), "
-          f"max_new_tokens {args.max_new_tokens}; video decode {decode_s:.2f} s total")
-    print(f"{'batch':>5} {'seconds':>8} {'questions/s':>12} {'tokens/s':>9} {'speed-up':>9} {'same outputs':>13}")
+    print(
+        f"device {engine.device} dtype {engine.dtype} torch threads {torch.get_num_threads()}; "
+        f"{len(items)} questions, {args.frames} frames ({prepared[0].num_video_tokens} video tokens), "
+        f"max_new_tokens {args.max_new_tokens}; video decode {decode_s:.2f} s total"
+    )
+    print(
+        f"{'batch':>5} {'seconds':>8} {'questions/s':>12} {'tokens/s':>9} {'speed-up':>9} {'same outputs':>13}"
+    )
     base_time, base_text = None, None
     for bs in [int(b) for b in args.batch_sizes.split(",")]:
         texts, tokens = [], 0
@@ -71,8 +80,10 @@ def main() -> None:
         dt = time.perf_counter() - t0
         if base_time is None:
             base_time, base_text = dt, texts
-        print(f"{bs:>5} {dt:>8.2f} {len(items) / dt:>12.2f} {tokens / dt:>9.1f} {base_time / dt:>8.2f}x "
-              f"{str(texts == base_text):>13}")
+        print(
+            f"{bs:>5} {dt:>8.2f} {len(items) / dt:>12.2f} {tokens / dt:>9.1f} {base_time / dt:>8.2f}x "
+            f"{str(texts == base_text):>13}"
+        )
 
 
 if __name__ == "__main__":

@@ -32,8 +32,9 @@ def mcnemar_exact(wins: int, losses: int) -> float:
     return min(1.0, 2.0 * tail)
 
 
-def paired_bootstrap_ci(diff: np.ndarray, clusters: list[str], n_boot: int = 2000, seed: int = 0,
-                        level: float = 0.95) -> tuple[float, float]:
+def paired_bootstrap_ci(
+    diff: np.ndarray, clusters: list[str], n_boot: int = 2000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
     """Percentile interval of mean(diff) resampling clusters (videos) with replacement."""
     if len(diff) == 0:
         return float("nan"), float("nan")
@@ -65,11 +66,15 @@ def benchmark_dirs(run: Path) -> dict[str, Path]:
         return {run.name: run}
     found = {p.parent.name: p.parent for p in sorted(run.glob(f"*/{PREDICTIONS}"))}
     if not found:
-        raise FileNotFoundError(f"{run}: no {PREDICTIONS} here or in its sub-folders (not an eval output)")
+        raise FileNotFoundError(
+            f"{run}: no {PREDICTIONS} here or in its sub-folders (not an eval output)"
+        )
     return found
 
 
-def compare_benchmark(a_dir: Path, b_dir: Path, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
+def compare_benchmark(
+    a_dir: Path, b_dir: Path, n_boot: int = 2000, seed: int = 0
+) -> dict[str, Any]:
     group_all = False
     for d in (a_dir, b_dir):
         if (d / METRICS).is_file():
@@ -81,7 +86,9 @@ def compare_benchmark(a_dir: Path, b_dir: Path, n_boot: int = 2000, seed: int = 
     a = np.array([ua[k].correct for k in both], dtype=bool)
     b = np.array([ub[k].correct for k in both], dtype=bool)
     wins, losses = int((a & ~b).sum()), int((~a & b).sum())
-    lo, hi = paired_bootstrap_ci(a.astype(float) - b.astype(float), [ua[k].cluster for k in both], n_boot, seed)
+    lo, hi = paired_bootstrap_ci(
+        a.astype(float) - b.astype(float), [ua[k].cluster for k in both], n_boot, seed
+    )
     return {
         "unit": "group" if group_all else "question",
         "only_in_a": len(set(ua) - set(ub)),
@@ -116,5 +123,7 @@ def compare_runs(a: str | Path, b: str | Path, n_boot: int = 2000, seed: int = 0
     return {
         "a": str(a),
         "b": str(b),
-        "benchmarks": {k: compare_benchmark(x, y, n_boot, seed) for k, (x, y) in common_pairs.items()},
+        "benchmarks": {
+            k: compare_benchmark(x, y, n_boot, seed) for k, (x, y) in common_pairs.items()
+        },
     }

@@ -144,7 +144,9 @@ def _valid(letter: str, ctx: FilterContext) -> bool:
     return len(letter) == 1 and letter in ctx.letters
 
 
-def _is_option_mention(s: str, start: int, end: int, stated: bool = False, ctx: FilterContext | None = None) -> bool:
+def _is_option_mention(
+    s: str, start: int, end: int, stated: bool = False, ctx: FilterContext | None = None
+) -> bool:
     """Whether the letter at s[start:end] names an option rather than being a word: the article
     "A" and pronoun "I" before a lowercase word are words ("A man walks"), unless bracketed or
     followed by a verb about options ("A is correct"); a lowercase letter must stand alone.
@@ -211,8 +213,12 @@ def mcq_letter(text: str, ctx: FilterContext) -> Extraction:
 
 
 # -- numbers -------------------------------------------------------------------------------------
-_NUMBER = re.compile(r"(?<![\w.])[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?![\w])|(?<![\w.])[-+]?\.\d+")
-_STATED_NUMBER = re.compile(r"(?:answer|total|count|result)\s*(?:is|would be|should be|=|:)\s*", re.I)
+_NUMBER = re.compile(
+    r"(?<![\w.])[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?![\w])|(?<![\w.])[-+]?\.\d+"
+)
+_STATED_NUMBER = re.compile(
+    r"(?:answer|total|count|result)\s*(?:is|would be|should be|=|:)\s*", re.I
+)
 
 
 def parse_number(token: str) -> float:
@@ -243,7 +249,11 @@ def number(text: str, ctx: FilterContext) -> Extraction:
 
 def _canonical(token: str) -> str:
     value = parse_number(token)
-    return str(int(value)) if value.is_integer() and "." not in token else token.replace(",", "").lstrip("+")
+    return (
+        str(int(value))
+        if value.is_integer() and "." not in token
+        else token.replace(",", "").lstrip("+")
+    )
 
 
 def numbers_match(pred: str, gold: str, rel_tol: float = 0.0, abs_tol: float = 1e-6) -> bool:
@@ -265,7 +275,9 @@ def free_text(text: str, ctx: FilterContext) -> Extraction:
 def apply_chain(chain: Sequence[str], output: str, ctx: FilterContext | None = None) -> Extraction:
     """Run text filters then the extractor named last in `chain`."""
     if not chain or chain[-1] not in EXTRACTORS:
-        raise ValueError(f"filter chain {list(chain)} must end with an extractor ({sorted(EXTRACTORS)})")
+        raise ValueError(
+            f"filter chain {list(chain)} must end with an extractor ({sorted(EXTRACTORS)})"
+        )
     text = output
     for name in chain[:-1]:
         if name not in TEXT_FILTERS:
@@ -277,7 +289,9 @@ def apply_chain(chain: Sequence[str], output: str, ctx: FilterContext | None = N
 def check_chain(chain: Sequence[str]) -> None:
     """Raise ValueError for an unknown filter name (used when tasks are registered)."""
     if not chain or chain[-1] not in EXTRACTORS:
-        raise ValueError(f"filter chain {list(chain)} must end with an extractor ({sorted(EXTRACTORS)})")
+        raise ValueError(
+            f"filter chain {list(chain)} must end with an extractor ({sorted(EXTRACTORS)})"
+        )
     for name in chain[:-1]:
         if name not in TEXT_FILTERS:
             raise ValueError(f"unknown text filter {name!r}; known: {sorted(TEXT_FILTERS)}")

@@ -44,17 +44,35 @@ def to_units(preds: Sequence[dict[str, Any]], group_all: bool = False) -> list[U
         if p["status"] not in STATUSES:
             raise ValueError(f"prediction {p.get('qid')}: status {p['status']!r} not in {STATUSES}")
     if not group_all:
-        return [Unit(p["qid"], p["status"], bool(p.get("correct")), p.get("cluster") or p["qid"],
-                     dict(p.get("breakdown") or {})) for p in preds]
+        return [
+            Unit(
+                p["qid"],
+                p["status"],
+                bool(p.get("correct")),
+                p.get("cluster") or p["qid"],
+                dict(p.get("breakdown") or {}),
+            )
+            for p in preds
+        ]
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for p in preds:
         groups[p.get("group") or p["qid"]].append(p)
     units = []
     for gid, members in groups.items():
         statuses = {m["status"] for m in members}
-        status = next((s for s in ("error", "judge_error", "unanswered") if s in statuses), "answered")
+        status = next(
+            (s for s in ("error", "judge_error", "unanswered") if s in statuses), "answered"
+        )
         correct = status == "answered" and all(bool(m.get("correct")) for m in members)
-        units.append(Unit(gid, status, correct, members[0].get("cluster") or gid, dict(members[0].get("breakdown") or {})))
+        units.append(
+            Unit(
+                gid,
+                status,
+                correct,
+                members[0].get("cluster") or gid,
+                dict(members[0].get("breakdown") or {}),
+            )
+        )
     return units
 
 
@@ -109,11 +127,15 @@ def summarize(units: Sequence[Unit], n_boot: int = 2000, seed: int = 0) -> dict[
         "errors": sum(u.status == "error" for u in units),
         "judge_errors": sum(u.status == "judge_error" for u in units),
         "accuracy": float(correct.mean()) if len(scored) else None,
-        "accuracy_answered": (sum(u.correct for u in answered) / len(answered)) if answered else None,
+        "accuracy_answered": (sum(u.correct for u in answered) / len(answered))
+        if answered
+        else None,
         "ci95": None,
     }
     if scored:
-        out["ci95"] = list(bootstrap_ci(correct, [u.cluster for u in scored], n_boot=n_boot, seed=seed))
+        out["ci95"] = list(
+            bootstrap_ci(correct, [u.cluster for u in scored], n_boot=n_boot, seed=seed)
+        )
     return out
 
 
@@ -128,12 +150,18 @@ def compute_metrics(
     """metrics.json's numbers: overall, per breakdown value, and the headline score (micro
     accuracy, or the macro mean over the first breakdown key's values)."""
     units = to_units(preds, group_all)
-    result: dict[str, Any] = {"unit": "group" if group_all else "question", "overall": summarize(units, n_boot, seed)}
+    result: dict[str, Any] = {
+        "unit": "group" if group_all else "question",
+        "overall": summarize(units, n_boot, seed),
+    }
     breakdown: dict[str, dict[str, Any]] = {}
     for key in breakdown_keys:
         values = sorted({u.breakdown.get(key) for u in units if u.breakdown.get(key) is not None})
         if values:
-            breakdown[key] = {v: summarize([u for u in units if u.breakdown.get(key) == v], n_boot, seed) for v in values}
+            breakdown[key] = {
+                v: summarize([u for u in units if u.breakdown.get(key) == v], n_boot, seed)
+                for v in values
+            }
     result["breakdown"] = breakdown
     score, ci = result["overall"]["accuracy"], result["overall"]["ci95"]
     if headline == "macro" and breakdown_keys and breakdown_keys[0] in breakdown:
@@ -141,8 +169,19 @@ def compute_metrics(
         accs = [s["accuracy"] for s in breakdown[key].values() if s["accuracy"] is not None]
         scored = [u for u in units if u.status in SCORED and u.breakdown.get(key) is not None]
         score = float(np.mean(accs)) if accs else None
-        ci = list(bootstrap_ci(np.array([u.correct for u in scored]), [u.cluster for u in scored],
-                               [u.breakdown[key] for u in scored], n_boot, seed)) if scored else None
+        ci = (
+            list(
+                bootstrap_ci(
+                    np.array([u.correct for u in scored]),
+                    [u.cluster for u in scored],
+                    [u.breakdown[key] for u in scored],
+                    n_boot,
+                    seed,
+                )
+            )
+            if scored
+            else None
+        )
         result["macro"] = {"key": key, "accuracy": score, "ci95": ci}
     result["headline"] = headline
     result["score"] = score

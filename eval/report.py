@@ -44,13 +44,28 @@ def plot_benchmark(metrics: Mapping[str, Any], path: Path) -> Path | None:
     for ax, (key, values) in zip(axes[:, 0], panels, strict=True):
         names = list(values)
         acc = [100 * (values[n]["accuracy"] or 0.0) for n in names]
-        lo = [a - 100 * (values[n]["ci95"] or [0, 0])[0] if values[n]["ci95"] else 0 for a, n in zip(acc, names, strict=True)]
-        hi = [100 * (values[n]["ci95"] or [0, 0])[1] - a if values[n]["ci95"] else 0 for a, n in zip(acc, names, strict=True)]
+        lo = [
+            a - 100 * (values[n]["ci95"] or [0, 0])[0] if values[n]["ci95"] else 0
+            for a, n in zip(acc, names, strict=True)
+        ]
+        hi = [
+            100 * (values[n]["ci95"] or [0, 0])[1] - a if values[n]["ci95"] else 0
+            for a, n in zip(acc, names, strict=True)
+        ]
         ax.barh(range(len(names)), acc, xerr=[lo, hi], color="#4C72B0", capsize=3)
         for y, n in enumerate(names):
             a = values[n]["accuracy"]
-            ax.text(1, y, "n/a" if a is None else f"{100 * a:.1f}", va="center", fontsize=7, color="black")
-        ax.set_yticks(range(len(names)), [f"{n} (n={values[n]['scored']})" for n in names], fontsize=8)
+            ax.text(
+                1,
+                y,
+                "n/a" if a is None else f"{100 * a:.1f}",
+                va="center",
+                fontsize=7,
+                color="black",
+            )
+        ax.set_yticks(
+            range(len(names)), [f"{n} (n={values[n]['scored']})" for n in names], fontsize=8
+        )
         ax.set_xlim(0, 100)
         ax.invert_yaxis()
         ax.set_title(f"{metrics['benchmark']}: accuracy by {key} (%)", fontsize=9)
@@ -72,7 +87,10 @@ def plot_summary(summary: Mapping[str, Any], path: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(8, 0.4 * len(rows) + 1.2))
     scores = [100 * s["score"] for _, s in rows]
     ci = [s.get("score_ci95") or [s["score"], s["score"]] for _, s in rows]
-    err = [[sc - 100 * c[0] for sc, c in zip(scores, ci, strict=True)], [100 * c[1] - sc for sc, c in zip(scores, ci, strict=True)]]
+    err = [
+        [sc - 100 * c[0] for sc, c in zip(scores, ci, strict=True)],
+        [100 * c[1] - sc for sc, c in zip(scores, ci, strict=True)],
+    ]
     ax.barh(range(len(rows)), scores, xerr=err, color="#55A868", capsize=3)
     ax.set_yticks(range(len(rows)), [n for n, _ in rows])
     ax.set_xlim(0, 100)
@@ -88,12 +106,27 @@ def console_table(summary: Mapping[str, Any]) -> Any:
     from rich.table import Table
 
     table = Table(title=f"eval: {summary.get('model', '')}")
-    for col in ("benchmark", "score (95% CI)", "n", "scored", "unanswered", "errors", "judge errors"):
+    for col in (
+        "benchmark",
+        "score (95% CI)",
+        "n",
+        "scored",
+        "unanswered",
+        "errors",
+        "judge errors",
+    ):
         table.add_column(col, justify="left" if col == "benchmark" else "right")
     for name, s in summary["benchmarks"].items():
         o = s["overall"]
-        table.add_row(name, _fmt(s.get("score"), s.get("score_ci95")), str(o["n"]), str(o["scored"]),
-                      str(o["unanswered"]), str(o["errors"]), str(o["judge_errors"]))
+        table.add_row(
+            name,
+            _fmt(s.get("score"), s.get("score_ci95")),
+            str(o["n"]),
+            str(o["scored"]),
+            str(o["unanswered"]),
+            str(o["errors"]),
+            str(o["judge_errors"]),
+        )
     return table
 
 
@@ -125,7 +158,12 @@ def mlflow_metrics(name: str, metrics: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
-def log_to_mlflow(run: Any, out_dir: Path, summary: Mapping[str, Any], per_benchmark: Mapping[str, Mapping[str, Any]]) -> None:
+def log_to_mlflow(
+    run: Any,
+    out_dir: Path,
+    summary: Mapping[str, Any],
+    per_benchmark: Mapping[str, Mapping[str, Any]],
+) -> None:
     """Metrics, plots, metrics.json and predictions of every benchmark into the stage's run
     (a no-op when MLflow is off: `run` is then inactive)."""
     if not getattr(run, "active", False):
@@ -134,7 +172,9 @@ def log_to_mlflow(run: Any, out_dir: Path, summary: Mapping[str, Any], per_bench
     for name, m in per_benchmark.items():
         metrics.update(mlflow_metrics(name, m))
     run.log_metrics(metrics)
-    run.set_tags({"eval.model": summary.get("model", ""), "eval.benchmarks": ",".join(per_benchmark)})
+    run.set_tags(
+        {"eval.model": summary.get("model", ""), "eval.benchmarks": ",".join(per_benchmark)}
+    )
     for name in per_benchmark:
         bench_dir = out_dir / name
         for fname in ("metrics.json", PLOT, "predictions.jsonl", "run_info.json"):

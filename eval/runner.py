@@ -15,152 +15,91 @@ prompt style, subtitles, decoding) in run_info.json; resuming with different set
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from eval import report
+from eval.config import (  # noqa: F401 - EvalConfig and SettingsMismatch are part of this API
+    PREDICTIONS,
+    REASONING_MAX_NEW_TOKENS,
+    EvalConfig,
+    SettingsMismatch,
+    check_resume,
+    run_settings,
+)
 from eval.engines import Engine, Generation, Prepared, Prompt
 from eval.filters import FilterContext, apply_chain, numbers_match
 from eval.metrics import compute_metrics
 from eval.store import PredictionStore
 from eval.task import EvalItem, TaskSpec, get_task, select_subtitles
-from training.grpo.judge import JudgeConfig, JudgeItem, LLMJudge, Verdict
+from training.grpo.judge import JudgeItem, LLMJudge, Verdict
 
-PREDICTIONS = "predictions.jsonl"
-RUN_INFO = "run_info.json"
-REASONING_MAX_NEW_TOKENS = 1024
-NOT_COMPARED = ("model",)
-NO_JUDGE = ("no LLM judge configured for open-ended answers: --set judge.base_url=http://HOST/v1 "
-            "--set judge.model=NAME (key from $OPENAI_API_KEY)")  # a moved folder is the same model: its fingerprint is compared
-
-
-@dataclass
-class EvalConfig:
-    """Settings of `longrl eval` (YAML + key=value overrides; CLI options set the common ones)."""
-
-    model: str = ""  # Hugging Face model folder (tiny test model or Qwen2.5-VL-*)
-    benchmarks: list[str] = field(default_factory=lambda: ["synth"])  # registered task names
-    data: str = ""  # folder with the benchmark's released files (or one sub-folder per benchmark)
-    out: str = ""  # output folder: one sub-folder per benchmark + summary
-    engine: str = "hf"  # hf (transformers) | vllm (GPU)
-    frames: int = 16  # frames per video, uniformly spaced (used when fps == 0)
-    fps: float = 0.0  # frames per second instead of a fixed count (bounded by min/max_frames)
-    min_frames: int = 4
-    max_frames: int = 256
-    min_pixels: int = 0  # per-frame pixel budget; 0: the model folder's video processor config
-    max_pixels: int = 0
-    total_pixels: int = 0  # cap over all frames of a clip (qwen-vl-utils style); 0: off
-    subtitles: bool = False  # show subtitle lines at the sampled frame times (Video-MME, LVB)
-    limit: int = 0  # first N questions of each benchmark; 0: all
-    prompt_style: str = "auto"  # benchmark | reasoning | auto (each task's native style)
-    max_new_tokens: int = 0  # 0: the task's default (REASONING_MAX_NEW_TOKENS when reasoning)
-    temperature: float = 0.0  # 0: greedy
-    numeric_rel_tol: float = 0.0  # relative tolerance for numeric answers (absolute 1e-6 always)
-    batch_size: int = 4
-    device: str = "auto"  # cpu | cuda | cuda:N | auto
-    dtype: str = "auto"  # float32 | bfloat16 | float16 | auto (bf16 on GPU, fp32 on CPU)
-    seed: int = 0
-    bootstrap: int = 2000  # bootstrap resamples for the 95 % intervals
-    overwrite: bool = False  # discard existing predictions in OUT instead of resuming
-    vllm_max_model_len: int = 32768
-    vllm_gpu_memory_utilization: float = 0.85
-    judge: JudgeConfig = field(default_factory=JudgeConfig)  # LLM judge for open-ended answers
-
-    def sampling(self) -> Any:
-        from training.video_inputs import VideoSampling
-
-        return VideoSampling(num_frames=self.frames, fps=self.fps, min_frames=self.min_frames,
-                             max_frames=self.max_frames, min_pixels=self.min_pixels,
-                             max_pixels=self.max_pixels, total_pixels=self.total_pixels)
-
-    def check(self) -> None:
-        if not self.model or not self.data or not self.out:
-            raise ValueError("model, data and out are required")
-        if self.frames <= 0 and self.fps <= 0:
-            raise ValueError("give frames > 0 or fps > 0")
-        if self.prompt_style not in ("auto", "benchmark", "reasoning"):
-            raise ValueError(f"prompt_style {self.prompt_style!r} not in auto|benchmark|reasoning")
-        if self.batch_size < 1:
-            raise ValueError("batch_size must be >= 1")
-
-
-class SettingsMismatch(ValueError):
-    pass
-
-
-def model_fingerprint(model_dir: str | Path) -> str:
-    """Identity of a model folder: its config and the names/sizes of its weight files."""
-    d = Path(model_dir)
-    h = hashlib.sha256((d / "config.json").read_bytes())
-    for w in sorted(d.glob("*.safetensors")) + sorted(d.glob("*.bin")):
-        h.update(f"{w.name}:{w.stat().st_size}".encode())
-    return h.hexdigest()[:16]
-
-
-def run_settings(cfg: EvalConfig, task: TaskSpec, style: str, max_new_tokens: int) -> dict[str, Any]:
-    return {
-        "benchmark": task.name, "model": str(Path(cfg.model).resolve()), "model_fingerprint": model_fingerprint(cfg.model),
-        "engine": cfg.engine, "frames": cfg.frames if cfg.fps <= 0 else 0, "fps": cfg.fps,
-        "min_frames": cfg.min_frames, "max_frames": cfg.max_frames, "min_pixels": cfg.min_pixels,
-        "max_pixels": cfg.max_pixels, "total_pixels": cfg.total_pixels,
-        "subtitles": bool(cfg.subtitles and task.supports_subtitles), "prompt_style": style,
-        "max_new_tokens": max_new_tokens, "temperature": cfg.temperature, "seed": cfg.seed,
-        "dtype": cfg.dtype, "numeric_rel_tol": cfg.numeric_rel_tol,
-    }
-
-
-def check_resume(bench_dir: Path, settings: dict[str, Any], overwrite: bool) -> None:
-    info_path, preds = bench_dir / RUN_INFO, bench_dir / PREDICTIONS
-    if overwrite:
-        for p in (info_path, preds):
-            p.unlink(missing_ok=True)
-    elif info_path.is_file():
-        old = json.loads(info_path.read_text())["settings"]
-        diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v and k not in NOT_COMPARED}
-        if diff and preds.is_file():
-            raise SettingsMismatch(
-                f"{bench_dir} holds predictions made with other settings "
-                + ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
-                + "; use --overwrite or another --out"
-            )
-    bench_dir.mkdir(parents=True, exist_ok=True)
-    report.write_json(info_path, {"settings": settings})
+NO_JUDGE = (
+    "no LLM judge configured for open-ended answers: --set judge.base_url=http://HOST/v1 "
+    "--set judge.model=NAME (key from $OPENAI_API_KEY)"
+)
 
 
 def score(task: TaskSpec, item: EvalItem, gen: Generation, cfg: EvalConfig) -> dict[str, Any]:
     ext = apply_chain(task.filter_chain(item.answer_type), gen.text, FilterContext(item.options))
-    rec: dict[str, Any] = {"raw_output": gen.text, "extracted": ext.answer, "extraction_rule": ext.rule,
-                           "output_tokens": gen.num_tokens, "finished": gen.finished}
+    rec: dict[str, Any] = {
+        "raw_output": gen.text,
+        "extracted": ext.answer,
+        "extraction_rule": ext.rule,
+        "output_tokens": gen.num_tokens,
+        "finished": gen.finished,
+    }
     if not ext.answered:
         rec.update(status="unanswered", correct=False)
     elif item.answer_type == "multiple_choice":
         rec.update(status="answered", correct=ext.answer == item.answer)
     elif item.answer_type == "numeric":
-        rec.update(status="answered", correct=numbers_match(ext.answer, item.answer, rel_tol=cfg.numeric_rel_tol))
+        rec.update(
+            status="answered",
+            correct=numbers_match(ext.answer, item.answer, rel_tol=cfg.numeric_rel_tol),
+        )
     else:  # open-ended: the judge decides after generation
         rec.update(status="answered", correct=None, judge=None)
     return rec
 
 
 def base_record(task: TaskSpec, item: EvalItem) -> dict[str, Any]:
-    return {"qid": item.qid, "benchmark": task.name, "video": item.video_path, "answer_type": item.answer_type,
-            "answer": item.answer, "options": item.options, "breakdown": item.breakdown,
-            "cluster": item.cluster, "group": item.group}
+    return {
+        "qid": item.qid,
+        "benchmark": task.name,
+        "video": item.video_path,
+        "answer_type": item.answer_type,
+        "answer": item.answer,
+        "options": item.options,
+        "breakdown": item.breakdown,
+        "cluster": item.cluster,
+        "group": item.group,
+    }
 
 
 def error_record(task: TaskSpec, item: EvalItem, error: str) -> dict[str, Any]:
-    return {**base_record(task, item), "status": "error", "correct": None, "error": error, "prompt": None,
-            "raw_output": None, "extracted": None}
+    return {
+        **base_record(task, item),
+        "status": "error",
+        "correct": None,
+        "error": error,
+        "prompt": None,
+        "raw_output": None,
+        "extracted": None,
+    }
 
 
-def answer_batch(engine: Engine, task: TaskSpec, batch: list[EvalItem], cfg: EvalConfig, style: str,
-                 max_new_tokens: int) -> list[dict[str, Any]]:
+def answer_batch(
+    engine: Engine,
+    task: TaskSpec,
+    batch: list[EvalItem],
+    cfg: EvalConfig,
+    style: str,
+    max_new_tokens: int,
+) -> list[dict[str, Any]]:
     """Predictions for one batch: video errors are recorded per question; a generation failure
     is retried question by question so one bad item cannot take its batch down."""
     from data_gen.video_io import VideoError
@@ -172,13 +111,21 @@ def answer_batch(engine: Engine, task: TaskSpec, batch: list[EvalItem], cfg: Eva
         except (VideoError, OSError) as exc:
             records.append(error_record(task, item, f"video: {exc}"))
     system = _system_prompt(style)
-    prompts = [Prompt(task.render_prompt(p.item, _subtitles(p, cfg, task), style), system) for p in prepared]
+    prompts = [
+        Prompt(task.render_prompt(p.item, _subtitles(p, cfg, task), style), system)
+        for p in prepared
+    ]
     groups: list[list[int]] = [list(range(len(prepared)))] if prepared else []
     while groups:
         idx = groups.pop(0)
         t0 = time.perf_counter()
         try:
-            gens = engine.generate([prepared[i] for i in idx], [prompts[i] for i in idx], max_new_tokens, cfg.temperature)
+            gens = engine.generate(
+                [prepared[i] for i in idx],
+                [prompts[i] for i in idx],
+                max_new_tokens,
+                cfg.temperature,
+            )
         except Exception as exc:  # noqa: BLE001 - recorded per question below, never swallowed silently
             if len(idx) > 1:
                 groups = [[i] for i in idx] + groups
@@ -189,10 +136,19 @@ def answer_batch(engine: Engine, task: TaskSpec, batch: list[EvalItem], cfg: Eva
         share = (time.perf_counter() - t0) / len(idx)
         for i, gen in zip(idx, gens, strict=True):
             p = prepared[i]
-            records.append({**base_record(task, p.item), "prompt": prompts[i].user, "system": prompts[i].system,
-                            **score(task, p.item, gen, cfg), "latency_s": round(p.decode_s + share, 4),
-                            "decode_s": round(p.decode_s, 4), "batch_size": len(idx),
-                            "num_frames": len(p.timestamps_s), "num_video_tokens": p.num_video_tokens})
+            records.append(
+                {
+                    **base_record(task, p.item),
+                    "prompt": prompts[i].user,
+                    "system": prompts[i].system,
+                    **score(task, p.item, gen, cfg),
+                    "latency_s": round(p.decode_s + share, 4),
+                    "decode_s": round(p.decode_s, 4),
+                    "batch_size": len(idx),
+                    "num_frames": len(p.timestamps_s),
+                    "num_video_tokens": p.num_video_tokens,
+                }
+            )
     return records
 
 
@@ -210,30 +166,53 @@ def _subtitles(p: Prepared, cfg: EvalConfig, task: TaskSpec) -> str | None:
     return select_subtitles(p.item.subtitles, p.timestamps_s)
 
 
-def judge_open_ended(records: list[dict[str, Any]], items: dict[str, EvalItem], cfg: EvalConfig,
-                     bench_dir: Path) -> int:
+def judge_open_ended(
+    records: list[dict[str, Any]], items: dict[str, EvalItem], cfg: EvalConfig, bench_dir: Path
+) -> int:
     """Ask the judge about every open-ended answer without a verdict (new, or failed before).
     Returns the number of judge calls' items; records are updated in place."""
-    todo = [r for r in records if r["answer_type"] == "open_ended" and r["status"] in ("answered", "judge_error")
-            and r.get("correct") is None]
+    todo = [
+        r
+        for r in records
+        if r["answer_type"] == "open_ended"
+        and r["status"] in ("answered", "judge_error")
+        and r.get("correct") is None
+    ]
     if not todo:
         return 0
-    jcfg = dataclasses.replace(cfg.judge, cache_path=cfg.judge.cache_path or str(bench_dir / "judge_cache.jsonl"))
+    jcfg = dataclasses.replace(
+        cfg.judge, cache_path=cfg.judge.cache_path or str(bench_dir / "judge_cache.jsonl")
+    )
     if not (jcfg.base_url and jcfg.model):
         verdicts = [Verdict(None, NO_JUDGE) for _ in todo]
     else:
-        verdicts = LLMJudge(jcfg).judge([JudgeItem(items[r["qid"]].question, r["answer"], r["extracted"]) for r in todo])
+        verdicts = LLMJudge(jcfg).judge(
+            [JudgeItem(items[r["qid"]].question, r["answer"], r["extracted"]) for r in todo]
+        )
     for r, v in zip(todo, verdicts, strict=True):
-        r["judge"] = {"model": jcfg.model, "verdict": v.correct, "error": v.error, "cached": v.cached, "reply": v.reply}
-        r["status"], r["correct"] = ("answered", v.correct) if v.correct is not None else ("judge_error", None)
+        r["judge"] = {
+            "model": jcfg.model,
+            "verdict": v.correct,
+            "error": v.error,
+            "cached": v.cached,
+            "reply": v.reply,
+        }
+        r["status"], r["correct"] = (
+            ("answered", v.correct) if v.correct is not None else ("judge_error", None)
+        )
     return len(todo)
 
 
-def evaluate_benchmark(cfg: EvalConfig, name: str, get_engine: Callable[[], Engine], out: Path,
-                       progress: Any = None) -> dict[str, Any]:
+def evaluate_benchmark(
+    cfg: EvalConfig, name: str, get_engine: Callable[[], Engine], out: Path, progress: Any = None
+) -> dict[str, Any]:
     task = get_task(name)
     style = task.native_style if cfg.prompt_style == "auto" else cfg.prompt_style
-    max_new = cfg.max_new_tokens or (max(task.max_new_tokens, REASONING_MAX_NEW_TOKENS) if style == "reasoning" else task.max_new_tokens)
+    max_new = cfg.max_new_tokens or (
+        max(task.max_new_tokens, REASONING_MAX_NEW_TOKENS)
+        if style == "reasoning"
+        else task.max_new_tokens
+    )
     items = task.load(Path(cfg.data).resolve())
     if cfg.limit:
         items = items[: cfg.limit]
@@ -248,7 +227,11 @@ def evaluate_benchmark(cfg: EvalConfig, name: str, get_engine: Callable[[], Engi
     store.append(error_record(task, it, it.error) for it in todo if it.error)
     runnable = [it for it in todo if not it.error]
     t0 = time.perf_counter()
-    bar = progress.add_task(bench_name, total=len(items), completed=len(items) - len(runnable)) if progress else None
+    bar = (
+        progress.add_task(bench_name, total=len(items), completed=len(items) - len(runnable))
+        if progress
+        else None
+    )
     engine = get_engine() if runnable else None
     for start in range(0, len(runnable), cfg.batch_size):
         batch = runnable[start : start + cfg.batch_size]
@@ -262,14 +245,27 @@ def evaluate_benchmark(cfg: EvalConfig, name: str, get_engine: Callable[[], Engi
         all_recs = store.load()
         all_recs.update({r["qid"]: r for r in records})
         store.rewrite(all_recs.values())
-    metrics = compute_metrics(records, task.breakdown_keys, task.group_all, task.headline, cfg.bootstrap, cfg.seed)
+    metrics = compute_metrics(
+        records, task.breakdown_keys, task.group_all, task.headline, cfg.bootstrap, cfg.seed
+    )
     errors = [r for r in records if r["status"] in ("error", "judge_error")]
     metrics.update(
-        benchmark=bench_name, task=task.name, description=task.description, settings=settings,
-        engine=engine.describe() if engine else None, questions=len(items), resumed=resumed,
-        generated=len(runnable), generation_seconds=round(gen_s, 3),
-        extraction_rules=dict(Counter(r.get("extraction_rule") for r in records if r.get("extraction_rule"))),
-        error_examples=[{"qid": r["qid"], "error": r.get("error") or (r.get("judge") or {}).get("error")} for r in errors[:20]],
+        benchmark=bench_name,
+        task=task.name,
+        description=task.description,
+        settings=settings,
+        engine=engine.describe() if engine else None,
+        questions=len(items),
+        resumed=resumed,
+        generated=len(runnable),
+        generation_seconds=round(gen_s, 3),
+        extraction_rules=dict(
+            Counter(r.get("extraction_rule") for r in records if r.get("extraction_rule"))
+        ),
+        error_examples=[
+            {"qid": r["qid"], "error": r.get("error") or (r.get("judge") or {}).get("error")}
+            for r in errors[:20]
+        ],
     )
     report.write_json(bench_dir / "metrics.json", metrics)
     report.plot_benchmark(metrics, bench_dir / report.PLOT)
@@ -300,21 +296,47 @@ def evaluate(cfg: EvalConfig, console: Any = None) -> dict[str, Any]:
         if "engine" not in holder:
             kwargs = {}
             if cfg.engine == "vllm":
-                kwargs = {"max_model_len": cfg.vllm_max_model_len, "gpu_memory_utilization": cfg.vllm_gpu_memory_utilization}
-            holder["engine"] = make_engine(cfg.engine, cfg.model, cfg.sampling(), device=cfg.device, dtype=cfg.dtype,
-                                           seed=cfg.seed, **kwargs)
+                kwargs = {
+                    "max_model_len": cfg.vllm_max_model_len,
+                    "gpu_memory_utilization": cfg.vllm_gpu_memory_utilization,
+                }
+            holder["engine"] = make_engine(
+                cfg.engine,
+                cfg.model,
+                cfg.sampling(),
+                device=cfg.device,
+                dtype=cfg.dtype,
+                seed=cfg.seed,
+                **kwargs,
+            )
         return holder["engine"]
 
     per_benchmark: dict[str, dict[str, Any]] = {}
     with tracking.stage_run("eval", config=cfg, tags={"eval.model": cfg.model}) as run:
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-        with Progress(*columns, console=console, transient=False, disable=console is None) as progress:
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+        )
+        with Progress(
+            *columns, console=console, transient=False, disable=console is None
+        ) as progress:
             for name in cfg.benchmarks:
                 m = evaluate_benchmark(cfg, name, get_engine, out, progress)
                 per_benchmark[m["benchmark"]] = m
-        summary = {"model": cfg.model, "benchmarks": {
-            k: {"score": m["score"], "score_ci95": m["score_ci95"], "headline": m["headline"], "overall": m["overall"]}
-            for k, m in per_benchmark.items()}}
+        summary = {
+            "model": cfg.model,
+            "benchmarks": {
+                k: {
+                    "score": m["score"],
+                    "score_ci95": m["score_ci95"],
+                    "headline": m["headline"],
+                    "overall": m["overall"],
+                }
+                for k, m in per_benchmark.items()
+            },
+        }
         report.write_json(out / report.SUMMARY, summary)
         report.plot_summary(summary, out / "summary.png")
         report.log_to_mlflow(run, out, summary, per_benchmark)

@@ -39,7 +39,9 @@ class PredictionStore:
                 # Appends end with a newline, so a kill can only tear the unterminated tail; a
                 # broken line that ends with one is damage we must not paper over.
                 n = data[:pos].count(b"\n") + 1
-                raise ValueError(f"{self.path}:{n}: not valid JSON ({exc}); fix or remove the line") from exc
+                raise ValueError(
+                    f"{self.path}:{n}: not valid JSON ({exc}); fix or remove the line"
+                ) from exc
             if rec is not None:
                 records.setdefault(str(rec["qid"]), rec)
             pos = good_end = nl + 1

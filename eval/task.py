@@ -90,7 +90,9 @@ class TaskSpec:
     layout: str = ""
     markers: tuple[str, ...] = ()  # globs (relative); any match identifies the benchmark's folder
     folder_names: tuple[str, ...] = ()  # sub-folders of --data where the benchmark may live
-    prompt_fn: Callable[[EvalItem], str] | None = None  # renders the question instead of the template
+    prompt_fn: Callable[[EvalItem], str] | None = (
+        None  # renders the question instead of the template
+    )
     native_style: str = "benchmark"  # prompt style of `--prompt-style auto` for this task
 
     @property
@@ -105,10 +107,13 @@ class TaskSpec:
 
     def render_options(self, options: Sequence[str]) -> str:
         return "\n".join(
-            self.option_format.format(letter=LETTERS[i], text=text) for i, text in enumerate(options)
+            self.option_format.format(letter=LETTERS[i], text=text)
+            for i, text in enumerate(options)
         )
 
-    def render_prompt(self, item: EvalItem, subtitles: str | None = None, style: str = "benchmark") -> str:
+    def render_prompt(
+        self, item: EvalItem, subtitles: str | None = None, style: str = "benchmark"
+    ) -> str:
         """The user text for `item`. Style "benchmark" is the benchmark's official prompt;
         "reasoning" is the training prompt format (the model was trained to think, then answer).
         `subtitles` (already selected lines) only when the run asks for them and the task has
@@ -125,7 +130,9 @@ class TaskSpec:
             "instruction": self.instructions.get(item.answer_type, ""),
         }
         if with_subs:
-            return self.subtitle_template.format(subtitles=subtitles or NO_SUBTITLES, **fields).strip()
+            return self.subtitle_template.format(
+                subtitles=subtitles or NO_SUBTITLES, **fields
+            ).strip()
         return self.prompt_template.format(**fields).strip()
 
     def resolve_root(self, data_dir: Path) -> Path:
@@ -165,9 +172,16 @@ def training_style_question(item: EvalItem) -> str:
     from data_gen.schema import CATEGORIES, QARecord
     from training.prompts import format_question
 
-    rec = QARecord(id=item.qid, video_id=item.cluster, video_path=item.video_path, question=item.question,
-                   answer=item.answer, answer_type=item.answer_type, category=CATEGORIES[0],
-                   options=list(item.options))
+    rec = QARecord(
+        id=item.qid,
+        video_id=item.cluster,
+        video_path=item.video_path,
+        question=item.question,
+        answer=item.answer,
+        answer_type=item.answer_type,
+        category=CATEGORIES[0],
+        options=list(item.options),
+    )
     return format_question(rec)
 
 
@@ -179,15 +193,23 @@ def register(spec: TaskSpec) -> TaskSpec:
     if spec.name in TASKS:
         raise ValueError(f"task {spec.name!r} is registered twice")
     if spec.answer_type not in TASK_ANSWER_TYPES:
-        raise ValueError(f"task {spec.name}: answer_type {spec.answer_type!r} not in {TASK_ANSWER_TYPES}")
+        raise ValueError(
+            f"task {spec.name}: answer_type {spec.answer_type!r} not in {TASK_ANSWER_TYPES}"
+        )
     if spec.metric not in METRICS:
         raise ValueError(f"task {spec.name}: metric {spec.metric!r} not in {METRICS}")
-    if spec.headline not in ("micro", "macro") or (spec.headline == "macro" and not spec.breakdown_keys):
-        raise ValueError(f"task {spec.name}: headline {spec.headline!r} needs breakdown keys for macro")
+    if spec.headline not in ("micro", "macro") or (
+        spec.headline == "macro" and not spec.breakdown_keys
+    ):
+        raise ValueError(
+            f"task {spec.name}: headline {spec.headline!r} needs breakdown keys for macro"
+        )
     for answer_type in ANSWER_TYPES if spec.answer_type == "mixed" else (spec.answer_type,):
         check_chain(spec.filter_chain(answer_type))
     if spec.native_style not in PROMPT_STYLES:
-        raise ValueError(f"task {spec.name}: native_style {spec.native_style!r} not in {PROMPT_STYLES}")
+        raise ValueError(
+            f"task {spec.name}: native_style {spec.native_style!r} not in {PROMPT_STYLES}"
+        )
     TASKS[spec.name] = spec
     return spec
 

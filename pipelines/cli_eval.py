@@ -18,20 +18,58 @@ app = typer.Typer(
 @app.callback()
 def run(
     ctx: typer.Context,
-    model: Path = typer.Option(None, "--model", help="Model folder (Hugging Face format, e.g. Qwen2.5-VL-7B-Instruct or a longrl checkpoint)."),
-    benchmark: str = typer.Option(None, "--benchmark", help="Benchmark name(s), comma separated (see `longrl eval list`)."),
-    data: Path = typer.Option(None, "--data", help="Folder with the benchmark's released files, or with one sub-folder per benchmark."),
-    out: Path = typer.Option(None, "--out", help="Output folder; an interrupted run resumes from it."),
-    frames: int = typer.Option(None, "--frames", help="Frames per video, uniformly spaced (default 16)."),
-    fps: float = typer.Option(None, "--fps", help="Sample this many frames per second instead (bounded by min/max_frames)."),
-    subtitles: bool = typer.Option(False, "--subtitles", help="Show subtitles at the sampled frame times (benchmarks that have them)."),
-    limit: int = typer.Option(None, "--limit", help="Only the first N questions of each benchmark."),
-    engine: str = typer.Option(None, "--engine", help="hf (transformers, CPU/GPU) or vllm (GPU) (default hf)."),
-    batch_size: int = typer.Option(None, "--batch-size", help="Questions per generation batch (default 4)."),
-    prompt_style: str = typer.Option(None, "--prompt-style", help="benchmark (official prompts), reasoning (think then answer, as trained) or auto (default: each benchmark's own)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Discard predictions already in --out instead of resuming."),
+    model: Path = typer.Option(
+        None,
+        "--model",
+        help="Model folder (Hugging Face format, e.g. Qwen2.5-VL-7B-Instruct or a longrl checkpoint).",
+    ),
+    benchmark: str = typer.Option(
+        None, "--benchmark", help="Benchmark name(s), comma separated (see `longrl eval list`)."
+    ),
+    data: Path = typer.Option(
+        None,
+        "--data",
+        help="Folder with the benchmark's released files, or with one sub-folder per benchmark.",
+    ),
+    out: Path = typer.Option(
+        None, "--out", help="Output folder; an interrupted run resumes from it."
+    ),
+    frames: int = typer.Option(
+        None, "--frames", help="Frames per video, uniformly spaced (default 16)."
+    ),
+    fps: float = typer.Option(
+        None,
+        "--fps",
+        help="Sample this many frames per second instead (bounded by min/max_frames).",
+    ),
+    subtitles: bool = typer.Option(
+        False,
+        "--subtitles",
+        help="Show subtitles at the sampled frame times (benchmarks that have them).",
+    ),
+    limit: int = typer.Option(
+        None, "--limit", help="Only the first N questions of each benchmark."
+    ),
+    engine: str = typer.Option(
+        None, "--engine", help="hf (transformers, CPU/GPU) or vllm (GPU) (default hf)."
+    ),
+    batch_size: int = typer.Option(
+        None, "--batch-size", help="Questions per generation batch (default 4)."
+    ),
+    prompt_style: str = typer.Option(
+        None,
+        "--prompt-style",
+        help="benchmark (official prompts), reasoning (think then answer, as trained) or auto (default: each benchmark's own).",
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Discard predictions already in --out instead of resuming."
+    ),
     config: Path = typer.Option(None, "--config", help=CONFIG_HELP),
-    overrides: list[str] = typer.Option(None, "--set", help="Config override key.sub=value (repeatable), e.g. --set judge.base_url=http://127.0.0.1:8000/v1 --set max_pixels=50176."),
+    overrides: list[str] = typer.Option(
+        None,
+        "--set",
+        help="Config override key.sub=value (repeatable), e.g. --set judge.base_url=http://127.0.0.1:8000/v1 --set max_pixels=50176.",
+    ),
 ) -> None:
     """Evaluate a model on long-video benchmarks; `longrl eval compare A B` compares two runs.
 
@@ -53,10 +91,18 @@ def run(
     from eval.task import TaskError
 
     values = {
-        "model": str(model) if model else None, "data": str(data) if data else None, "out": str(out) if out else None,
+        "model": str(model) if model else None,
+        "data": str(data) if data else None,
+        "out": str(out) if out else None,
         "benchmarks": [b.strip() for b in benchmark.split(",") if b.strip()] if benchmark else None,
-        "frames": frames, "fps": fps, "limit": limit, "engine": engine, "batch_size": batch_size,
-        "prompt_style": prompt_style, "subtitles": True if subtitles else None, "overwrite": True if overwrite else None,
+        "frames": frames,
+        "fps": fps,
+        "limit": limit,
+        "engine": engine,
+        "batch_size": batch_size,
+        "prompt_style": prompt_style,
+        "subtitles": True if subtitles else None,
+        "overwrite": True if overwrite else None,
     }
     if fps is not None:
         values["frames"] = 0
@@ -69,7 +115,9 @@ def run(
     from eval.report import console_table
 
     console.print(console_table(summary))
-    console.print(f"results in {cfg.out} (summary.json, <benchmark>/metrics.json, accuracy.png, predictions.jsonl)")
+    console.print(
+        f"results in {cfg.out} (summary.json, <benchmark>/metrics.json, accuracy.png, predictions.jsonl)"
+    )
     scored = sum(b["overall"]["scored"] for b in summary["benchmarks"].values())
     if scored == 0:
         fail("no question could be scored (see the error counts above)", 1)
@@ -80,7 +128,9 @@ def compare(
     a: Path = typer.Argument(..., help="Run A: an eval --out folder (or one benchmark's folder)."),
     b: Path = typer.Argument(..., help="Run B, on the same questions."),
     out: Path = typer.Option(None, "--out", help="Write the comparison as JSON here."),
-    bootstrap: int = typer.Option(2000, "--bootstrap", help="Bootstrap resamples for the difference's interval."),
+    bootstrap: int = typer.Option(
+        2000, "--bootstrap", help="Bootstrap resamples for the difference's interval."
+    ),
 ) -> None:
     """Paired comparison of two runs, question by question: accuracy of each on the shared
     questions, wins (A right, B wrong) and losses, the exact McNemar test, and a bootstrap 95 %
@@ -94,16 +144,34 @@ def compare(
     except (FileNotFoundError, ValueError) as exc:
         fail(str(exc), 2)
     table = Table(title=f"A = {a}   B = {b}")
-    for col in ("benchmark", "n", "acc A", "acc B", "A - B (95% CI)", "wins", "losses", "McNemar p", "excluded"):
+    for col in (
+        "benchmark",
+        "n",
+        "acc A",
+        "acc B",
+        "A - B (95% CI)",
+        "wins",
+        "losses",
+        "McNemar p",
+        "excluded",
+    ):
         table.add_column(col, justify="left" if col == "benchmark" else "right")
     for name, r in result["benchmarks"].items():
         if not r["n"]:
             table.add_row(name, "0", "-", "-", "-", "0", "0", "-", str(r["excluded"]))
             continue
         lo, hi = r["difference_ci95"]
-        table.add_row(name, str(r["n"]), f"{100 * r['accuracy_a']:.1f}", f"{100 * r['accuracy_b']:.1f}",
-                      f"{100 * r['difference']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]", str(r["wins"]),
-                      str(r["losses"]), f"{r['mcnemar_p']:.3g}", str(r["excluded"]))
+        table.add_row(
+            name,
+            str(r["n"]),
+            f"{100 * r['accuracy_a']:.1f}",
+            f"{100 * r['accuracy_b']:.1f}",
+            f"{100 * r['difference']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]",
+            str(r["wins"]),
+            str(r["losses"]),
+            f"{r['mcnemar_p']:.3g}",
+            str(r["excluded"]),
+        )
     console.print(table)
     if out:
         import json
@@ -115,13 +183,17 @@ def compare(
 
 @app.command("list")
 def list_benchmarks(
-    layout: bool = typer.Option(False, "--layout", help="Also show the files each benchmark expects under --data."),
+    layout: bool = typer.Option(
+        False, "--layout", help="Also show the files each benchmark expects under --data."
+    ),
 ) -> None:
     """The registered benchmarks: answer type, metric, breakdowns (and expected files)."""
     from eval.task import list_tasks
 
     for t in list_tasks():
-        console.print(f"[bold]{t.name}[/bold]  {t.answer_type}, {t.metric}, by {', '.join(t.breakdown_keys) or '-'}"
-                      f"{', subtitles' if t.supports_subtitles else ''}\n    {t.description}")
+        console.print(
+            f"[bold]{t.name}[/bold]  {t.answer_type}, {t.metric}, by {', '.join(t.breakdown_keys) or '-'}"
+            f"{', subtitles' if t.supports_subtitles else ''}\n    {t.description}"
+        )
         if layout:
             console.print(t.layout.rstrip())

@@ -48,7 +48,11 @@ MCQ_TABLE = [
     ("A is correct.", "A", "last_letter"),
     ("After watching, the object is D", "D", "last_letter"),
     ("The object that appears is a blue cube sliding left.", "B", "option_text"),
-    ("<think>The shape is red and round, so A... wait, it is blue. So B.</think><answer>B</answer>", "B", "bare"),
+    (
+        "<think>The shape is red and round, so A... wait, it is blue. So B.</think><answer>B</answer>",
+        "B",
+        "bare",
+    ),
     ("<think>counting the shapes</think>\n<answer>C. a green star</answer>", "C", "leading"),
     ("<think>long reasoning that mentions A and D</think> The answer is C", "C", "answer_is"),
     ("reasoning without opening tag</think><answer>(D)</answer>", "D", "bare"),
@@ -122,9 +126,9 @@ def test_decimal_answers_are_not_cut_at_the_point() -> None:
 
 
 def test_open_ended_keeps_the_answer_text() -> None:
-    assert apply_chain(OPEN_CHAIN, "<think>x</think><answer> a man  riding a bike </answer>").answer == (
-        "a man riding a bike"
-    )
+    assert apply_chain(
+        OPEN_CHAIN, "<think>x</think><answer> a man  riding a bike </answer>"
+    ).answer == ("a man riding a bike")
     assert apply_chain(OPEN_CHAIN, "<think>unfinished").answer is None
 
 

@@ -11,24 +11,56 @@ from typer.testing import CliRunner
 from pipelines.cli import app
 from tests.fixtures.judge_server import Reply
 
-FAST = ["--set", "min_pixels=784", "--set", "max_pixels=3136", "--set", "max_new_tokens=6", "--set", "bootstrap=100",
-        "--frames", "2"]
+FAST = [
+    "--set",
+    "min_pixels=784",
+    "--set",
+    "max_pixels=3136",
+    "--set",
+    "max_new_tokens=6",
+    "--set",
+    "bootstrap=100",
+    "--frames",
+    "2",
+]
 
 
 def _run(model, data, out, server, *extra):
-    args = ["eval", "--model", str(model), "--benchmark", "longvideo_reason", "--data", str(data), "--out", str(out),
-            *FAST, "--set", f"judge.base_url={server.base_url}", "--set", "judge.model=judge-test",
-            "--set", "judge.max_attempts=2", "--set", "judge.backoff_s=0.01", *extra]
+    args = [
+        "eval",
+        "--model",
+        str(model),
+        "--benchmark",
+        "longvideo_reason",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        *FAST,
+        "--set",
+        f"judge.base_url={server.base_url}",
+        "--set",
+        "judge.model=judge-test",
+        "--set",
+        "judge.max_attempts=2",
+        "--set",
+        "judge.backoff_s=0.01",
+        *extra,
+    ]
     return CliRunner().invoke(app, args, catch_exceptions=False)
 
 
 def _open_pred(out):
-    preds = [json.loads(x) for x in (out / "longvideo_reason" / "predictions.jsonl").read_text().splitlines()]
+    preds = [
+        json.loads(x)
+        for x in (out / "longvideo_reason" / "predictions.jsonl").read_text().splitlines()
+    ]
     return [p for p in preds if p["answer_type"] == "open_ended"], preds
 
 
-def test_judge_failure_is_recorded_then_retried_on_resume(tiny_model_dir, make_benchmark, judge_server, tmp_path,
-                                                          monkeypatch) -> None:
+def test_judge_failure_is_recorded_then_retried_on_resume(
+    tiny_model_dir, make_benchmark, judge_server, tmp_path, monkeypatch
+) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-secret-key-123456")
     data, out = make_benchmark("longvideo_reason"), tmp_path / "out"
     judge_server.respond = lambda req, n: Reply(status=503)
@@ -53,13 +85,22 @@ def test_judge_failure_is_recorded_then_retried_on_resume(tiny_model_dir, make_b
     m = json.loads((out / "longvideo_reason" / "metrics.json").read_text())
     assert m["generated"] == 0 and m["overall"]["judge_errors"] == 0 and m["overall"]["scored"] == 3
     sent = judge_server.requests[-1]["messages"][-1]["content"]
-    assert "Reference answer: a lost dog finding its way home" in sent and "What is the story about?" in sent
+    assert (
+        "Reference answer: a lost dog finding its way home" in sent
+        and "What is the story about?" in sent
+    )
     assert (out / "longvideo_reason" / "judge_cache.jsonl").is_file()
 
     # A fresh output folder with the same cache path asks nothing: the verdict is cached.
     calls = len(judge_server.requests)
     cache = out / "longvideo_reason" / "judge_cache.jsonl"
-    r = _run(tiny_model_dir, data, tmp_path / "again", judge_server, "--set", f"judge.cache_path={cache}")
+    r = _run(
+        tiny_model_dir, data, tmp_path / "again", judge_server, "--set", f"judge.cache_path={cache}"
+    )
     assert r.exit_code == 0, r.output
     (p,), _ = _open_pred(tmp_path / "again")
-    assert p["correct"] is True and p["judge"]["cached"] is True and len(judge_server.requests) == calls
+    assert (
+        p["correct"] is True
+        and p["judge"]["cached"] is True
+        and len(judge_server.requests) == calls
+    )

@@ -14,15 +14,34 @@ from eval.metrics import bootstrap_ci, compute_metrics
 
 
 def _pred(qid, correct, status="answered", cluster=None, group="", **breakdown):
-    return {"qid": qid, "correct": correct, "status": status, "cluster": cluster or qid, "group": group,
-            "breakdown": breakdown}
+    return {
+        "qid": qid,
+        "correct": correct,
+        "status": status,
+        "cluster": cluster or qid,
+        "group": group,
+        "breakdown": breakdown,
+    }
 
 
 def test_counts_unanswered_as_wrong_and_excludes_errors() -> None:
-    preds = [_pred("a", True), _pred("b", False), _pred("c", False, "unanswered"), _pred("d", None, "error"),
-             _pred("e", None, "judge_error"), _pred("f", True)]
+    preds = [
+        _pred("a", True),
+        _pred("b", False),
+        _pred("c", False, "unanswered"),
+        _pred("d", None, "error"),
+        _pred("e", None, "judge_error"),
+        _pred("f", True),
+    ]
     m = compute_metrics(preds, n_boot=200)["overall"]
-    assert (m["n"], m["scored"], m["correct"], m["unanswered"], m["errors"], m["judge_errors"]) == (6, 4, 2, 1, 1, 1)
+    assert (m["n"], m["scored"], m["correct"], m["unanswered"], m["errors"], m["judge_errors"]) == (
+        6,
+        4,
+        2,
+        1,
+        1,
+        1,
+    )
     assert m["accuracy"] == pytest.approx(0.5)
     assert m["accuracy_answered"] == pytest.approx(2 / 3)
 
@@ -63,9 +82,17 @@ def test_breakdowns_and_macro_headline() -> None:
 def test_groups_count_only_when_every_try_is_right() -> None:
     preds = [_pred(f"g1_{t}", True, group="g1", type="ret") for t in range(4)]
     preds += [_pred(f"g2_{t}", t != 2, group="g2", type="ret") for t in range(4)]
-    preds += [_pred(f"g3_{t}", True, "unanswered" if t == 0 else "answered", group="g3", type="cnt") for t in range(4)]
-    preds += [_pred(f"g4_{t}", True, "error" if t == 3 else "answered", group="g4", type="cnt") for t in range(4)]
-    m = compute_metrics(preds, breakdown_keys=("type",), group_all=True, headline="macro", n_boot=200)
+    preds += [
+        _pred(f"g3_{t}", True, "unanswered" if t == 0 else "answered", group="g3", type="cnt")
+        for t in range(4)
+    ]
+    preds += [
+        _pred(f"g4_{t}", True, "error" if t == 3 else "answered", group="g4", type="cnt")
+        for t in range(4)
+    ]
+    m = compute_metrics(
+        preds, breakdown_keys=("type",), group_all=True, headline="macro", n_boot=200
+    )
     assert m["unit"] == "group"
     o = m["overall"]
     assert (o["n"], o["scored"], o["correct"], o["unanswered"], o["errors"]) == (4, 3, 1, 1, 1)
@@ -98,7 +125,14 @@ def test_compare_runs_counts_wins_losses_and_exclusions(tmp_path) -> None:
     _write_run(tmp_path / "A", "synth", a)
     _write_run(tmp_path / "B", "synth", b)
     res = compare_runs(tmp_path / "A", tmp_path / "B", n_boot=500)["benchmarks"]["synth"]
-    assert (res["n"], res["wins"], res["losses"], res["ties_right"], res["ties_wrong"], res["excluded"]) == (20, 10, 2, 5, 3, 1)
+    assert (
+        res["n"],
+        res["wins"],
+        res["losses"],
+        res["ties_right"],
+        res["ties_wrong"],
+        res["excluded"],
+    ) == (20, 10, 2, 5, 3, 1)
     assert res["accuracy_a"] == pytest.approx(0.75) and res["accuracy_b"] == pytest.approx(0.35)
     assert res["mcnemar_p"] == pytest.approx(mcnemar_exact(10, 2))
     assert res["difference_ci95"][0] > 0

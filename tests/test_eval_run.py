@@ -19,7 +19,16 @@ from pipelines.cli import app
 
 ROOT = Path(__file__).resolve().parent.parent
 # Tiny frames (one 56x56 frame pair -> 4 video tokens) and short answers keep every run fast.
-FAST = ["--set", "min_pixels=784", "--set", "max_pixels=3136", "--set", "max_new_tokens=8", "--set", "bootstrap=200"]
+FAST = [
+    "--set",
+    "min_pixels=784",
+    "--set",
+    "max_pixels=3136",
+    "--set",
+    "max_new_tokens=8",
+    "--set",
+    "bootstrap=200",
+]
 
 
 def _eval(*args: str) -> object:
@@ -33,14 +42,35 @@ def _preds(path: Path) -> list[dict]:
 
 def test_synth_end_to_end_with_frames_and_fps(tiny_model_dir, synth_bench, tmp_path) -> None:
     out_f, out_s = tmp_path / "frames", tmp_path / "fps"
-    r = _eval("--model", str(tiny_model_dir), "--benchmark", "synth", "--data", str(synth_bench), "--out", str(out_f),
-              "--frames", "2", "--batch-size", "4", *FAST)
+    r = _eval(
+        "--model",
+        str(tiny_model_dir),
+        "--benchmark",
+        "synth",
+        "--data",
+        str(synth_bench),
+        "--out",
+        str(out_f),
+        "--frames",
+        "2",
+        "--batch-size",
+        "4",
+        *FAST,
+    )
     assert r.exit_code == 0, r.output
     preds = _preds(out_f / "synth" / "predictions.jsonl")
     questions = [json.loads(x) for x in (synth_bench / "questions.jsonl").read_text().splitlines()]
     assert sorted(p["qid"] for p in preds) == sorted(q["id"] for q in questions)
     for p in preds:
-        assert {"qid", "prompt", "raw_output", "extracted", "correct", "latency_s", "status"} <= set(p)
+        assert {
+            "qid",
+            "prompt",
+            "raw_output",
+            "extracted",
+            "correct",
+            "latency_s",
+            "status",
+        } <= set(p)
         assert p["num_frames"] == 2 and p["num_video_tokens"] == 4 and p["latency_s"] > 0
         assert p["status"] in ("answered", "unanswered", "judge_error")
         if p["status"] == "unanswered":
@@ -56,11 +86,26 @@ def test_synth_end_to_end_with_frames_and_fps(tiny_model_dir, synth_bench, tmp_p
     assert (out_f / "summary.png").is_file() or m["score"] is None
 
     # --fps: 15 s at 0.5 fps -> round(7.5) = 8 frames (even: the temporal patch is 2)
-    r = _eval("--model", str(tiny_model_dir), "--benchmark", "synth", "--data", str(synth_bench), "--out", str(out_s),
-              "--fps", "0.5", "--limit", "4", *FAST)
+    r = _eval(
+        "--model",
+        str(tiny_model_dir),
+        "--benchmark",
+        "synth",
+        "--data",
+        str(synth_bench),
+        "--out",
+        str(out_s),
+        "--fps",
+        "0.5",
+        "--limit",
+        "4",
+        *FAST,
+    )
     assert r.exit_code == 0, r.output
     preds = _preds(out_s / "synth" / "predictions.jsonl")
-    assert len(preds) == 4 and all(p["num_frames"] == 8 and p["num_video_tokens"] == 16 for p in preds)
+    assert len(preds) == 4 and all(
+        p["num_frames"] == 8 and p["num_video_tokens"] == 16 for p in preds
+    )
     m = json.loads((out_s / "synth" / "metrics.json").read_text())
     assert m["settings"]["fps"] == 0.5 and m["settings"]["frames"] == 0
 
@@ -68,16 +113,32 @@ def test_synth_end_to_end_with_frames_and_fps(tiny_model_dir, synth_bench, tmp_p
     r = _eval("compare", str(out_f), str(out_s), "--out", str(tmp_path / "cmp.json"))
     assert r.exit_code == 0, r.output
     cmp = json.loads((tmp_path / "cmp.json").read_text())["benchmarks"]["synth"]
-    assert cmp["n"] + cmp["excluded"] == 4 and cmp["wins"] + cmp["losses"] + cmp["ties_right"] + cmp["ties_wrong"] == cmp["n"]
+    assert (
+        cmp["n"] + cmp["excluded"] == 4
+        and cmp["wins"] + cmp["losses"] + cmp["ties_right"] + cmp["ties_wrong"] == cmp["n"]
+    )
 
 
-def test_undecodable_video_is_an_error_for_its_questions_only(tiny_model_dir, synth_bench, tmp_path) -> None:
+def test_undecodable_video_is_an_error_for_its_questions_only(
+    tiny_model_dir, synth_bench, tmp_path
+) -> None:
     data = tmp_path / "synth"
     shutil.copytree(synth_bench, data)
     (data / "synth_0001.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(2000))
     out = tmp_path / "out"
-    r = _eval("--model", str(tiny_model_dir), "--benchmark", "synth", "--data", str(data), "--out", str(out),
-              "--frames", "2", *FAST)
+    r = _eval(
+        "--model",
+        str(tiny_model_dir),
+        "--benchmark",
+        "synth",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--frames",
+        "2",
+        *FAST,
+    )
     assert r.exit_code == 0, r.output
     preds = _preds(out / "synth" / "predictions.jsonl")
     bad = [p for p in preds if p["video"].endswith("synth_0001.mp4")]
@@ -91,8 +152,19 @@ def test_undecodable_video_is_an_error_for_its_questions_only(tiny_model_dir, sy
 
 
 def test_changed_settings_are_not_mixed_into_a_run(tiny_model_dir, synth_bench, tmp_path) -> None:
-    args = ["--model", str(tiny_model_dir), "--benchmark", "synth", "--data", str(synth_bench), "--out", str(tmp_path),
-            "--limit", "1", *FAST]
+    args = [
+        "--model",
+        str(tiny_model_dir),
+        "--benchmark",
+        "synth",
+        "--data",
+        str(synth_bench),
+        "--out",
+        str(tmp_path),
+        "--limit",
+        "1",
+        *FAST,
+    ]
     assert _eval(*args, "--frames", "2").exit_code == 0
     r = _eval(*args, "--frames", "4")
     assert r.exit_code == 2 and "other settings" in r.output and "frames: 2 -> 4" in r.output
@@ -103,11 +175,38 @@ def test_changed_settings_are_not_mixed_into_a_run(tiny_model_dir, synth_bench, 
 @pytest.mark.slow
 def test_resume_after_killing_a_real_run(tiny_model_dir, synth_bench, tmp_path) -> None:
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "pipelines.cli", "eval", "--model", str(tiny_model_dir), "--benchmark", "synth",
-           "--data", str(synth_bench), "--out", str(out), "--frames", "2", "--batch-size", "1", "--limit", "6",
-           "--set", "min_pixels=784", "--set", "max_pixels=3136", "--set", "max_new_tokens=32", "--set", "bootstrap=200"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipelines.cli",
+        "eval",
+        "--model",
+        str(tiny_model_dir),
+        "--benchmark",
+        "synth",
+        "--data",
+        str(synth_bench),
+        "--out",
+        str(out),
+        "--frames",
+        "2",
+        "--batch-size",
+        "1",
+        "--limit",
+        "6",
+        "--set",
+        "min_pixels=784",
+        "--set",
+        "max_pixels=3136",
+        "--set",
+        "max_new_tokens=32",
+        "--set",
+        "bootstrap=200",
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     preds_path = out / "synth" / "predictions.jsonl"
     deadline = time.time() + 120
     try:
@@ -115,7 +214,9 @@ def test_resume_after_killing_a_real_run(tiny_model_dir, synth_bench, tmp_path) 
             if preds_path.is_file() and len(preds_path.read_text().splitlines()) >= 2:
                 break
             time.sleep(0.05)
-        assert proc.poll() is None, f"run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
+        assert proc.poll() is None, (
+            f"run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
+        )
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait(30)
@@ -142,7 +243,15 @@ def test_resume_after_killing_a_real_run(tiny_model_dir, synth_bench, tmp_path) 
 
 @pytest.mark.parametrize("engine_flag", [["--engine", "nope"]])
 def test_bad_options_are_clear_errors(tiny_model_dir, synth_bench, tmp_path, engine_flag) -> None:
-    base = ["--model", str(tiny_model_dir), "--data", str(synth_bench), "--out", str(tmp_path), *FAST]
+    base = [
+        "--model",
+        str(tiny_model_dir),
+        "--data",
+        str(synth_bench),
+        "--out",
+        str(tmp_path),
+        *FAST,
+    ]
     r = _eval(*base, "--benchmark", "synth", "--frames", "2", "--fps", "1")
     assert r.exit_code == 2 and "not both" in r.output
     r = _eval(*base, "--benchmark", "videome")
@@ -153,13 +262,28 @@ def test_bad_options_are_clear_errors(tiny_model_dir, synth_bench, tmp_path, eng
     assert r.exit_code == 2 and "no benchmark files" in r.output
 
 
-def test_results_reach_mlflow_when_configured(tiny_model_dir, synth_bench, tmp_path, mlflow_env) -> None:
+def test_results_reach_mlflow_when_configured(
+    tiny_model_dir, synth_bench, tmp_path, mlflow_env
+) -> None:
     import os
 
     from mlflow import MlflowClient
 
-    r = _eval("--model", str(tiny_model_dir), "--benchmark", "synth", "--data", str(synth_bench), "--out", str(tmp_path),
-              "--frames", "2", "--limit", "3", *FAST)
+    r = _eval(
+        "--model",
+        str(tiny_model_dir),
+        "--benchmark",
+        "synth",
+        "--data",
+        str(synth_bench),
+        "--out",
+        str(tmp_path),
+        "--frames",
+        "2",
+        "--limit",
+        "3",
+        *FAST,
+    )
     assert r.exit_code == 0, r.output
     client = MlflowClient()
     exp = client.get_experiment_by_name(os.environ["MLFLOW_EXPERIMENT_NAME"])
@@ -172,19 +296,40 @@ def test_results_reach_mlflow_when_configured(tiny_model_dir, synth_bench, tmp_p
     assert run.data.params["frames"] == "2" and run.data.params["max_pixels"] == "3136"
     assert run.data.tags["longrl.stage"] == "eval" and run.info.status == "FINISHED"
     names = {a.path for a in client.list_artifacts(run.info.run_id, "eval/synth")}
-    assert {"eval/synth/metrics.json", "eval/synth/accuracy.png", "eval/synth/predictions.jsonl"} <= names
+    assert {
+        "eval/synth/metrics.json",
+        "eval/synth/accuracy.png",
+        "eval/synth/predictions.jsonl",
+    } <= names
 
 
 def test_videomme_with_subtitles_end_to_end(tiny_model_dir, make_benchmark, tmp_path) -> None:
     data = make_benchmark("videomme")
-    r = _eval("--model", str(tiny_model_dir), "--benchmark", "videomme", "--data", str(data), "--out", str(tmp_path),
-              "--frames", "2", "--subtitles", *FAST)
+    r = _eval(
+        "--model",
+        str(tiny_model_dir),
+        "--benchmark",
+        "videomme",
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path),
+        "--frames",
+        "2",
+        "--subtitles",
+        *FAST,
+    )
     assert r.exit_code == 0, r.output
     preds = {p["qid"]: p for p in _preds(tmp_path / "videomme_subtitles" / "predictions.jsonl")}
     # frames at 0.5 s and 1.5 s: both cues are on screen at one of them
     assert preds["001-1"]["prompt"].startswith(
-        "This video's subtitles are listed below:\nwelcome to the show\nthree red shapes\nSelect the best answer")
+        "This video's subtitles are listed below:\nwelcome to the show\nthree red shapes\nSelect the best answer"
+    )
     assert "No subtitles available" in preds["601-1"]["prompt"]
     assert preds["001-1"]["system"] is None  # the benchmark's own prompt, no reasoning system turn
     m = json.loads((tmp_path / "videomme_subtitles" / "metrics.json").read_text())
-    assert m["settings"]["subtitles"] is True and set(m["breakdown"]) == {"duration", "domain", "task_type"}
+    assert m["settings"]["subtitles"] is True and set(m["breakdown"]) == {
+        "duration",
+        "domain",
+        "task_type",
+    }

@@ -26,7 +26,11 @@ def test_scoring_by_answer_type() -> None:
     assert _score(num, "<answer>3.6</answer>", numeric_rel_tol=0.05)["correct"] is True
     open_ = EvalItem("q3", "v.mp4", "What?", "a dog", "open_ended")
     r = _score(open_, "<answer>a brown dog</answer>")
-    assert (r["status"], r["correct"], r["extracted"]) == ("answered", None, "a brown dog")  # judge decides
+    assert (r["status"], r["correct"], r["extracted"]) == (
+        "answered",
+        None,
+        "a brown dog",
+    )  # judge decides
 
 
 def test_store_drops_a_torn_last_line_and_keeps_the_rest(tmp_path) -> None:

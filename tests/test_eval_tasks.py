@@ -15,8 +15,17 @@ def _by_qid(items):
 
 def test_registry_lists_every_benchmark() -> None:
     names = {t.name for t in list_tasks()}
-    assert {"videomme", "longvideobench", "mlvu", "nextqa", "perceptiontest", "vnbench", "activitynetqa",
-            "longvideo_reason", "synth"} <= names
+    assert {
+        "videomme",
+        "longvideobench",
+        "mlvu",
+        "nextqa",
+        "perceptiontest",
+        "vnbench",
+        "activitynetqa",
+        "longvideo_reason",
+        "synth",
+    } <= names
     with pytest.raises(KeyError, match="unknown benchmark 'videome'"):
         get_task("videome")
 
@@ -27,13 +36,25 @@ def test_videomme(make_benchmark) -> None:
     assert set(items) == {"001-1", "001-2", "601-1"}
     q = items["001-1"]
     assert q.options == ["One.", "Two.", "Three.", "Four."] and q.answer == "C"
-    assert q.breakdown == {"duration": "short", "domain": "Knowledge", "task_type": "Counting Problem"}
+    assert q.breakdown == {
+        "duration": "short",
+        "domain": "Knowledge",
+        "task_type": "Counting Problem",
+    }
     assert q.cluster == "fFjv93ACGo8" and not q.error
-    assert [s.text for s in q.subtitles] == ["welcome to the show", "three red shapes"]  # <font> removed
+    assert [s.text for s in q.subtitles] == [
+        "welcome to the show",
+        "three red shapes",
+    ]  # <font> removed
     assert items["601-1"].subtitles == []  # no subtitle file for this video
     prompt = task.render_prompt(q)
-    assert prompt.startswith("Select the best answer to the following multiple-choice question based on the video.")
-    assert "How many red shapes appear?\nA. One.\nB. Two.\nC. Three.\nD. Four.\nThe best answer is:" in prompt
+    assert prompt.startswith(
+        "Select the best answer to the following multiple-choice question based on the video."
+    )
+    assert (
+        "How many red shapes appear?\nA. One.\nB. Two.\nC. Three.\nD. Four.\nThe best answer is:"
+        in prompt
+    )
     # subtitles: only the lines on screen at the sampled frame times (Video-MME's protocol)
     subs = select_subtitles(q.subtitles, [1.5])
     with_subs = task.render_prompt(q, subs)
@@ -65,11 +86,16 @@ def test_longvideobench(make_benchmark) -> None:
     assert a.answer == "B" and b.answer == "E" and len(b.options) == 5
     assert a.breakdown["duration_group"] == "15" and a.breakdown["question_category"] == "TOS"
     # "start"/"end"/"line" style, shifted by starting_timestamp_for_subtitles
-    assert [(s.start_s, s.text) for s in a.subtitles] == [(0.0, "good morning"), (1.0, "goodbye now")]
+    assert [(s.start_s, s.text) for s in a.subtitles] == [
+        (0.0, "good morning"),
+        (1.0, "goodbye now"),
+    ]
     # "timestamp"/"text" style with an open end
     assert b.subtitles[1].text == "she waves" and b.subtitles[1].end_s == pytest.approx(2.0)
     prompt = task.render_prompt(b)
-    assert prompt.endswith("E. nothing\nAnswer with the option's letter from the given choices directly.")
+    assert prompt.endswith(
+        "E. nothing\nAnswer with the option's letter from the given choices directly."
+    )
 
 
 def test_longvideobench_parquet_release(make_benchmark, tmp_path) -> None:
@@ -105,7 +131,9 @@ def test_mlvu_answer_not_among_candidates_is_named(make_benchmark) -> None:
     data = json.loads((root / "json" / "4_count.json").read_text())
     data[1]["answer"] = "7"
     (root / "json" / "4_count.json").write_text(json.dumps(data))
-    with pytest.raises(TaskError, match=r"4_count.json record 1: answer '7' is not one of the options"):
+    with pytest.raises(
+        TaskError, match=r"4_count.json record 1: answer '7' is not one of the options"
+    ):
         get_task("mlvu").load(root)
 
 
@@ -143,7 +171,10 @@ def test_activitynetqa(make_benchmark) -> None:
     assert q.answer == "rock climbing" and q.answer_type == "open_ended" and q.options == []
     assert q.breakdown == {"type": "motion"} and q.video_path.endswith("all_test/v_--1DO2V4K74.mp4")
     assert task.metric == "llm_judge"
-    assert task.render_prompt(q) == "what is the person in the video doing?\nAnswer the question using a single word or phrase."
+    assert (
+        task.render_prompt(q)
+        == "what is the person in the video doing?\nAnswer the question using a single word or phrase."
+    )
 
 
 def test_longvideo_reason_eval_split(make_benchmark) -> None:

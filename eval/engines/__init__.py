@@ -45,14 +45,26 @@ class Engine(Protocol):
 
     def prepare(self, item: EvalItem) -> Prepared: ...
 
-    def generate(self, prepared: list[Prepared], prompts: list[Prompt], max_new_tokens: int,
-                 temperature: float = 0.0) -> list[Generation]: ...
+    def generate(
+        self,
+        prepared: list[Prepared],
+        prompts: list[Prompt],
+        max_new_tokens: int,
+        temperature: float = 0.0,
+    ) -> list[Generation]: ...
 
     def describe(self) -> dict[str, Any]: ...
 
 
-def make_engine(name: str, model_dir: str, sampling: Any, device: str = "auto", dtype: str = "auto",
-                seed: int = 0, **kwargs: Any) -> Engine:
+def make_engine(
+    name: str,
+    model_dir: str,
+    sampling: Any,
+    device: str = "auto",
+    dtype: str = "auto",
+    seed: int = 0,
+    **kwargs: Any,
+) -> Engine:
     """Build the engine named `name` (heavy imports happen here, not at module import)."""
     if name == "hf":
         from eval.engines.hf import HFEngine

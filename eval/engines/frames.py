@@ -23,22 +23,35 @@ class SampledFrames:
     indices: list[int]
 
 
-def sample_frames(path: str | Path, sampling: Any, spec: Any, start_s: float = 0.0,
-                  end_s: float | None = None) -> SampledFrames:
+def sample_frames(
+    path: str | Path, sampling: Any, spec: Any, start_s: float = 0.0, end_s: float | None = None
+) -> SampledFrames:
     from data_gen.video_io import VideoError, probe_video, read_frames, sample_indices
     from training.video_inputs import frame_size, resize_frames
 
     info = probe_video(path)
-    indices = sample_indices(info, num_frames=sampling.num_frames if sampling.fps <= 0 else 0, fps=sampling.fps,
-                             min_frames=sampling.min_frames, max_frames=sampling.max_frames,
-                             start_s=start_s, end_s=end_s)
+    indices = sample_indices(
+        info,
+        num_frames=sampling.num_frames if sampling.fps <= 0 else 0,
+        fps=sampling.fps,
+        min_frames=sampling.min_frames,
+        max_frames=sampling.max_frames,
+        start_s=start_s,
+        end_s=end_s,
+    )
     if len(indices) % spec.temporal_patch_size:
         indices = sample_indices(info, num_frames=len(indices) + 1, start_s=start_s, end_s=end_s)
     frames = read_frames(path, indices)
-    span = (min(end_s, info.duration_s) if end_s is not None else info.duration_s) - max(0.0, start_s)
+    span = (min(end_s, info.duration_s) if end_s is not None else info.duration_s) - max(
+        0.0, start_s
+    )
     sample_fps = len(indices) / span if span > 0 else info.fps
     if not np.isfinite(sample_fps) or sample_fps <= 0:
         raise VideoError(path, f"cannot derive a sampling rate from span {span}")
     h, w = frame_size(frames.shape[1], frames.shape[2], frames.shape[0], sampling, spec)
-    return SampledFrames(resize_frames(frames, h, w), [float(i) / info.fps for i in indices], float(sample_fps),
-                         [int(i) for i in indices])
+    return SampledFrames(
+        resize_frames(frames, h, w),
+        [float(i) / info.fps for i in indices],
+        float(sample_fps),
+        [int(i) for i in indices],
+    )

@@ -20,7 +20,14 @@ from eval.task import EvalItem
 class HFEngine:
     name = "hf"
 
-    def __init__(self, model_dir: str, sampling: Any, device: str = "auto", dtype: str = "auto", seed: int = 0) -> None:
+    def __init__(
+        self,
+        model_dir: str,
+        sampling: Any,
+        device: str = "auto",
+        dtype: str = "auto",
+        seed: int = 0,
+    ) -> None:
         from training.model_io import load_model, load_tokenizer
         from training.video_inputs import VisionSpec
 
@@ -34,42 +41,78 @@ class HFEngine:
         self.spec = VisionSpec.from_model_dir(model_dir)
         tok = self.tokenizer
         self.pad_id = int(tok.pad_token_id)
-        stops = {tok.convert_tokens_to_ids("<|im_end|>"), tok.eos_token_id, tok.convert_tokens_to_ids("<|endoftext|>")}
+        stops = {
+            tok.convert_tokens_to_ids("<|im_end|>"),
+            tok.eos_token_id,
+            tok.convert_tokens_to_ids("<|endoftext|>"),
+        }
         self.stop_ids = sorted(int(s) for s in stops if isinstance(s, int) and s >= 0)
 
     def describe(self) -> dict[str, Any]:
-        return {"engine": self.name, "device": self.device, "dtype": self.dtype,
-                "vision": {"patch_size": self.spec.patch_size, "merge_size": self.spec.merge_size,
-                           "temporal_patch_size": self.spec.temporal_patch_size,
-                           "min_pixels": self.sampling.min_pixels or self.spec.min_pixels,
-                           "max_pixels": self.sampling.max_pixels or self.spec.max_pixels}}
+        return {
+            "engine": self.name,
+            "device": self.device,
+            "dtype": self.dtype,
+            "vision": {
+                "patch_size": self.spec.patch_size,
+                "merge_size": self.spec.merge_size,
+                "temporal_patch_size": self.spec.temporal_patch_size,
+                "min_pixels": self.sampling.min_pixels or self.spec.min_pixels,
+                "max_pixels": self.sampling.max_pixels or self.spec.max_pixels,
+            },
+        }
 
     def prepare(self, item: EvalItem) -> Prepared:
         from training.video_inputs import load_video_patches
 
         t0 = time.perf_counter()
-        patches = load_video_patches(item.video_path, self.sampling, self.spec, item.clip_start_s, item.clip_end_s)
-        return Prepared(item, patches.timestamps_s, patches.num_tokens, time.perf_counter() - t0, patches)
+        patches = load_video_patches(
+            item.video_path, self.sampling, self.spec, item.clip_start_s, item.clip_end_s
+        )
+        return Prepared(
+            item, patches.timestamps_s, patches.num_tokens, time.perf_counter() - t0, patches
+        )
 
     def encode(self, prepared: Prepared, prompt: Prompt):
         from training.prompts import encode_prompt_text, render_prompt
 
         messages = [{"role": "system", "content": prompt.system}] if prompt.system else []
-        messages.append({"role": "user", "content": [{"type": "video"}, {"type": "text", "text": prompt.user}]})
-        return encode_prompt_text(self.tokenizer, render_prompt(self.tokenizer, messages), prepared.num_video_tokens)
+        messages.append(
+            {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": prompt.user}]}
+        )
+        return encode_prompt_text(
+            self.tokenizer, render_prompt(self.tokenizer, messages), prepared.num_video_tokens
+        )
 
-    def generate(self, prepared: list[Prepared], prompts: list[Prompt], max_new_tokens: int,
-                 temperature: float = 0.0) -> list[Generation]:
+    def generate(
+        self,
+        prepared: list[Prepared],
+        prompts: list[Prompt],
+        max_new_tokens: int,
+        temperature: float = 0.0,
+    ) -> list[Generation]:
         from training.generation import generate
         from training.mm_batch import collate
 
         encoded = [self.encode(p, q) for p, q in zip(prepared, prompts, strict=True)]
         batch = collate(encoded, [p.payload for p in prepared], self.pad_id).to(self.device)
         generator = torch.Generator(device=self.device).manual_seed(self.seed)
-        out = generate(self.model, batch, self.stop_ids, self.pad_id, max_new_tokens=max_new_tokens,
-                       temperature=max(temperature, 1e-6), greedy=temperature <= 0, generator=generator)
+        out = generate(
+            self.model,
+            batch,
+            self.stop_ids,
+            self.pad_id,
+            max_new_tokens=max_new_tokens,
+            temperature=max(temperature, 1e-6),
+            greedy=temperature <= 0,
+            generator=generator,
+        )
         results = []
         for ids, finished in zip(out.token_ids, out.finished, strict=True):
             body = ids[:-1] if finished and ids and ids[-1] in self.stop_ids else ids
-            results.append(Generation(self.tokenizer.decode(body, skip_special_tokens=True), len(ids), finished))
+            results.append(
+                Generation(
+                    self.tokenizer.decode(body, skip_special_tokens=True), len(ids), finished
+                )
+            )
         return results

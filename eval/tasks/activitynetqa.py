@@ -50,7 +50,11 @@ def load_activitynetqa(root: Path) -> list[EvalItem]:
             meta={"split": split},
             error=error,
         )
-        items.append(set_breakdown(item, type=TYPES.get(int(qtype), str(qtype)) if qtype is not None else None))
+        items.append(
+            set_breakdown(
+                item, type=TYPES.get(int(qtype), str(qtype)) if qtype is not None else None
+            )
+        )
     return items
 
 

@@ -63,7 +63,9 @@ def first_existing(root: Path, names: Iterable[str], what: str) -> Path:
 def require(row: dict[str, Any], keys: Iterable[str], where: str) -> None:
     missing = [k for k in keys if k not in row]
     if missing:
-        raise TaskError(f"{where}: missing field(s) {', '.join(missing)} (is this the right benchmark?)")
+        raise TaskError(
+            f"{where}: missing field(s) {', '.join(missing)} (is this the right benchmark?)"
+        )
 
 
 def find_video(folder: Path, stem_or_name: str) -> tuple[str, str]:
@@ -77,7 +79,9 @@ def find_video(folder: Path, stem_or_name: str) -> tuple[str, str]:
         path = folder / f"{name}{ext}"
         if path.is_file():
             return str(path), ""
-    return str(folder / f"{name}.mp4"), f"video file not found: {folder / name}.* ({', '.join(VIDEO_EXTENSIONS)})"
+    return str(
+        folder / f"{name}.mp4"
+    ), f"video file not found: {folder / name}.* ({', '.join(VIDEO_EXTENSIONS)})"
 
 
 _OPTION_PREFIX = re.compile(r"^\s*(?:\(([A-Z])\)|([A-Z])[\.\):])\s*")

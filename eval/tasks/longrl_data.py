@@ -42,11 +42,15 @@ def record_to_item(rec: QARecord, root: Path, where: str) -> EvalItem:
         options=list(rec.options),
         cluster=rec.video_id or str(path),
         clip_start_s=float(rec.clip_start_s or 0.0),
-        clip_end_s=float(rec.clip_end_s) if rec.clip_end_s and rec.clip_end_s > rec.clip_start_s else None,
+        clip_end_s=float(rec.clip_end_s)
+        if rec.clip_end_s and rec.clip_end_s > rec.clip_start_s
+        else None,
         meta={"source": rec.source, "video_digest": rec.video_digest},
         error="" if path.is_file() else f"video file not found: {path}",
     )
-    return set_breakdown(item, category=rec.category, subcategory=rec.subcategory, answer_type=rec.answer_type)
+    return set_breakdown(
+        item, category=rec.category, subcategory=rec.subcategory, answer_type=rec.answer_type
+    )
 
 
 def _eval_split_rows(root: Path) -> tuple[list[dict], str]:
@@ -55,17 +59,26 @@ def _eval_split_rows(root: Path) -> tuple[list[dict], str]:
         import datasets
 
         return [dict(r) for r in datasets.load_from_disk(str(split))], str(split)
-    parquet = [root / "eval.parquet"] if (root / "eval.parquet").is_file() else sorted(split.glob("*.parquet"))
+    parquet = (
+        [root / "eval.parquet"]
+        if (root / "eval.parquet").is_file()
+        else sorted(split.glob("*.parquet"))
+    )
     if parquet:
         return [r for p in parquet for r in read_rows(p)], str(parquet[0])
     if (root / "eval.jsonl").is_file():
         return read_rows(root / "eval.jsonl"), str(root / "eval.jsonl")
-    raise TaskError(f"{root}: no eval split (eval/ saved dataset, eval.parquet, eval/*.parquet or eval.jsonl)")
+    raise TaskError(
+        f"{root}: no eval split (eval/ saved dataset, eval.parquet, eval/*.parquet or eval.jsonl)"
+    )
 
 
 def load_longvideo_reason(root: Path) -> list[EvalItem]:
     rows, where = _eval_split_rows(root)
-    return [record_to_item(QARecord.from_dict(r), root, f"{where} record {n}") for n, r in enumerate(rows)]
+    return [
+        record_to_item(QARecord.from_dict(r), root, f"{where} record {n}")
+        for n, r in enumerate(rows)
+    ]
 
 
 def load_synth(root: Path) -> list[EvalItem]:
@@ -77,7 +90,10 @@ def load_synth(root: Path) -> list[EvalItem]:
     if fmt != "longrl-synth":
         raise TaskError(f"{manifest}: format {fmt!r} is not longrl-synth")
     path = root / "questions.jsonl"
-    return [record_to_item(QARecord.from_dict(r), root, f"{path} line {n + 1}") for n, r in enumerate(read_rows(path))]
+    return [
+        record_to_item(QARecord.from_dict(r), root, f"{path} line {n + 1}")
+        for n, r in enumerate(read_rows(path))
+    ]
 
 
 COMMON = dict(

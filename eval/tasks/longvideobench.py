@@ -29,7 +29,15 @@ from eval.tasks.common import (
     set_breakdown,
 )
 
-FIELDS = ("id", "video_id", "question", "correct_choice", "video_path", "question_category", "duration_group")
+FIELDS = (
+    "id",
+    "video_id",
+    "question",
+    "correct_choice",
+    "video_path",
+    "question_category",
+    "duration_group",
+)
 LAYOUT = __doc__.split("read as they are:\n")[1].split("Subtitle times")[0]
 
 
@@ -44,7 +52,11 @@ def _subtitles(path: Path, offset: float, duration: float) -> list[SubtitleLine]
                 end = duration + offset if end is None else end  # an open last line runs to the end
                 text = entry["text"]
             else:
-                start, end, text = hms_seconds(entry["start"]), hms_seconds(entry["end"]), entry["line"]
+                start, end, text = (
+                    hms_seconds(entry["start"]),
+                    hms_seconds(entry["end"]),
+                    entry["line"],
+                )
         except (KeyError, TypeError, ValueError) as exc:
             raise TaskError(f"{path} entry {n}: not a LongVideoBench subtitle ({exc!r})") from exc
         lines.append(SubtitleLine(float(start) - offset, float(end) - offset, str(text).strip()))
@@ -76,7 +88,9 @@ def load_longvideobench(root: Path) -> list[EvalItem]:
             answer=letter_of(row["correct_choice"], len(options), where),
             options=options,
             cluster=str(row["video_id"]),
-            subtitles=_subtitles(root / "subtitles" / subs, offset, float(row.get("duration") or 0)) if subs else [],
+            subtitles=_subtitles(root / "subtitles" / subs, offset, float(row.get("duration") or 0))
+            if subs
+            else [],
             meta={"level": row.get("level"), "position": row.get("position")},
             error=error,
         )

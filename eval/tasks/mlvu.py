@@ -46,7 +46,9 @@ def load_mlvu(root: Path) -> list[EvalItem]:
                 meta={"duration": row.get("duration")},
                 error=error,
             )
-            items.append(set_breakdown(item, question_type=row.get("question_type") or stem.split("_", 1)[1]))
+            items.append(
+                set_breakdown(item, question_type=row.get("question_type") or stem.split("_", 1)[1])
+            )
     return items
 
 

@@ -23,7 +23,16 @@ from eval.tasks.common import (
     strip_option_prefix,
 )
 
-FIELDS = ("videoID", "question_id", "duration", "domain", "task_type", "question", "options", "answer")
+FIELDS = (
+    "videoID",
+    "question_id",
+    "duration",
+    "domain",
+    "task_type",
+    "question",
+    "options",
+    "answer",
+)
 LAYOUT = __doc__.split("read as they are:\n")[1].split("Options come")[0]
 
 INSTRUCTION = (
@@ -58,7 +67,9 @@ def load_videomme(root: Path) -> list[EvalItem]:
             if item.answer not in item.letters():
                 raise TaskError(f"{where}: answer {item.answer!r} is not an option letter")
             items.append(
-                set_breakdown(item, duration=row["duration"], domain=row["domain"], task_type=row["task_type"])
+                set_breakdown(
+                    item, duration=row["duration"], domain=row["domain"], task_type=row["task_type"]
+                )
             )
     return items
 
@@ -67,7 +78,8 @@ register(
     TaskSpec(
         name="videomme",
         loader=load_videomme,
-        prompt_template=INSTRUCTION.format(extra="") + "\n{question}\n{options}\nThe best answer is:",
+        prompt_template=INSTRUCTION.format(extra="")
+        + "\n{question}\n{options}\nThe best answer is:",
         subtitle_template="This video's subtitles are listed below:\n{subtitles}\n"
         + INSTRUCTION.format(extra=" and the subtitles")
         + "\n{question}\n{options}\nThe best answer is:",

@@ -40,7 +40,9 @@ def _answer(row: dict, options: list[str], where: str) -> str:
         return LETTERS[gt_option]
     if isinstance(gt_option, str) and gt_option.strip().upper() in LETTERS[: len(options)]:
         return gt_option.strip().upper()
-    raise TaskError(f"{where}: neither gt {row.get('gt')!r} nor gt_option {gt_option!r} names an option")
+    raise TaskError(
+        f"{where}: neither gt {row.get('gt')!r} nor gt_option {gt_option!r} names an option"
+    )
 
 
 def load_vnbench(root: Path) -> list[EvalItem]:
@@ -61,7 +63,11 @@ def load_vnbench(root: Path) -> list[EvalItem]:
             options=options,
             cluster=stem,
             group=f"{stem}_{needle}",
-            meta={"needle_time": row.get("needle_time"), "length": row.get("length"), "try": row["try"]},
+            meta={
+                "needle_time": row.get("needle_time"),
+                "length": row.get("length"),
+                "try": row["try"],
+            },
             error=error,
         )
         items.append(set_breakdown(item, type=needle, task=TASK_OF_PREFIX.get(needle[:3], needle)))

@@ -1,0 +1,135 @@
+"""`longrl eval` settings (EvalConfig) and the resume guard: which settings change answers, and
+refusing to mix predictions made with different ones into one run folder."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from eval import report
+from eval.task import TaskSpec
+from training.grpo.judge import JudgeConfig
+
+PREDICTIONS = "predictions.jsonl"
+RUN_INFO = "run_info.json"
+REASONING_MAX_NEW_TOKENS = 1024
+NOT_COMPARED = ("model",)  # a moved folder is the same model: its fingerprint is compared
+
+
+@dataclass
+class EvalConfig:
+    """Settings of `longrl eval` (YAML + key=value overrides; CLI options set the common ones)."""
+
+    model: str = ""  # Hugging Face model folder (tiny test model or Qwen2.5-VL-*)
+    benchmarks: list[str] = field(default_factory=lambda: ["synth"])  # registered task names
+    data: str = ""  # folder with the benchmark's released files (or one sub-folder per benchmark)
+    out: str = ""  # output folder: one sub-folder per benchmark + summary
+    engine: str = "hf"  # hf (transformers) | vllm (GPU)
+    frames: int = 16  # frames per video, uniformly spaced (used when fps == 0)
+    fps: float = 0.0  # frames per second instead of a fixed count (bounded by min/max_frames)
+    min_frames: int = 4
+    max_frames: int = 256
+    min_pixels: int = 0  # per-frame pixel budget; 0: the model folder's video processor config
+    max_pixels: int = 0
+    total_pixels: int = 0  # cap over all frames of a clip (qwen-vl-utils style); 0: off
+    subtitles: bool = False  # show subtitle lines at the sampled frame times (Video-MME, LVB)
+    limit: int = 0  # first N questions of each benchmark; 0: all
+    prompt_style: str = "auto"  # benchmark | reasoning | auto (each task's native style)
+    max_new_tokens: int = 0  # 0: the task's default (REASONING_MAX_NEW_TOKENS when reasoning)
+    temperature: float = 0.0  # 0: greedy
+    numeric_rel_tol: float = 0.0  # relative tolerance for numeric answers (absolute 1e-6 always)
+    batch_size: int = 4
+    device: str = "auto"  # cpu | cuda | cuda:N | auto
+    dtype: str = "auto"  # float32 | bfloat16 | float16 | auto (bf16 on GPU, fp32 on CPU)
+    seed: int = 0
+    bootstrap: int = 2000  # bootstrap resamples for the 95 % intervals
+    overwrite: bool = False  # discard existing predictions in OUT instead of resuming
+    vllm_max_model_len: int = 32768
+    vllm_gpu_memory_utilization: float = 0.85
+    judge: JudgeConfig = field(default_factory=JudgeConfig)  # LLM judge for open-ended answers
+
+    def sampling(self) -> Any:
+        from training.video_inputs import VideoSampling
+
+        return VideoSampling(
+            num_frames=self.frames,
+            fps=self.fps,
+            min_frames=self.min_frames,
+            max_frames=self.max_frames,
+            min_pixels=self.min_pixels,
+            max_pixels=self.max_pixels,
+            total_pixels=self.total_pixels,
+        )
+
+    def check(self) -> None:
+        if not self.model or not self.data or not self.out:
+            raise ValueError("model, data and out are required")
+        if self.frames <= 0 and self.fps <= 0:
+            raise ValueError("give frames > 0 or fps > 0")
+        if self.prompt_style not in ("auto", "benchmark", "reasoning"):
+            raise ValueError(f"prompt_style {self.prompt_style!r} not in auto|benchmark|reasoning")
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+
+
+class SettingsMismatch(ValueError):
+    pass
+
+
+def model_fingerprint(model_dir: str | Path) -> str:
+    """Identity of a model folder: its config and the names/sizes of its weight files."""
+    d = Path(model_dir)
+    h = hashlib.sha256((d / "config.json").read_bytes())
+    for w in sorted(d.glob("*.safetensors")) + sorted(d.glob("*.bin")):
+        h.update(f"{w.name}:{w.stat().st_size}".encode())
+    return h.hexdigest()[:16]
+
+
+def run_settings(
+    cfg: EvalConfig, task: TaskSpec, style: str, max_new_tokens: int
+) -> dict[str, Any]:
+    return {
+        "benchmark": task.name,
+        "model": str(Path(cfg.model).resolve()),
+        "model_fingerprint": model_fingerprint(cfg.model),
+        "engine": cfg.engine,
+        "frames": cfg.frames if cfg.fps <= 0 else 0,
+        "fps": cfg.fps,
+        "min_frames": cfg.min_frames,
+        "max_frames": cfg.max_frames,
+        "min_pixels": cfg.min_pixels,
+        "max_pixels": cfg.max_pixels,
+        "total_pixels": cfg.total_pixels,
+        "subtitles": bool(cfg.subtitles and task.supports_subtitles),
+        "prompt_style": style,
+        "max_new_tokens": max_new_tokens,
+        "temperature": cfg.temperature,
+        "seed": cfg.seed,
+        "dtype": cfg.dtype,
+        "numeric_rel_tol": cfg.numeric_rel_tol,
+    }
+
+
+def check_resume(bench_dir: Path, settings: dict[str, Any], overwrite: bool) -> None:
+    info_path, preds = bench_dir / RUN_INFO, bench_dir / PREDICTIONS
+    if overwrite:
+        for p in (info_path, preds):
+            p.unlink(missing_ok=True)
+    elif info_path.is_file():
+        old = json.loads(info_path.read_text())["settings"]
+        diff = {
+            k: (old.get(k), v)
+            for k, v in settings.items()
+            if old.get(k) != v and k not in NOT_COMPARED
+        }
+        if diff and preds.is_file():
+            raise SettingsMismatch(
+                f"{bench_dir} holds predictions made with other settings "
+                + ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
+                + "; use --overwrite or another --out"
+            )
+    bench_dir.mkdir(parents=True, exist_ok=True)
+    report.write_json(info_path, {"settings": settings})
