@@ -128,7 +128,9 @@ def _norm(s: str) -> str:
 
 _DECOR = r"[\s\*\_`'\"\[\]\(\)\{\}\.\:\,\;\!]*"
 _BARE = re.compile(_DECOR + r"(?:(?:option|choice)\s*)?" + _DECOR + r"([A-Za-z])" + _DECOR, re.I)
-_LEADING = re.compile(r"\s*(?:\(([A-Z])\)|\[([A-Z])\]|([A-Z])\s*[\.\):\-](?![\w.]))")
+_LEADING = re.compile(
+    r"\s*(?:\(([A-Z])\)|\[([A-Z])\]|([A-Z])\s*[\.\):\-](?![\w.])|([A-Z])[ \t]*\r?\n)"
+)
 _ANSWER_IS = re.compile(
     r"\b(?:answer|option|choice)\b\s*(?:(?:is|would be|should be|will be)\b\s*)?[=:\-]?\s*"
     r"(?:(?:option|choice)\b\s*)?[\*\_`'\"]*[\(\[]?\s*([A-Z])\b",
