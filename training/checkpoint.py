@@ -23,9 +23,11 @@ gathered to rank 0 for the HF folder (a 7B model in bfloat16 is ~15 GB of host m
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import shutil
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,6 +74,14 @@ def list_checkpoints(out_dir: str | Path) -> list[Path]:
 def latest_checkpoint(out_dir: str | Path) -> Path | None:
     found = list_checkpoints(out_dir)
     return found[-1] if found else None
+
+
+@contextlib.contextmanager
+def _quiet_single_process_dcp():
+    """DCP warns on every single-process save/load that it assumes one process; that is ours."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
 
 
 def rng_state() -> dict[str, Any]:
@@ -147,10 +157,13 @@ def save_checkpoint(out_dir: str | Path, state: TrainerState, runner: nn.Module,
     model = runner.model
     lower_precision = bool(save_dtype) and save_dtype != _param_dtype(model)
     export_model_folder(model, tokenizer, tmp, source_dir, ctx, dtype=save_dtype if lower_precision else "")
-    dcp.save({"optimizer": get_optimizer_state_dict(runner, optimizer)},
-             checkpoint_id=str(tmp / STATE_DIR / "optimizer"))
-    if lower_precision:  # keep the full-precision master weights for an exact resume
-        dcp.save({"model": get_model_state_dict(runner)}, checkpoint_id=str(tmp / STATE_DIR / "master"))
+    single = not ctx.distributed
+    with _quiet_single_process_dcp():
+        dcp.save({"optimizer": get_optimizer_state_dict(runner, optimizer)},
+                 checkpoint_id=str(tmp / STATE_DIR / "optimizer"), no_dist=single)
+        if lower_precision:  # keep the full-precision master weights for an exact resume
+            dcp.save({"model": get_model_state_dict(runner)}, checkpoint_id=str(tmp / STATE_DIR / "master"),
+                     no_dist=single)
     torch.save(rng_state(), tmp / STATE_DIR / "rng" / f"rank{ctx.rank:05d}.pt")
     barrier(ctx)
     if ctx.is_main:
@@ -165,6 +178,20 @@ def save_checkpoint(out_dir: str | Path, state: TrainerState, runner: nn.Module,
                 shutil.rmtree(old, ignore_errors=True)
     barrier(ctx)
     return final
+
+
+def _optimizer_template(runner: nn.Module, optimizer: torch.optim.Optimizer, dcp_dir: Path) -> dict[str, Any]:
+    """The optimizer state dict to load into, limited to the parameters that had state when the
+    checkpoint was written: a parameter that had no gradient yet has no AdamW state, and must
+    start its own step count from zero after the resume exactly as it would have without one."""
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    template = get_optimizer_state_dict(runner, optimizer)
+    saved = FileSystemReader(str(dcp_dir)).read_metadata().state_dict_metadata
+    template["state"] = {fqn: st for fqn, st in template["state"].items()
+                         if all(f"optimizer.state.{fqn}.{k}" in saved for k in st)}
+    return template
 
 
 def read_trainer_state(path: str | Path) -> TrainerState:
@@ -183,8 +210,8 @@ def load_checkpoint(path: str | Path, runner: nn.Module, optimizer: torch.optim.
     """
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
         get_model_state_dict,
-        get_optimizer_state_dict,
         set_model_state_dict,
         set_optimizer_state_dict,
     )
@@ -194,13 +221,15 @@ def load_checkpoint(path: str | Path, runner: nn.Module, optimizer: torch.optim.
         raise FileNotFoundError(f"{path} is not a complete checkpoint (no {MARKER} file)")
     state = read_trainer_state(path)
     sdir = path / STATE_DIR
-    if (sdir / "master").is_dir():
-        model_sd = {"model": get_model_state_dict(runner)}
-        dcp.load(model_sd, checkpoint_id=str(sdir / "master"))
-        set_model_state_dict(runner, model_sd["model"])
-    optim_sd = {"optimizer": get_optimizer_state_dict(runner, optimizer)}
-    dcp.load(optim_sd, checkpoint_id=str(sdir / "optimizer"))
-    set_optimizer_state_dict(runner, optimizer, optim_sd["optimizer"])
+    with _quiet_single_process_dcp():
+        if (sdir / "master").is_dir():
+            model_sd = {"model": get_model_state_dict(runner)}
+            dcp.load(model_sd, checkpoint_id=str(sdir / "master"), no_dist=not ctx.distributed)
+            set_model_state_dict(runner, model_sd["model"])
+        optim_sd = {"optimizer": _optimizer_template(runner, optimizer, sdir / "optimizer")}
+        dcp.load(optim_sd, checkpoint_id=str(sdir / "optimizer"), no_dist=not ctx.distributed)
+    # strict=False: parameters without saved state (no gradient yet) stay without state.
+    set_optimizer_state_dict(runner, optimizer, optim_sd["optimizer"], options=StateDictOptions(strict=False))
     scheduler.load_state_dict(torch.load(sdir / "scheduler.pt", weights_only=False))
     rng_file = sdir / "rng" / f"rank{ctx.rank:05d}.pt"
     if rng_file.is_file() and state.world_size == ctx.world_size:

@@ -105,7 +105,7 @@ def _video_plan(record: QARecord, cfg: SFTConfig, spec: VisionSpec) -> tuple[int
         t, h, w = planned_grid(record.video_path, sampling_for(record, cfg), spec, start, end)
         return t * h * w // spec.merge_size**2, t * spec.temporal_patch_size
     except VideoError as exc:
-        return f"video: {exc.reason} ({exc.path})"
+        return f"video: {exc.reason}"
     except (ValueError, OSError) as exc:  # e.g. a span outside the video, unreadable file
         return f"video: {type(exc).__name__}: {exc}"
 

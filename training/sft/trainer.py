@@ -12,6 +12,7 @@ import contextlib
 import json
 import math
 import random
+import re
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -58,6 +59,12 @@ from training.sft.step import forward_backward, make_batch
 from training.video_inputs import VisionSpec
 
 
+def _rejected_id(message: str) -> str:
+    """The record id in a schema rejection ("row 3: record <id> (video v): empty answer")."""
+    m = re.search(r"record (\S+) \(", message)
+    return m.group(1) if m else message.split(":")[0]
+
+
 class SFTTrainer:
     def __init__(self, cfg: SFTConfig, model_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
                  ctx: DistContext) -> None:
@@ -85,7 +92,7 @@ class SFTTrainer:
         cfg, ctx = self.cfg, self.ctx
         loaded = load_records(self.data_dir, cfg.split, cfg.video_root, None, cfg.max_examples)
         self.records = loaded.records
-        load_bad = [BadExample(r.split(":")[0], "", r, "load") for r in loaded.rejected]
+        load_bad = [BadExample(_rejected_id(r), "", r, "load") for r in loaded.rejected]
         self.entries = scan_all(self.records, self.tokenizer, self.spec, cfg, ctx, cache_dir=self.out)
         self.scan_bad = load_bad + bad_from_scan(self.entries)
         self.train_bad: list[BadExample] = []
