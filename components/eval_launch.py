@@ -86,10 +86,18 @@ def markdown(result: dict[str, Any]) -> str:
             else:
                 deltas.append(f"{100 * p['difference']:+.1f} (n={p['n']}, p={p['mcnemar_p']:.3g})")
         lines.append(f"| {bench} | " + " | ".join(row) + " | " + " | ".join(deltas) + " |")
+    lines.append("")
     for role in roles:
-        info = result["roles"][role]
-        if not info["succeeded"]:
-            lines.append(f"\n{role} evaluation did not succeed: {info['reason']}")
+        info, m = result["roles"][role], result["roles"][role]["metrics"]
+        counts = []
+        for bench in result["benchmarks"]:
+            n, scored = m.get(f"{bench}/n"), m.get(f"{bench}/scored")
+            if n is not None:
+                counts.append(f"{bench}: {int(n)} questions, {int(scored or 0)} graded, "
+                              f"{int(m.get(f'{bench}/judge_errors', 0))} ungraded (judge), "
+                              f"{int(m.get(f'{bench}/errors', 0))} errors")  # fmt: skip
+        status = "ok" if info["succeeded"] else f"**did not succeed**: {info['reason']}"
+        lines.append(f"- {role}: {'; '.join(counts) or 'no results'} - {status}")
     return "\n".join(lines) + "\n"
 
 

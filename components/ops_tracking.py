@@ -24,7 +24,11 @@ def start_tracking(kfp_run_id: str, kfp_run_name: str, mlflow_tracking_uri: str,
         # parent run: adopt it; its owner ends it.
         run_id = os.environ["MLFLOW_RUN_ID"]
         tracking.StageRun(run_id, "pipeline").set_tags({tracking.KFP_RUN_TAG: kfp_run_id, "kfp.run_name": kfp_run_name})
-        tracking.StageRun(run_id, "pipeline").log_params(json.loads(params_json or "{}"))
+        from mlflow import MlflowClient
+
+        logged = MlflowClient().get_run(run_id).data.params  # the owner may have logged some already
+        params = {k: v for k, v in json.loads(params_json or "{}").items() if k not in logged}
+        tracking.StageRun(run_id, "pipeline").log_params(params)
         print(f"MLflow parent run {run_id} (given by the environment)")
         return run_id
     run_id = tracking.pipeline_run(kfp_run_id, experiment=experiment, params=json.loads(params_json or "{}"),
