@@ -8,7 +8,16 @@ from __future__ import annotations
 
 import typer
 
-from pipelines import cli_data, cli_eval, cli_model, cli_pipeline, cli_registry, cli_synth, cli_train
+from pipelines import (
+    cli_data,
+    cli_embed_cache,
+    cli_eval,
+    cli_model,
+    cli_pipeline,
+    cli_registry,
+    cli_synth,
+    cli_train,
+)
 
 app = typer.Typer(
     name="longrl",
@@ -26,6 +35,7 @@ app.add_typer(cli_registry.app, name="registry")
 app.add_typer(cli_pipeline.app, name="pipeline")
 app.add_typer(cli_eval.app, name="eval")
 app.add_typer(cli_train.app, name="train")
+app.add_typer(cli_embed_cache.app, name="embed-cache")
 
 
 def main() -> None:  # pragma: no cover - console entry

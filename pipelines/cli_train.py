@@ -52,3 +52,38 @@ def sft(
     for line in summary_lines(summary):
         console.print(line)
     console.print(f"[green]done[/green]: {out}")
+
+
+@app.command("grpo")
+def grpo(
+    model: Path = typer.Option(..., "--model", help="Policy to start from (Hugging Face folder: usually the CoT-SFT output, a Qwen2.5-VL-*-Instruct folder, or `longrl model tiny`). It is also the frozen reference for the KL term."),
+    data: Path = typer.Option(..., "--data", help="RL records: a `longrl data build` folder (its `rl` split), a datasets/parquet/jsonl split, or a `longrl synth` folder."),
+    out: Path = typer.Option(..., "--out", help="Output folder (model/, checkpoints/, metrics.jsonl, samples.jsonl, errors.jsonl, plots/, summary.json). Started again on the same folder, a run resumes from its newest checkpoint."),
+    config: Path = typer.Option(None, "--config", help=CONFIG_HELP),
+    overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP + " Keys: see training.grpo.config.GRPOConfig, e.g. steps=200 rollout.group_size=8 algorithm.clip_high=0.28 video.sampling.num_frames=64 reward.judge.base_url=http://127.0.0.1:8000/v1 reward.judge.model=NAME."),
+) -> None:
+    """GRPO on long videos (MR-SP stage 1): each step samples prompts, encodes each video once, draws G rollouts per prompt, scores them (0.9 accuracy + 0.1 format by default; open-ended answers through an LLM judge), and updates the policy with PPO-clip and a KL penalty to the reference.
+
+    Video embeddings: video.embeddings=online (vision tower once per video per step), offline (read `longrl embed-cache build` output, zero vision calls) or pixels (re-encode every pass, for comparison).
+
+    Rollouts: rollout.engine=hf (everywhere) or vllm (GPU). Per-step metrics (reward and parts, accuracy by category, KL, clip fraction, entropy, lengths, vision_calls_per_video, time per phase, tokens/s) go to the console, OUT/metrics.jsonl, MLflow when MLFLOW_TRACKING_URI is set, and PNG curves. The judge's API key is read from the environment variable named by reward.judge.api_key_env. See docs/grpo.md."""
+    from training.grpo.config import GRPOConfig
+
+    cfg = resolve_config(GRPOConfig, config, overrides)
+    try:
+        cfg.check()
+    except ValueError as exc:
+        fail(str(exc), 2)
+    from training.grpo.data import DataError
+    from training.grpo.embed_cache import EmbedCacheError
+    from training.grpo.trainer import GRPOTrainer
+    from training.model_io import ModelFolderError
+
+    try:
+        summary = GRPOTrainer(cfg, model, data, out).train()
+    except (DataError, EmbedCacheError, ModelFolderError, FileNotFoundError) as exc:
+        fail(str(exc))
+    first, last = summary["reward_first"], summary["reward_last"]
+    if first is not None:
+        console.print(f"reward {first:.3f} (first steps) -> {last:.3f} (last steps) over {summary['steps']} steps")
+    console.print(f"[green]done[/green]: {summary['model']}")

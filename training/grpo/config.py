@@ -1,0 +1,138 @@
+"""GRPO configuration: one dataclass per part, every field documented, YAML + key=value overrides.
+
+Defaults follow the reference recipe (shared/CONTEXT.md): AdamW lr 1e-6, KL as a loss (k3
+"low_var_kl", coef 1e-2), ratio clip 0.2, group size 8, temperature 1.0, responses up to 2048
+tokens, reward 0.9 accuracy + 0.1 format. `algorithm.clip_high=0.28 algorithm.dynamic_sampling=true`
+switches to DAPO.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from training.grpo.algorithms import LOSS_AGG_MODES
+from training.grpo.rewards import RewardConfig
+from training.video_inputs import VideoSampling
+
+EMBEDDING_MODES = ("online", "offline", "pixels")
+ENGINES = ("hf", "vllm")
+
+
+@dataclass
+class DataConfig:
+    split: str = "rl"  # split read from --data (a datasets folder, .parquet or .jsonl of QARecords)
+    video_root: str = ""  # relative video paths resolve here; empty: the --data folder
+    answer_types: list[str] = field(default_factory=list)  # keep only these; empty: all
+    max_records: int = 0  # use at most this many records (0: all)
+    shuffle: bool = True  # reshuffle the records every epoch (seeded)
+
+
+@dataclass
+class RolloutConfig:
+    engine: str = "hf"  # "hf" (transformers, CPU/GPU) or "vllm" (GPU, imported lazily)
+    prompts_per_step: int = 8  # prompts sampled per step; each gets group_size rollouts
+    group_size: int = 8  # G rollouts per prompt (GRPO group)
+    max_new_tokens: int = 2048  # response budget (the reference's 2048)
+    temperature: float = 1.0
+    top_p: float = 1.0
+    generate_rows: int = 64  # rows per hf generate call (bounds rollout memory)
+    vllm_gpu_memory_utilization: float = 0.5  # vllm: share of GPU memory for weights + KV cache
+    vllm_dtype: str = "bfloat16"
+
+
+@dataclass
+class VideoConfig:
+    sampling: VideoSampling = field(default_factory=VideoSampling)  # frames and pixel budget
+    # online: vision tower once per unique video per step; offline: read `embed_cache` (built by
+    # `longrl embed-cache build`, needs freeze_vision); pixels: re-encode on every forward pass
+    # (the reference's behaviour; kept for the benchmark and equivalence tests)
+    embeddings: str = "online"
+    embed_cache: str = ""  # folder of an offline embedding cache
+    freeze_vision: bool = True  # train the LLM only (vision tower + merger frozen)
+    decoded_cache_videos: int = 256  # decoded/patched videos kept in memory across steps
+
+
+@dataclass
+class AlgorithmConfig:
+    scale_adv_by_std: bool = True  # GRPO (r - mean) / std; False: Dr.GRPO r - mean
+    adv_eps: float = 1e-6
+    clip_low: float = 0.2  # ratio clip 1 - clip_low
+    clip_high: float = 0.2  # ratio clip 1 + clip_high (DAPO clip-higher: 0.28)
+    dual_clip: float | None = 3.0  # cap of the loss for negative advantages (null: off)
+    loss_agg: str = "token-mean"  # one of algorithms.LOSS_AGG_MODES
+    kl_coef: float = 1e-2  # 0 disables the reference model entirely
+    kl_kind: str = "low_var_kl"  # k1/kl, abs, k2/mse, k3/low_var_kl
+    kl_in_reward: bool = False  # False: KL as a loss term (reference default); True: r - coef*KL
+    entropy_coef: float = 0.0  # bonus for entropy (loss -= coef * entropy)
+    ppo_epochs: int = 1  # passes over the step's rollouts
+    mini_batch_rows: int = 0  # rollouts per optimizer step (0: the whole step, one update)
+    micro_batch_rows: int = 8  # rollouts per forward/backward (gradient accumulation)
+    logprob_rows: int = 16  # rollouts per forward for old/reference log-probs
+    logprob_chunk: int = 1024  # tokens per vocabulary-projection chunk
+    old_logprobs: str = "trainer"  # "trainer": recompute with the rollout weights; "rollout": engine's
+    dynamic_sampling: bool = False  # DAPO: drop groups with equal rewards, generate more
+    dynamic_sampling_metric: str = "accuracy"  # reward part compared ("total" for the sum)
+    dynamic_sampling_max_rounds: int = 4  # generation rounds per step before training on less
+    overlong_buffer: int = 0  # DAPO soft overlong punishment length (0: off)
+    overlong_penalty: float = 1.0  # penalty at max_new_tokens
+    mask_truncated: bool = False  # drop responses that hit max_new_tokens from the loss
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-6
+    weight_decay: float = 1e-2
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    max_grad_norm: float = 1.0  # 0: no clipping
+    warmup_steps: int = 0  # linear warm-up (optimizer steps)
+    min_lr_ratio: float = 1.0  # 1: constant after warm-up (the reference); < 1: cosine down to it
+
+
+@dataclass
+class GRPOConfig:
+    """Everything `longrl train grpo` reads. See docs/grpo.md."""
+
+    steps: int = 100  # training steps (each: prompts_per_step x group_size rollouts)
+    seed: int = 0
+    dtype: str = "float32"  # model weights: float32 (CPU, exact tests) or bfloat16 (GPU)
+    device: str = "auto"  # auto: cuda when available, else cpu
+    attn_implementation: str = ""  # e.g. flash_attention_2 on GPU; empty: transformers default
+    system_prompt: str = ""  # empty: training.prompts.SYSTEM_PROMPT
+    save_every: int = 50  # checkpoint every N steps (and always at the end)
+    keep_checkpoints: int = 2  # older step checkpoints are deleted
+    resume: bool = True  # continue from the newest complete checkpoint in --out
+    plots: bool = True  # PNG curves at the end (and logged to MLflow when configured)
+    progress: bool = True  # console progress bar
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+
+    def check(self) -> GRPOConfig:
+        """Raise ValueError naming the key for settings that cannot work together."""
+        a, r, v = self.algorithm, self.rollout, self.video
+        problems = []
+        if r.group_size < 2:
+            problems.append("rollout.group_size must be >= 2 (GRPO compares rollouts of a prompt)")
+        if r.engine not in ENGINES:
+            problems.append(f"rollout.engine {r.engine!r} not in {ENGINES}")
+        if v.embeddings not in EMBEDDING_MODES:
+            problems.append(f"video.embeddings {v.embeddings!r} not in {EMBEDDING_MODES}")
+        if v.embeddings == "offline" and not v.embed_cache:
+            problems.append("video.embeddings=offline needs video.embed_cache (longrl embed-cache build)")
+        if v.embeddings == "offline" and not v.freeze_vision:
+            problems.append("video.embeddings=offline needs video.freeze_vision=true")
+        if a.loss_agg not in LOSS_AGG_MODES:
+            problems.append(f"algorithm.loss_agg {a.loss_agg!r} not in {LOSS_AGG_MODES}")
+        if a.old_logprobs not in ("trainer", "rollout"):
+            problems.append("algorithm.old_logprobs must be 'trainer' or 'rollout'")
+        if a.overlong_buffer < 0 or a.overlong_buffer > r.max_new_tokens:
+            problems.append("algorithm.overlong_buffer must be in [0, rollout.max_new_tokens]")
+        if self.steps < 1 or r.prompts_per_step < 1 or a.micro_batch_rows < 1 or a.ppo_epochs < 1:
+            problems.append("steps, prompts_per_step, micro_batch_rows and ppo_epochs must be >= 1")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self

@@ -1,0 +1,176 @@
+"""Rollout engines behind one small interface.
+
+An engine turns prompts (token ids with expanded `<|video_pad|>`s plus the step's video
+embeddings) into G sampled responses each, with the log-prob of every sampled token under the
+temperature-scaled policy, and takes new weights after each update.
+
+- `hf`: transformers, everywhere (the CPU default). Prefills from `inputs_embeds` built by the
+  same functions as training (training.generation): same token order, same 3-D positions, left
+  padding - so its log-probs match the trainer's (tested to 1e-5 in fp32).
+- `vllm`: GPU only, imported lazily. Prompts go in with one `<|video_pad|>` and the cached
+  embeddings as multi-modal embedding input (vLLM expands them with the same grid), sampled
+  with `n=G`; weights are loaded into the engine after every update.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from training.generation import generate
+from training.mm_batch import collate
+from training.prompts import EncodedExample
+
+
+@dataclass
+class RolloutPrompt:
+    prompt: EncodedExample
+    video: object  # video_cache.StepVideo (grid, timing, embeddings)
+    video_embeds: torch.Tensor  # [num_tokens, hidden] for this prompt's video
+
+
+@dataclass
+class Response:
+    token_ids: list[int]
+    logprobs: list[float]
+    finished: bool  # ended with a stop token (False: hit max_new_tokens)
+
+
+@dataclass
+class SamplingSettings:
+    n: int
+    max_new_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0
+
+
+class RolloutEngine(Protocol):
+    name: str
+
+    def generate(self, prompts: Sequence[RolloutPrompt], sampling: SamplingSettings
+                 ) -> list[list[Response]]: ...
+
+    def sync_weights(self, model) -> None: ...
+
+
+class HFRolloutEngine:
+    """Sampling with the trainer's own module (weights are shared, so sync is free)."""
+
+    name = "hf"
+
+    def __init__(self, model, tokenizer, stop_ids: Sequence[int], rows_per_call: int = 64) -> None:
+        self.model, self.tokenizer = model, tokenizer
+        self.stop_ids = list(stop_ids)
+        self.rows_per_call = max(1, rows_per_call)
+
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[RolloutPrompt], sampling: SamplingSettings
+                 ) -> list[list[Response]]:
+        rows = [p for p in prompts for _ in range(sampling.n)]
+        gen = torch.Generator().manual_seed(sampling.seed)
+        device = next(self.model.parameters()).device
+        was_training = self.model.training
+        self.model.eval()
+        flat: list[Response] = []
+        try:
+            for s in range(0, len(rows), self.rows_per_call):
+                chunk = rows[s:s + self.rows_per_call]
+                batch = collate([r.prompt for r in chunk], [r.video for r in chunk],
+                                self.tokenizer.pad_token_id, with_pixels=False).to(device)
+                out = generate(self.model, batch, self.stop_ids, self.tokenizer.pad_token_id,
+                               max_new_tokens=sampling.max_new_tokens,
+                               temperature=sampling.temperature, top_p=sampling.top_p,
+                               video_embeds=[r.video_embeds for r in chunk], generator=gen)
+                flat += [Response(t, lp, f) for t, lp, f in
+                         zip(out.token_ids, out.logprobs, out.finished, strict=True)]
+        finally:
+            self.model.train(was_training)
+        return [flat[i * sampling.n:(i + 1) * sampling.n] for i in range(len(prompts))]
+
+    def sync_weights(self, model) -> None:
+        if model is not self.model:
+            raise ValueError("the hf engine samples with the trainer's own model object")
+
+
+def collapse_video_pads(ids: Sequence[int], video_token_id: int) -> list[int]:
+    """Prompt ids with each run of <|video_pad|> reduced to one (vLLM expands it again)."""
+    out: list[int] = []
+    for t in ids:
+        if t == video_token_id and out and out[-1] == video_token_id:
+            continue
+        out.append(t)
+    return out
+
+
+class VLLMRolloutEngine:
+    """vLLM on the same GPU (colocated). Needs the `gpu` extra; never imported on CPU."""
+
+    name = "vllm"
+
+    def __init__(self, model_dir: str, tokenizer, stop_ids: Sequence[int], video_token_id: int,
+                 gpu_memory_utilization: float = 0.5, dtype: str = "bfloat16", seed: int = 0) -> None:
+        if not torch.cuda.is_available():
+            raise RuntimeError("rollout.engine=vllm needs a CUDA GPU; use rollout.engine=hf")
+        import os
+
+        # In-process engine, so the trainer can reach the model to load new weights.
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        from vllm import LLM
+
+        self.llm = LLM(model=str(model_dir), dtype=dtype, seed=seed, enable_mm_embeds=True,
+                       gpu_memory_utilization=gpu_memory_utilization,
+                       logprobs_mode="processed_logprobs",  # after temperature, as ours
+                       limit_mm_per_prompt={"video": 1, "image": 0})
+        self.tokenizer = tokenizer
+        self.stop_ids = list(stop_ids)
+        self.video_token_id = video_token_id
+
+    def generate(self, prompts: Sequence[RolloutPrompt], sampling: SamplingSettings
+                 ) -> list[list[Response]]:
+        from vllm import SamplingParams
+
+        params = SamplingParams(n=sampling.n, temperature=sampling.temperature,
+                                top_p=sampling.top_p, max_tokens=sampling.max_new_tokens,
+                                stop_token_ids=self.stop_ids, logprobs=0, seed=sampling.seed,
+                                skip_special_tokens=False)
+        requests = []
+        for p in prompts:
+            v = p.video
+            requests.append({
+                "prompt_token_ids": collapse_video_pads(p.prompt.input_ids, self.video_token_id),
+                "multi_modal_data": {"video": {
+                    "video_embeds": p.video_embeds.detach().to("cpu"),
+                    "video_grid_thw": torch.tensor([v.grid_thw]),
+                    "second_per_grid_ts": torch.tensor([v.second_per_grid_t]),
+                }},
+            })
+        outs = self.llm.generate(requests, params, use_tqdm=False)
+        result = []
+        for o in outs:
+            group = []
+            for c in o.outputs:
+                ids = list(c.token_ids)
+                lps = [next(iter(d.values())).logprob if len(d) == 1 else d[t].logprob
+                       for t, d in zip(ids, c.logprobs or [], strict=True)]
+                group.append(Response(ids, lps, c.finish_reason == "stop"))
+            result.append(group)
+        return result
+
+    def sync_weights(self, model) -> None:
+        runner = self.llm.llm_engine.model_executor.driver_worker.worker.model_runner
+        runner.model.load_weights(((k, v) for k, v in model.state_dict().items()))
+        self.llm.reset_prefix_cache()
+
+
+def make_engine(name: str, model, tokenizer, model_dir: str, stop_ids: Sequence[int], rollout_cfg,
+                seed: int) -> RolloutEngine:
+    if name == "hf":
+        return HFRolloutEngine(model, tokenizer, stop_ids, rollout_cfg.generate_rows)
+    if name == "vllm":
+        return VLLMRolloutEngine(model_dir, tokenizer, stop_ids, model.config.video_token_id,
+                                 rollout_cfg.vllm_gpu_memory_utilization, rollout_cfg.vllm_dtype, seed)
+    raise ValueError(f"unknown rollout engine {name!r} (hf, vllm)")

@@ -1,0 +1,331 @@
+"""The GRPO trainer for long video: one controller, one step read top to bottom.
+
+    per step: sample prompts -> encode each video once -> G rollouts per prompt -> rewards
+              -> old-policy and reference log-probs -> group advantages -> policy update
+              -> metrics / checkpoint
+
+The video embeddings made in the encode phase feed the rollout prefill and every training
+forward pass (MR-SP stage 1); `logprob_fn` is the single function that scores tokens and is
+what sequence parallelism replaces.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from common import tracking
+from common.config import save_config
+from data_gen.schema import QARecord
+from training.checkpoint import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint
+from training.distributed import DistContext, ModelRunner
+from training.grpo import algorithms as algo
+from training.grpo.config import GRPOConfig
+from training.grpo.data import PromptSampler, load_records
+from training.grpo.logprobs import LogprobFn, Rollout, rows_logprobs, sequence_logprobs
+from training.grpo.metrics import MetricsLogger, PhaseTimer, rollout_metrics
+from training.grpo.rewards import RewardScorer
+from training.grpo.rollout import RolloutPrompt, SamplingSettings, make_engine
+from training.grpo.update import UpdateInputs, policy_update
+from training.grpo.video_cache import StepVideo, VideoEmbedder
+from training.mm_batch import base_model
+from training.model_io import load_model, load_tokenizer, save_model_folder
+from training.optim import build_adamw, warmup_cosine
+from training.prompts import SYSTEM_PROMPT, encode_example
+from training.video_inputs import VisionSpec
+
+STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
+
+
+class GRPOTrainer:
+    def __init__(self, cfg: GRPOConfig, model_dir: str | Path, data_dir: str | Path,
+                 out_dir: str | Path, logprob_fn: LogprobFn = sequence_logprobs) -> None:
+        self.cfg = cfg.check()
+        self.model_dir, self.out = Path(model_dir), Path(out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.logprob_fn = logprob_fn
+        dev = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = torch.device(dev)
+        torch.manual_seed(cfg.seed)
+        if not cfg.reward.judge.cache_path:  # judge verdicts survive restarts
+            cfg.reward.judge.cache_path = str(self.out / "judge_cache.jsonl")
+
+        # Policy (from the newest checkpoint when resuming), frozen reference, tokenizer.
+        resume = latest_checkpoint(self.out) if cfg.resume else None
+        self.resume_dir = resume
+        load = dict(dtype=cfg.dtype, device=self.device, attn_implementation=cfg.attn_implementation or None)
+        self.tokenizer = load_tokenizer(self.model_dir)
+        self.model = load_model(resume or self.model_dir, **load)
+        if cfg.video.freeze_vision:
+            base_model(self.model).visual.requires_grad_(False)
+        self.ref = None
+        if cfg.algorithm.kl_coef > 0:
+            self.ref = load_model(self.model_dir, **load).requires_grad_(False)
+
+        # Data, videos, rollout engine, rewards.
+        loaded = load_records(data_dir, cfg.data.split, cfg.data.video_root,
+                              cfg.data.answer_types, cfg.data.max_records)
+        self.records, self.rejected = loaded.records, loaded.rejected
+        self.sampler = PromptSampler(self.records, cfg.seed, cfg.data.shuffle)
+        spec = VisionSpec.from_model_dir(self.model_dir)
+        offline = None
+        if cfg.video.embeddings == "offline":
+            from training.grpo.embed_cache import EmbeddingCache
+
+            offline = EmbeddingCache(cfg.video.embed_cache, self.model, cfg.video.sampling, spec)
+        trainable_vision = not cfg.video.freeze_vision
+        self.embedder = VideoEmbedder(self.model, cfg.video.embeddings, cfg.video.sampling, spec,
+                                      trainable_vision, cfg.video.decoded_cache_videos, offline)
+        # A trainable vision tower drifts from the reference's: the reference encodes its own.
+        self.ref_embedder = None
+        if self.ref is not None and trainable_vision:
+            self.ref_embedder = VideoEmbedder(self.ref, "online", cfg.video.sampling, spec, False)
+            self.ref_embedder.store = self.embedder.store  # decode each video once for both
+        self.stop_ids = [self.tokenizer.convert_tokens_to_ids(t) for t in STOP_TOKENS]
+        self.engine = make_engine(cfg.rollout.engine, self.model, self.tokenizer,
+                                  str(resume or self.model_dir), self.stop_ids, cfg.rollout, cfg.seed)
+        self.scorer = RewardScorer(cfg.reward)
+
+        # Optimizer, schedule and checkpoints are the shared ones (training.optim/checkpoint).
+        self.ctx = DistContext(device=self.device)
+        self.runner = ModelRunner(self.model)
+        o = cfg.optim
+        self.optimizer = build_adamw(self.runner, o.lr, o.weight_decay, tuple(o.betas), o.eps)
+        # One optimizer step per mini-batch; the count only shapes a cosine (min_lr_ratio < 1).
+        minis = -(-cfg.rollout.prompts_per_step * cfg.rollout.group_size // max(cfg.algorithm.mini_batch_rows, 1)) \
+            if cfg.algorithm.mini_batch_rows > 0 else 1
+        total = max(cfg.steps * cfg.algorithm.ppo_epochs * minis, o.warmup_steps, 1)
+        self.scheduler = warmup_cosine(self.optimizer, o.warmup_steps, total, o.min_lr_ratio)
+        self.state = TrainerState()
+        if resume is not None:
+            self.state = load_checkpoint(resume, self.runner, self.optimizer, self.scheduler, self.ctx, cfg.seed)
+            self.sampler.load_state_dict(self.state.extra["sampler"])
+        self.step = self.state.step
+        save_config(cfg, self.out)
+
+    # ---------------------------------------------------------------------------------------
+    def train(self) -> dict:
+        cfg = self.cfg
+        with tracking.stage_run("grpo", config=cfg) as run:
+            logger = MetricsLogger(self.out, run if run.active else None, resume_step=self.step)
+            first = self.step + 1
+            with _progress(cfg.progress) as bar:
+                task = bar.add_task("grpo", total=cfg.steps, completed=self.step)
+                while self.step < cfg.steps:
+                    self.step += 1
+                    metrics = self.train_step(self.step)
+                    logger.log(self.step, metrics)
+                    bar.update(task, advance=1, description=(
+                        f"grpo reward {metrics.get('reward/total', 0):.3f} "
+                        f"kl {metrics.get('actor/kl', 0):.4f} {metrics['time/step']:.1f}s/step"))
+                    if self.step % cfg.save_every == 0 or self.step == cfg.steps:
+                        self.save_checkpoint()
+            final = save_model_folder(self.model, self.tokenizer, self.out / "model", self.model_dir)
+            plots = logger.plot() if cfg.plots else []
+            hist = logger.history()
+            run.log_artifact(self.out / "metrics.jsonl")
+            run.log_checkpoint(final)
+        summary = _summary(hist, first, self.step, final, plots)
+        (self.out / "summary.json").write_text(json.dumps(summary, indent=1))
+        return summary
+
+    # ---------------------------------------------------------------------------------------
+    def train_step(self, step: int) -> dict[str, float]:
+        cfg, alg, timer = self.cfg, self.cfg.algorithm, PhaseTimer()
+        t0 = time.perf_counter()
+        self.embedder.begin_step()
+        if self.ref_embedder:
+            self.ref_embedder.begin_step()
+
+        # 1-4. prompts -> videos encoded once -> G rollouts each -> rewards (DAPO: refill).
+        groups, extra = self.collect_groups(step, timer)
+        rows = [r for g in groups for r in g]
+        if not rows:  # dynamic sampling found no group with a learning signal
+            return {**extra, **timer.metrics(), "time/step": time.perf_counter() - t0, "skipped": 1.0}
+
+        # 5. old-policy (= rollout weights) and reference log-probs, same inputs as the rollout.
+        lp_args = dict(pad_id=self.tokenizer.pad_token_id, micro_rows=alg.logprob_rows,
+                       with_pixels=False, temperature=cfg.rollout.temperature,
+                       chunk_size=alg.logprob_chunk, logprob_fn=self.logprob_fn)
+        with timer("logprob"):
+            trainer_lps, _ = rows_logprobs(self.model, self.embedder.row_embeds, rows, **lp_args)
+            ref_lps = None
+            if self.ref is not None:
+                ref_embed = ((lambda vids: [v.ref_embeds for v in vids]) if self.ref_embedder
+                             else self.embedder.row_embeds)
+                ref_lps, _ = rows_logprobs(self.ref, ref_embed, rows, **lp_args)
+        old_lps = trainer_lps if alg.old_logprobs == "trainer" else \
+            [torch.tensor(r.response.logprobs) for r in rows]
+
+        # 6. rewards (+ overlong penalty, + KL in the reward) -> group advantages.
+        rewards = torch.tensor([r.reward.total for r in rows])
+        lengths = torch.tensor([len(r.response.token_ids) for r in rows])
+        if alg.overlong_buffer > 0:
+            pen = algo.overlong_penalty(lengths, cfg.rollout.max_new_tokens, alg.overlong_buffer,
+                                        alg.overlong_penalty)
+            rewards = rewards + pen
+            for r, p in zip(rows, pen.tolist(), strict=True):
+                r.extras["overlong_penalty"] = p
+        kl_metrics = self._kl_metrics(rows, old_lps, ref_lps)
+        if ref_lps is not None and alg.kl_in_reward:
+            for i, (o, f) in enumerate(zip(old_lps, ref_lps, strict=True)):
+                kl = algo.kl_estimate(o, f, alg.kl_kind).sum()
+                rewards[i] -= alg.kl_coef * kl
+        group_ids = torch.tensor([r.group for r in rows])
+        adv = algo.group_advantages(rewards, group_ids, scale_by_std=alg.scale_adv_by_std, eps=alg.adv_eps)
+        weight = torch.ones(len(rows))
+        if alg.mask_truncated:
+            weight = torch.tensor([1.0 if r.response.finished else 0.0 for r in rows])
+
+        # 7. policy update(s); the rollout engine gets the new weights.
+        with timer("update"):
+            upd = policy_update(
+                self.model, self.optimizer, self.scheduler,
+                UpdateInputs(rows, adv, old_lps, None if alg.kl_in_reward else ref_lps, weight),
+                alg, embed_rows=self.embedder.row_embeds, pad_id=self.tokenizer.pad_token_id,
+                temperature=cfg.rollout.temperature, max_new_tokens=cfg.rollout.max_new_tokens,
+                max_grad_norm=cfg.optim.max_grad_norm, logprob_fn=self.logprob_fn)
+            self.engine.sync_weights(self.model)
+
+        # 8. metrics.
+        step_s = time.perf_counter() - t0
+        tokens = sum(r.num_tokens for r in rows)
+        calls = self.embedder.calls + (self.ref_embedder.calls if self.ref_embedder else 0)
+        out = {**rollout_metrics(rows, [torch.tensor(r.response.logprobs) for r in rows], trainer_lps),
+               **kl_metrics, **upd, **extra, **timer.metrics(),
+               "advantage/abs_mean": float(adv.abs().mean()),
+               "vision_calls_per_video": calls / max(self.embedder.unique, 1),
+               "vision/calls": float(calls), "vision/videos": float(self.embedder.unique),
+               "time/step": step_s, "throughput/tokens_per_s": tokens / step_s,
+               "throughput/response_tokens": float(lengths.sum())}
+        out.update(self.scorer.ctx.judge.last_stats.as_metrics())
+        self._record_errors(step, rows)
+        self._record_samples(step, groups)
+        return out
+
+    # ---------------------------------------------------------------------------------------
+    def collect_groups(self, step: int, timer: PhaseTimer) -> tuple[list[list[Rollout]], dict]:
+        """Rounds of prompts -> rollouts -> rewards until the step has its groups. Without
+        dynamic sampling that is one round; with it, flat groups are dropped and more drawn."""
+        cfg, alg = self.cfg, self.cfg.algorithm
+        want = cfg.rollout.prompts_per_step
+        ds = algo.DynamicSampler(want, alg.dynamic_sampling_max_rounds) if alg.dynamic_sampling else None
+        rnd = 0
+        while True:
+            groups = self._one_round(step, rnd, want, timer)
+            if ds is None:
+                return groups, {}
+            metric = alg.dynamic_sampling_metric
+            ds.add(groups, [[(r.reward.total if metric == "total" else r.reward.parts.get(metric, 0.0))
+                             for r in g] for g in groups])
+            rnd += 1
+            if ds.done:
+                kept = ds.take()
+                for gi, g in enumerate(kept):  # renumber groups within the step
+                    for r in g:
+                        r.group = gi
+                return kept, ds.stats()
+
+    def _one_round(self, step: int, rnd: int, want: int, timer: PhaseTimer) -> list[list[Rollout]]:
+        cfg = self.cfg
+        with timer("encode"):
+            records, videos = self._prompts_with_videos(want)
+        prompts = [encode_example(self.tokenizer, rec, videos[rec.id].num_tokens,
+                                  system_prompt=cfg.system_prompt or SYSTEM_PROMPT) for rec in records]
+        with timer("rollout"):
+            vids = [videos[rec.id] for rec in records]
+            embeds = self.embedder.rollout_embeds(vids)
+            sampling = SamplingSettings(cfg.rollout.group_size, cfg.rollout.max_new_tokens,
+                                        cfg.rollout.temperature, cfg.rollout.top_p,
+                                        seed=(cfg.seed * 1_000_003 + step * 1009 + rnd) % 2**62)
+            responses = self.engine.generate(
+                [RolloutPrompt(p, v, e) for p, v, e in zip(prompts, vids, embeds, strict=True)], sampling)
+        with timer("reward"):
+            groups = [[Rollout(rec, v, p, resp, gi,
+                               self.tokenizer.decode(resp.token_ids, skip_special_tokens=True))
+                       for resp in resps]
+                      for gi, (rec, v, p, resps) in enumerate(zip(records, vids, prompts, responses, strict=True))]
+            flat = [r for g in groups for r in g]
+            for r, res in zip(flat, self.scorer.score([r.text for r in flat], [r.record for r in flat]),
+                              strict=True):
+                r.reward = res
+        return groups
+
+    def _prompts_with_videos(self, want: int) -> tuple[list[QARecord], dict[str, StepVideo]]:
+        """`want` records whose videos load; a bad video is recorded and its record replaced."""
+        records: list[QARecord] = []
+        videos: dict[str, StepVideo] = {}
+        for _attempt in range(10):
+            batch = self.sampler.next(want - len(records))
+            got, failures = self.embedder.prepare(batch)
+            for rec in batch:
+                if rec.id in failures:
+                    self.sampler.mark_bad(rec, failures[rec.id])
+                    self._append_error({"step": self.step, "record": rec.id, "error": failures[rec.id]})
+                else:
+                    records.append(rec)
+            videos.update(got)
+            if len(records) == want:
+                if self.ref_embedder:
+                    ref_videos, _ = self.ref_embedder.prepare(records)
+                    for rid, v in videos.items():
+                        v.ref_embeds = ref_videos[rid].embeds
+                return records, videos
+        raise RuntimeError(f"could not load {want} videos in 10 attempts; see {self.out / 'errors.jsonl'}")
+
+    def _kl_metrics(self, rows, old_lps, ref_lps) -> dict[str, float]:
+        if ref_lps is None:
+            return {}
+        kls = torch.cat([algo.kl_estimate(o, f, self.cfg.algorithm.kl_kind) for o, f in
+                         zip(old_lps, ref_lps, strict=True)])
+        return {"actor/kl": float(kls.mean()) if kls.numel() else 0.0}
+
+    def _record_errors(self, step: int, rows: list[Rollout]) -> None:
+        for r in rows:
+            if r.reward and r.reward.errors:
+                self._append_error({"step": step, "record": r.record.id, "error": r.reward.errors})
+
+    def _record_samples(self, step: int, groups: list[list[Rollout]], per_step: int = 4) -> None:
+        """A few completions per step in samples.jsonl: what the policy actually writes."""
+        with (self.out / "samples.jsonl").open("a") as fh:
+            for g in groups[:per_step]:
+                r = g[0]
+                fh.write(json.dumps({"step": step, "record": r.record.id, "category": r.record.category,
+                                     "answer": r.record.answer, "completion": r.text,
+                                     "reward": r.reward.total if r.reward else None,
+                                     "parts": r.reward.parts if r.reward else {}}) + "\n")
+
+    def _append_error(self, row: dict) -> None:
+        with (self.out / "errors.jsonl").open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+    def save_checkpoint(self) -> Path:
+        self.state.step = self.step
+        self.state.extra = {"sampler": self.sampler.state_dict()}
+        return save_checkpoint(self.out, self.state, self.runner, self.optimizer, self.scheduler,
+                               self.tokenizer, self.model_dir, self.ctx, self.cfg.keep_checkpoints)
+
+
+def _progress(enabled: bool):
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeRemainingColumn(), disable=not enabled, transient=False)
+
+
+def _summary(hist: list[dict], first: int, last: int, final: Path, plots: list[Path]) -> dict:
+    rewards = [h["reward/total"] for h in hist if h.get("reward/total") is not None]
+    k = max(1, min(5, len(rewards) // 2))
+    return {"steps": last, "resumed_from": first - 1, "model": str(final),
+            "reward_first": sum(rewards[:k]) / k if rewards else None,
+            "reward_last": sum(rewards[-k:]) / k if rewards else None,
+            "plots": [str(p) for p in plots]}

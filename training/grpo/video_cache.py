@@ -1,0 +1,197 @@
+"""Video embeddings for a GRPO step: the vision tower once per unique video (MR-SP stage 1).
+
+Modes (`video.embeddings`):
+- online: each unique video of the step is decoded (kept in a bounded in-memory store across
+  steps) and encoded once; the embeddings feed the rollout prefill and the old-policy, reference
+  and update passes. With a trainable vision tower the update passes re-encode with gradients
+  (once per video per micro-batch) - and are counted.
+- offline: embeddings come from `longrl embed-cache build` (training.grpo.embed_cache); no
+  decoding, no vision calls. Needs a frozen vision tower whose fingerprint matches the cache.
+- pixels: every forward pass encodes every row's pixels again (the reference's behaviour).
+
+Every vision-tower call is counted so `vision_calls_per_video` is measured, not assumed. An
+embedding whose video or shape does not match its prompt is an error, never replaced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+
+from data_gen.schema import QARecord
+from data_gen.video_io import VideoError
+from training.mm_batch import encode_videos
+from training.video_inputs import VideoPatches, VideoSampling, VisionSpec, load_video_patches
+
+
+@dataclass
+class StepVideo:
+    """One unique video of a step: its shape, its pixels (unless offline), its embedding."""
+
+    key: str
+    video_id: str
+    grid_thw: tuple[int, int, int]
+    second_per_grid_t: float
+    merge_size: int
+    patches: VideoPatches | None = None
+    embeds: torch.Tensor | None = None  # [num_tokens, hidden], no grad
+    ref_embeds: torch.Tensor | None = None  # the reference's, when its vision tower differs
+
+    @property
+    def num_tokens(self) -> int:
+        t, h, w = self.grid_thw
+        return t * h * w // (self.merge_size**2)
+
+    @property
+    def pixel_values(self) -> torch.Tensor:  # what mm_batch.collate reads
+        if self.patches is None:
+            raise ValueError(f"video {self.video_id}: no pixels (offline embeddings)")
+        return self.patches.pixel_values
+
+
+_digests: dict[str, str] = {}
+
+
+def video_digest(record: QARecord) -> str:
+    """The record's sha256, or the file's (memoised) when the record carries none."""
+    if record.video_digest:
+        return record.video_digest
+    if record.video_path not in _digests:
+        from data_gen.synth import file_digest
+
+        try:
+            _digests[record.video_path] = file_digest(record.video_path)
+        except OSError as exc:
+            raise VideoError(record.video_path, f"cannot read: {exc}") from exc
+    return _digests[record.video_path]
+
+
+def video_key(record: QARecord, sampling: VideoSampling, spec: VisionSpec) -> str:
+    """Identity of a video input: file content, clip span, frame sampling, pixel layout."""
+    end = record.clip_end_s if record.clip_end_s > record.clip_start_s else None
+    payload = json.dumps([video_digest(record), record.clip_start_s, end, asdict(sampling),
+                          asdict(spec)], sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+def load_patches(record: QARecord, sampling: VideoSampling, spec: VisionSpec) -> VideoPatches:
+    end = record.clip_end_s if record.clip_end_s > record.clip_start_s else None
+    return load_video_patches(record.video_path, sampling, spec, record.clip_start_s, end)
+
+
+def vision_fingerprint(model) -> str:
+    """sha256 over the vision tower's parameters (names, shapes, bytes)."""
+    from training.mm_batch import base_model
+
+    h = hashlib.sha256()
+    for name, p in sorted(base_model(model).visual.state_dict().items()):
+        t = p.detach().to("cpu").contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+class VideoEmbedder:
+    def __init__(self, model, mode: str, sampling: VideoSampling, spec: VisionSpec,
+                 trainable_vision: bool, store_size: int = 256, offline=None) -> None:
+        self.model, self.mode = model, mode
+        self.sampling, self.spec = sampling, spec
+        self.trainable_vision = trainable_vision
+        self.offline = offline  # embed_cache.EmbeddingCache in offline mode
+        self.store: OrderedDict[str, VideoPatches] = OrderedDict()
+        self.store_size = store_size
+        self.calls = 0  # vision-tower encodings of one video, this step
+        self.step_videos: dict[str, StepVideo] = {}  # unique videos of this step
+
+    def begin_step(self) -> None:
+        self.calls = 0
+        self.step_videos = {}
+
+    @property
+    def unique(self) -> int:
+        return len(self.step_videos)
+
+    def prepare(self, records: Sequence[QARecord]) -> tuple[dict[str, StepVideo], dict[str, str]]:
+        """StepVideo per record id (shared by records of the same video) and failures by id."""
+        new: dict[str, StepVideo] = {}
+        out: dict[str, StepVideo] = {}
+        failures: dict[str, str] = {}
+        for rec in records:
+            try:
+                key = video_key(rec, self.sampling, self.spec)
+                if key not in self.step_videos and key not in new:
+                    new[key] = self._load(rec, key)
+                out[rec.id] = self.step_videos.get(key) or new[key]
+            except (VideoError, OSError, ValueError) as exc:
+                failures[rec.id] = f"video {rec.video_id} ({rec.video_path}): {exc}"
+        if self.mode == "online":
+            self._encode_once(list(new.values()))
+        self.step_videos.update(new)
+        return out, failures
+
+    def _load(self, rec: QARecord, key: str) -> StepVideo:
+        if self.mode == "offline":
+            return self.offline.get(key, rec)
+        patches = self.store.get(key)
+        if patches is None:
+            patches = load_patches(rec, self.sampling, self.spec)
+            self.store[key] = patches
+            while len(self.store) > self.store_size:
+                self.store.popitem(last=False)
+        self.store.move_to_end(key)
+        return StepVideo(key, rec.video_id, tuple(patches.grid_thw), patches.second_per_grid_t,
+                         patches.merge_size, patches=patches)
+
+    def _encode(self, videos: Sequence[StepVideo], grad: bool) -> list[torch.Tensor]:
+        if not videos:
+            return []
+        device = next(self.model.parameters()).device
+        pixels = torch.cat([v.pixel_values for v in videos]).to(device)
+        grid = torch.tensor([v.grid_thw for v in videos], dtype=torch.long, device=device)
+        self.calls += len(videos)
+        with torch.set_grad_enabled(grad):
+            embeds = encode_videos(self.model, pixels, grid)
+        for v, e in zip(videos, embeds, strict=True):
+            if e.shape[0] != v.num_tokens:
+                raise ValueError(f"video {v.video_id}: vision tower gave {e.shape[0]} tokens, "
+                                 f"grid {v.grid_thw} implies {v.num_tokens}")
+        return embeds
+
+    def _encode_once(self, videos: list[StepVideo]) -> None:
+        for v, e in zip(videos, self._encode(videos, grad=False), strict=True):
+            v.embeds = e.detach()
+
+    def rollout_embeds(self, videos: Sequence[StepVideo]) -> list[torch.Tensor]:
+        """Embeddings for rollout rows. Pixels mode encodes each prompt's video once (as a
+        rollout engine sampling n=G per prompt does)."""
+        if self.mode != "pixels":
+            return [v.embeds for v in videos]  # type: ignore[misc]
+        cache: dict[int, torch.Tensor] = {}
+        out = []
+        for v in videos:
+            if id(v) not in cache:
+                cache[id(v)] = self._encode([v], grad=False)[0]
+            out.append(cache[id(v)])
+        return out
+
+    def row_embeds(self, videos: Sequence[StepVideo], grad: bool = False) -> list[torch.Tensor]:
+        """Embeddings for the rows of one training forward pass.
+
+        `grad=True` is the update pass: a trainable vision tower must see gradients, so its
+        videos are encoded again (once per unique video of the micro-batch)."""
+        if self.mode == "pixels":
+            return self._encode(videos, grad=grad and self.trainable_vision)
+        if grad and self.trainable_vision:
+            uniq = list({id(v): v for v in videos}.values())
+            fresh = dict(zip([id(v) for v in uniq], self._encode(uniq, grad=True), strict=True))
+            return [fresh[id(v)] for v in videos]
+        return [v.embeds for v in videos]  # type: ignore[misc]
+
+    @property
+    def calls_per_video(self) -> float:
+        return self.calls / max(self.unique, 1)
