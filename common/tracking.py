@@ -203,6 +203,8 @@ class StageRun:
         self.set_tags({f"dataset.{context}.{name}.digest": dataset.digest})
         return dataset.digest
 
+    log_dataset_input = log_dataset  # the name mlflow.log_input suggests
+
     def log_checkpoint(
         self,
         model_dir: str | Path,

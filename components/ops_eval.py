@@ -49,10 +49,13 @@ def evaluate_models(candidate: Input[Model], base: Input[Model], data: Input[Dat
     work.mkdir(parents=True, exist_ok=True)
     models = {"candidate": resolve(candidate.path), "base": resolve(base.path)}
     if champion_uri:
+        import tempfile
+
         os.environ["MLFLOW_TRACKING_URI"] = mlflow_tracking_uri
         from common.registry import materialize
 
-        models["champion"] = materialize(champion_uri, work / "champion-model", shared_volume)
+        # Downloaded outside the output artifact (which must stay small: predictions, metrics).
+        models["champion"] = materialize(champion_uri, tempfile.mkdtemp(prefix="champion-"), shared_volume)
     result = evaluate_all(models, resolve(data.path), work, benchmarks, frames, limit, overrides_list(overrides),
                           max_error_rate, mlflow_tracking_uri,
                           parent_run_id(mlflow_tracking_uri, experiment=mlflow_experiment))
