@@ -219,6 +219,10 @@ class Build:
             if isinstance(res, Exception):
                 self.rejects.append(Reject("qa", it.path, f"{type(res).__name__}: {res}", it.video_id))
                 continue
+            if not res["records"]:  # nothing usable came back for this video
+                reason = "; ".join(res["rejected"]) or "the reply held no questions"
+                self.rejects.append(Reject("qa", it.path, f"no valid questions: {reason}", it.video_id))
+                continue
             records += [QARecord.from_dict(r) for r in res["records"]]
             self.rejects += [Reject("qa", it.video_id, reason, it.video_id, kind="question")
                              for reason in res["rejected"]]

@@ -79,15 +79,16 @@ class EndpointAnswerer:
                 async with self.decode:
                     info = await asyncio.to_thread(probe_video, record.video_path)
                     item = VideoItem(record.video_id, record.video_path, record.video_digest, info)
-                    return await asyncio.to_thread(span_images, item, record.clip_start_s, record.clip_end_s,
+                    end = record.clip_end_s if record.clip_end_s > record.clip_start_s else None  # 0: whole video
+                    return await asyncio.to_thread(span_images, item, record.clip_start_s, end,
                                                    self.num_frames, self.max_pixels, self.quality)
             self._images[key] = asyncio.ensure_future(load())
         return await self._images[key]
 
     async def answer(self, record: QARecord, attempts: int) -> list[str]:
         images = await self._frames(record)
-        msgs = self.prompt.messages(start=record.clip_start_s, end=record.clip_end_s,
-                                    question_block=question_block(record))
+        end = record.clip_end_s if record.clip_end_s > record.clip_start_s else record.duration_s
+        msgs = self.prompt.messages(start=record.clip_start_s, end=end, question_block=question_block(record))
         msgs[1]["content"] = [{"type": "image_url", "image_url": {"url": u}} for u in images] + [
             {"type": "text", "text": msgs[1]["content"]}]
         return list(await asyncio.gather(*[

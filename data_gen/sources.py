@@ -130,9 +130,10 @@ def shrink(frame: np.ndarray, max_pixels: int) -> np.ndarray:
     return cv2.resize(frame, (max(1, int(w * scale)), max(1, int(h * scale))), interpolation=cv2.INTER_AREA)
 
 
-def span_images(item: VideoItem, start: float, end: float, num_frames: int, max_pixels: int,
+def span_images(item: VideoItem, start: float, end: float | None, num_frames: int, max_pixels: int,
                 quality: int) -> list[str]:
-    """`num_frames` frames of [start, end) as JPEG data URLs (VideoError if they do not decode)."""
+    """`num_frames` frames of [start, end) (end None: to the end) as JPEG data URLs (VideoError
+    if they do not decode)."""
     import cv2
 
     idx = sample_indices(item.info, num_frames=num_frames, start_s=start, end_s=end)

@@ -2,7 +2,8 @@
 
 Videos (never questions) are assigned to splits: each video's place in a seeded order (sha256
 of seed + video digest) decides its split, with split sizes from the shares by largest
-remainder. The same videos and seed always give the same assignment; it is saved in
+remainder, and at least one video for every split with a positive share when there are enough
+videos (a demo with 3 videos still gets an eval split). The same videos and seed always give the same assignment; it is saved in
 splits.json next to the data. Each split is written as a `datasets` folder (save_to_disk) and a
 parquet file with the explicit Features of data_gen.schema.features(); an empty split is still
 written, with the same features.
@@ -27,6 +28,12 @@ def assign_videos(digests: dict[str, str], shares: dict[str, float], seed: int) 
     sizes = {s: int(exact[s]) for s in SPLITS}
     for s in sorted(SPLITS, key=lambda s: (-(exact[s] - sizes[s]), SPLITS.index(s)))[: n - sum(sizes.values())]:
         sizes[s] += 1
+    for s in SPLITS:  # a split with a share gets a video whenever there are enough of them
+        if shares[s] > 0 and sizes[s] == 0:
+            donor = max(SPLITS, key=lambda d: (sizes[d], -SPLITS.index(d)))
+            if sizes[donor] > 1:
+                sizes[donor] -= 1
+                sizes[s] += 1
     out, i = {}, 0
     for s in SPLITS:
         for v in order[i:i + sizes[s]]:

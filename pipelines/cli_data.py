@@ -125,8 +125,9 @@ def build(
                          "questions_generated": result.summary["questions"]["generated"],
                          "videos_usable": result.summary["videos"]["usable"],
                          **{f"records_{s}": n for s, n in result.counts.items()}})
-        for split in result.counts:
-            run.log_dataset(out / split, name=f"longvideo-reason-{split}", context=split)
+        for split, n in result.counts.items():
+            if n:  # MLflow cannot describe an empty dataset (no row to infer a schema from)
+                run.log_dataset(out / split, name=f"longvideo-reason-{split}", context=split)
         for name in ("summary.json", "summary.png", "rejects.jsonl", "splits.json"):
             run.log_artifact(out / name, "data")
     console.print(f"[green]done[/green]: {out} ({result.counts})")

@@ -188,3 +188,25 @@ def test_filter_with_a_local_model_folder(tmp_path, synth_dir, tiny_model_dir):
     assert json.loads(recs[0].generator)["filter"].startswith(f"local:{tiny_model_dir.resolve()}")
     verdicts = list((out / "cache" / "verdict").glob("*/*.json"))
     assert len(verdicts) == 3 and all(len(json.loads(v.read_text())["value"]["replies"]) == 2 for v in verdicts)
+
+
+def test_cli_build_logs_to_mlflow(tmp_path, synth_dir, mlflow_env):
+    from mlflow import MlflowClient
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    out = tmp_path / "out"
+    res = CliRunner().invoke(app, ["data", "build", "--videos", str(synth_dir), "--out", str(out),
+                                   "--annotator", "groundtruth", "--filter-answerer", "noisy-oracle",
+                                   "--no-progress"])
+    assert res.exit_code == 0, res.output
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(__import__("os").environ["MLFLOW_EXPERIMENT_NAME"])
+    (run,) = client.search_runs([exp.experiment_id])
+    summary = json.loads((out / "summary.json").read_text())
+    assert run.data.metrics["questions_kept"] == summary["questions"]["kept"] > 0
+    assert run.data.params["annotator"] == "groundtruth"
+    contexts = {t.value for d in run.inputs.dataset_inputs for t in d.tags if t.key == "mlflow.data.context"}
+    assert contexts == {"sft", "rl", "eval"}
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "data")} >= {"data/summary.png", "data/rejects.jsonl"}

@@ -104,6 +104,9 @@ def test_video_splits_are_disjoint_proportional_and_stable():
     sizes = {s: sum(v == s for v in a.values()) for s in ("sft", "rl", "eval")}
     assert sizes == {"sft": 7, "rl": 11, "eval": 2}
     assert a != assign_videos(digests, {"sft": 0.35, "rl": 0.55, "eval": 0.10}, seed=1)
+    few = assign_videos({"a": "1", "b": "2", "c": "3"}, {"sft": 0.35, "rl": 0.55, "eval": 0.10}, seed=0)
+    assert sorted(few.values()) == ["eval", "rl", "sft"]
+    assert set(assign_videos({"a": "1", "b": "2"}, {"sft": 0.5, "rl": 0.5, "eval": 0.0}, 0).values()) == {"sft", "rl"}
 
 
 def test_prompts_clips_and_cache(tmp_path):
