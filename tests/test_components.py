@@ -143,6 +143,9 @@ def test_register_and_gate_on_mlflow(mlflow_env, tmp_path, tiny_model_dir):
     assert not promoted and "not above margin" in text
     assert registry.version_by_alias(name, "challenger").version == v3
     assert registry.version_by_alias(name, "champion").version == v2
+    # The champion as the eval step gets it: the same weights, downloaded from the registry.
+    got = registry.materialize(f"models:/{name}@champion", tmp_path / "champ")
+    assert (got / "model.safetensors").read_bytes() == (tiny_model_dir / "model.safetensors").read_bytes()
     # The register run nests under the pipeline run and holds the checkpoint.
     from mlflow import MlflowClient
 

@@ -128,3 +128,26 @@ def test_cli_help(args):
 
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0 and len(res.output) > 100
+
+
+def test_reference_versions_materialize_on_the_shared_volume(mlflow_env, tmp_path):
+    from common.registry import RegistryError, location_uri, materialize
+
+    mount = tmp_path / "mnt"
+    model = mount / "runs" / "r1" / "grpo" / "model"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text("{}")
+    loc = location_uri(model, f"longrl-data:{mount}")
+    assert loc == "pvc://longrl-data/runs/r1/grpo/model"
+    assert location_uri(model, "") == str(model.resolve())  # not on the volume: a plain path
+    name = f"ref-{os.environ['MLFLOW_EXPERIMENT_NAME']}"
+    with tracking.stage_run("train") as run:
+        source = run.log_checkpoint(model, location_uri=loc, inline_max_bytes=0)
+    mv = registry.register_version(name, source, run_id=run.run_id)
+    uri = f"models:/{name}/{mv.version}"
+    assert materialize(uri, tmp_path / "d1", f"longrl-data:{mount}") == model
+    with pytest.raises(RegistryError, match="not mounted here"):
+        materialize(uri, tmp_path / "d2", "other-claim:/mnt/data")
+    (model / "config.json").unlink()
+    with pytest.raises(RegistryError, match="holds no model"):
+        materialize(uri, tmp_path / "d3", f"longrl-data:{mount}")
