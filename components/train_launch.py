@@ -58,7 +58,7 @@ def yaml_scalar(value: Any) -> str:
 def train_stage(stage: str, model_in: Path, data_in: Path, out_artifact: Any, metrics_artifact: Any,
                 knobs: dict[str, Any], overrides: list[str], runs_root: str, kfp_run_id: str,
                 mlflow_tracking_uri: str, mlflow_parent_run_id: str, ray_workers: int = 0,
-                gpus_per_worker: int = 1, rayjob_config_json: str = "") -> Path:  # fmt: skip
+                gpus_per_worker: int = 1, rayjob_config_json: str = "", api_client: Any = None) -> Path:  # fmt: skip
     """Run `longrl train <stage>` and fill the KFP output artifacts; returns the model folder."""
     out = output_dir(out_artifact.path, runs_root, kfp_run_id, stage)
     args = ["train", stage, "--model", str(model_in), "--data", str(data_in), "--out", str(out),
@@ -68,7 +68,8 @@ def train_stage(stage: str, model_in: Path, data_in: Path, out_artifact: Any, me
         if not runs_root:
             raise StepError("multi-node training (ray_workers > 0) needs runs_root on the shared volume")
         _run_on_ray(stage, ["longrl", *args, *ray_overrides(stage, ray_workers * gpus_per_worker)],
-                    env, kfp_run_id, ray_workers, gpus_per_worker, rayjob_config_json)  # fmt: skip
+                    env, kfp_run_id, ray_workers, gpus_per_worker, rayjob_config_json,
+                    [model_in, data_in, out], api_client)  # fmt: skip
     else:
         run_step(longrl_argv(*args), env=env)
     folder = model_folder(out)
@@ -82,7 +83,7 @@ def train_stage(stage: str, model_in: Path, data_in: Path, out_artifact: Any, me
 
 
 def _run_on_ray(stage: str, entrypoint: list[str], env: dict[str, str], kfp_run_id: str, workers: int,
-                gpus_per_worker: int, rayjob_config_json: str) -> None:  # fmt: skip
+                gpus_per_worker: int, rayjob_config_json: str, paths: list[Path], api_client: Any) -> None:  # fmt: skip
     from components.kuberay import (
         RayJobConfig,
         build_rayjob,
@@ -93,6 +94,10 @@ def _run_on_ray(stage: str, entrypoint: list[str], env: dict[str, str], kfp_run_
 
     cfg = RayJobConfig(**json.loads(rayjob_config_json or "{}"))
     cfg.workers, cfg.gpus_per_worker = workers, gpus_per_worker
+    off_volume = [str(p) for p in paths if not Path(p).resolve().is_relative_to(cfg.mount_path)]
+    if off_volume:  # the Ray pods mount only the shared volume
+        raise StepError(f"{stage} on Ray: {off_volume} are not on the shared volume {cfg.mount_path}; "
+                        "set runs_root under it and keep the base model and videos there")  # fmt: skip
     body = build_rayjob(cfg, job_name(kfp_run_id, stage), entrypoint, env=env,
                         labels={"longrl/stage": stage, "pipeline/runid": job_name(kfp_run_id)})  # fmt: skip
-    run_rayjob(in_cluster_api_client(), body, log=lambda line: print(line, flush=True))
+    run_rayjob(api_client or in_cluster_api_client(), body, log=lambda line: print(line, flush=True))

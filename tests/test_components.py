@@ -154,3 +154,63 @@ def test_register_and_gate_on_mlflow(mlflow_env, tmp_path, tiny_model_dir):
     os.environ.pop("MLFLOW_RUN_ID", None)
     # No MLflow: nothing registered, said plainly.
     assert register_candidate(tiny_model_dir, third, data, **{**args, "tracking_uri": ""})[0] == ""
+
+
+class _Artifact:
+    """The two things a KFP output artifact offers a component: a path and metadata / metrics."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.metadata, self.metrics = str(path), {}, {}
+
+    def log_metric(self, name: str, value: float) -> None:
+        self.metrics[name] = value
+
+
+def test_training_step_as_rayjob(scripted_server, tmp_path):
+    """ray_workers > 0: the step submits the stage's own command as a RayJob on the shared volume
+    and waits; the job (scripted here) writes OUT/model and metrics.jsonl on the volume."""
+    from kubernetes import client
+
+    mount = tmp_path / "mnt"
+    model_in, data_in = mount / "models" / "base", mount / "data"
+    model_in.mkdir(parents=True)
+    data_in.mkdir()
+    created = []
+
+    def handler(req):
+        if req.method == "POST":
+            body = req.json()
+            created.append(body)
+            out = Path(body["spec"]["entrypoint"].split("--out ")[1].split()[0])
+            (out / "model").mkdir(parents=True)
+            (out / "model" / "config.json").write_text("{}")
+            (out / "metrics.jsonl").write_text('{"step": 3, "loss": 0.5}\n')
+            return 201, body
+        return 200, {"status": {"jobDeploymentStatus": "Complete", "jobStatus": "SUCCEEDED"}}
+
+    server = scripted_server(handler)
+    cfg = client.Configuration()
+    cfg.host = server.url
+    trained, metrics = _Artifact(tmp_path / "artifact"), _Artifact(tmp_path / "metrics")
+    folder = train_launch.train_stage(
+        "sft", model_in, data_in, trained, metrics, {"frames": 8, "max_steps": 3, "lr": 0.0},
+        ["micro_batch_size=2"], runs_root=str(mount / "runs"), kfp_run_id="run-7",
+        mlflow_tracking_uri="http://mlflow:5000", mlflow_parent_run_id="p1", ray_workers=2, gpus_per_worker=4,
+        rayjob_config_json=json.dumps({"namespace": "longrl", "mount_path": str(mount)}),
+        api_client=client.ApiClient(cfg))  # fmt: skip
+    assert folder == mount / "runs" / "run-7" / "sft" / "model"
+    assert launch.resolve(trained.path) == folder.resolve()  # the artifact is a reference
+    assert metrics.metrics == {"sft/step": 3.0, "sft/loss": 0.5}
+    spec = created[0]["spec"]
+    assert spec["entrypoint"].startswith(f"longrl train sft --model {model_in} --data {data_in} --out {mount}/runs/run-7/sft")
+    assert spec["entrypoint"].endswith("video.num_frames=8 max_steps=3 micro_batch_size=2 launcher=ray num_workers=8 use_gpu=true")
+    assert spec["rayClusterSpec"]["workerGroupSpecs"][0]["replicas"] == 2
+    env = {e["name"]: e.get("value") for e in spec["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000" and env["MLFLOW_RUN_ID"] == "p1"
+    # Inputs off the shared volume cannot be seen by Ray pods: refused before any API call.
+    with pytest.raises(StepError, match="not on the shared volume"):
+        train_launch.train_stage("sft", tmp_path / "elsewhere", data_in, _Artifact(tmp_path / "a2"), metrics, {}, [],
+                                 str(mount / "runs"), "run-8", "", "", ray_workers=1,
+                                 rayjob_config_json=json.dumps({"mount_path": str(mount)}),
+                                 api_client=client.ApiClient(cfg))  # fmt: skip
+    assert len(created) == 1
