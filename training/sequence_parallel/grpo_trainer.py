@@ -48,6 +48,7 @@ from training.grpo.rollout import HFRolloutEngine
 from training.grpo.trainer import STOP_TOKENS, GRPOTrainer, _progress, _summary
 from training.mm_batch import VIDEO_TOKEN_TYPE, base_model, rope_positions
 from training.model_io import load_model, load_tokenizer
+from training.optim import build_adamw, warmup_cosine
 from training.sequence_parallel.mesh import (
     ParallelConfig,
     build_log_prob_model,
@@ -81,8 +82,8 @@ class ParallelGRPOTrainer(GRPOTrainer):
         self.parallel, self.on_step = parallel, on_step
         if device is None:  # the launcher's choice (training.distributed) wins over cfg.device
             device = torch.device(cfg.device) if cfg.device not in ("auto", "") else default_device()
-        self.state = st = init_parallel(parallel.sp_size, device)
-        self.dist_ctx = DistContext(st.rank, st.world_size, int(os.environ.get("LOCAL_RANK", st.rank)), device)
+        self.par = st = init_parallel(parallel.sp_size, device)
+        self.ctx = DistContext(st.rank, st.world_size, int(os.environ.get("LOCAL_RANK", st.rank)), device)
         self.cfg = cfg = _per_replica(cfg, st.dp_size)
         self.model_dir, self.out, self.device = Path(model_dir), Path(out_dir), device
         self.out.mkdir(parents=True, exist_ok=True)
@@ -121,16 +122,19 @@ class ParallelGRPOTrainer(GRPOTrainer):
         self.engine = SplitRolloutEngine(self._make_engine(resume, st), st, self.replica)
         self.scorer = SplitRewardScorer(RewardScorer(cfg.reward), st)
 
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        # Optimizer, schedule and checkpoints: the shared ones, as GRPOTrainer's (LogProbModel is
+        # the FSDP root, like training.distributed.ModelRunner: both hold the model as `.model`).
+        self.runner = self.model
         o = cfg.optim
-        self.optimizer = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps,
-                                           weight_decay=o.weight_decay)
-        warm = max(o.warmup_steps, 0)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
-        self.step = 0
+        self.optimizer = build_adamw(self.model, o.lr, o.weight_decay, tuple(o.betas), o.eps)
+        minis = -(-cfg.rollout.prompts_per_step * cfg.rollout.group_size // max(cfg.algorithm.mini_batch_rows, 1)) \
+            if cfg.algorithm.mini_batch_rows > 0 else 1
+        total = max(cfg.steps * cfg.algorithm.ppo_epochs * minis, o.warmup_steps, 1)
+        self.scheduler = warmup_cosine(self.optimizer, o.warmup_steps, total, o.min_lr_ratio)
+        self.state = TrainerState()
         if resume is not None:
             self._load_checkpoint(resume)
+        self.step = self.state.step
         if st.is_main:
             save_config(self.global_cfg, self.out)
 
@@ -147,7 +151,7 @@ class ParallelGRPOTrainer(GRPOTrainer):
 
     # ---------------------------------------------------------------------------------------
     def train(self) -> dict:
-        st, cfg = self.state, self.cfg
+        st, cfg = self.par, self.cfg
         main = st.is_main
         stage = tracking.stage_run("grpo", config=self.global_cfg) if main else _inactive_run()
         with stage as run:
@@ -168,7 +172,7 @@ class ParallelGRPOTrainer(GRPOTrainer):
                     if self.on_step is not None:
                         self.on_step(self.step, metrics)
             final = export_model_folder(self.model.model, self.tokenizer, self.out / "model", self.model_dir,
-                                        self.dist_ctx)
+                                        self.ctx)
             summary = None
             if main:
                 plots = logger.plot() if cfg.plots else []
@@ -193,7 +197,7 @@ class ParallelGRPOTrainer(GRPOTrainer):
         return groups[: int(n)], extra
 
     def _reduce_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
-        st = self.state
+        st = self.par
         if st.dp_size == 1:
             return metrics
         every: list = [None] * st.dp_size
@@ -205,30 +209,33 @@ class ParallelGRPOTrainer(GRPOTrainer):
         return out
 
     def _append_error(self, row: dict) -> None:
-        if self.state.sp_rank == 0:  # SP ranks of a replica hold the same rows
-            row = {**row, "dp_rank": self.state.dp_rank}
+        if self.par.sp_rank == 0:  # SP ranks of a replica hold the same rows
+            row = {**row, "dp_rank": self.par.dp_rank}
             super()._append_error(row)
 
     # ---------------------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
         """Collective: every rank calls it at the same step."""
-        st = self.state
+        st = self.par
         samplers: list = [None] * st.world_size
         dist.all_gather_object(samplers, self.sampler.state_dict())
-        extra = {"samplers": samplers, "parallel": {"dp": st.dp_size, "sp": st.sp_size}}
-        return save_checkpoint(self.out, TrainerState(step=self.step, extra=extra), self.model,
-                               self.optimizer, self.scheduler, self.tokenizer, self.model_dir,
-                               self.dist_ctx, keep_last=self.cfg.keep_checkpoints)
+        self.state.step = self.step
+        self.state.extra = {"samplers": samplers, "parallel": {"dp": st.dp_size, "sp": st.sp_size}}
+        return save_checkpoint(self.out, self.state, self.model, self.optimizer, self.scheduler,
+                               self.tokenizer, self.model_dir, self.ctx, keep_last=self.cfg.keep_checkpoints)
 
     def _load_checkpoint(self, path: Path) -> None:
-        st = self.state
-        state = load_checkpoint(path, self.model, self.optimizer, self.scheduler, self.dist_ctx, self.cfg.seed)
-        saved = state.extra.get("parallel", {})
+        st = self.par
+        self.state = load_checkpoint(path, self.model, self.optimizer, self.scheduler, self.ctx, self.cfg.seed)
+        saved = self.state.extra.get("parallel", {})
         if (saved.get("dp"), saved.get("sp")) != (st.dp_size, st.sp_size):
             raise ValueError(f"{path} was written by a dp{saved.get('dp')} x sp{saved.get('sp')} run; this "
                              f"run is dp{st.dp_size} x sp{st.sp_size} (its prompt slices would differ)")
-        self.step = int(state.step)
-        self.sampler.load_state_dict(state.extra["samplers"][st.rank])
+        self.sampler.load_state_dict(self.state.extra["samplers"][st.rank])
+
+    def _record_samples(self, step: int, groups, per_step: int = 4) -> None:
+        if self.par.is_main:  # a few completions of replica 0
+            super()._record_samples(step, groups, per_step)
 
 
 def _per_replica(cfg: GRPOConfig, dp: int) -> GRPOConfig:

@@ -48,6 +48,15 @@ def grpo_worker(config: dict[str, Any]) -> None:
         teardown(ctx)
 
 
+def worker_payload(cfg: GRPOConfig, parallel: ParallelConfig, model_dir: str | Path, data_dir: str | Path,
+                   out_dir: str | Path, use_gpu: bool = False, cpus_per_worker: int = 1,
+                   report_to_ray: bool = True) -> dict[str, Any]:
+    """What `grpo_worker` reads: plain data (Ray ships it to every worker)."""
+    return {"cfg": to_dict(cfg), "parallel": to_dict(parallel), "model_dir": str(Path(model_dir).resolve()),
+            "data_dir": str(Path(data_dir).resolve()), "out_dir": str(Path(out_dir).resolve()),
+            "use_gpu": use_gpu, "cpus_per_worker": cpus_per_worker, "report_to_ray": report_to_ray}
+
+
 def train_grpo_parallel(cfg: GRPOConfig, parallel: ParallelConfig, model_dir: str | Path, data_dir: str | Path,
                         out_dir: str | Path, num_workers: int, launcher: str = "ray", use_gpu: bool = False,
                         cpus_per_worker: int = 1) -> dict[str, Any]:
@@ -61,9 +70,7 @@ def train_grpo_parallel(cfg: GRPOConfig, parallel: ParallelConfig, model_dir: st
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     (out / SUMMARY_FILE).unlink(missing_ok=True)
-    payload = {"cfg": to_dict(cfg), "parallel": to_dict(parallel), "model_dir": str(Path(model_dir).resolve()),
-               "data_dir": str(Path(data_dir).resolve()), "out_dir": str(out), "use_gpu": use_gpu,
-               "cpus_per_worker": cpus_per_worker, "report_to_ray": launcher == "ray"}
+    payload = worker_payload(cfg, parallel, model_dir, data_dir, out, use_gpu, cpus_per_worker, launcher == "ray")
     launch(grpo_worker, payload, num_workers=num_workers, use_gpu=use_gpu, launcher=launcher,
            storage_dir=out / "ray", name="grpo", cpus_per_worker=cpus_per_worker)
     return json.loads((out / SUMMARY_FILE).read_text())
