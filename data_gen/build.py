@@ -155,14 +155,19 @@ class Build:
         ep, prompt = self._endpoint("captioner"), load_prompt(c.caption_prompt)
         decode = asyncio.Semaphore(c.decode_workers)
 
+        def frames_for(span: tuple[float, float]) -> int:
+            if c.caption_fps <= 0:
+                return c.frames_per_clip
+            return max(1, min(c.frames_per_clip, round((span[1] - span[0]) * c.caption_fps)))
+
         async def unit(it: VideoItem, span: tuple[float, float]) -> str:
-            parts = {"video": it.digest, "span": list(span), "frames": c.frames_per_clip,
+            parts = {"video": it.digest, "span": list(span), "frames": frames_for(span),
                      "max_pixels": c.frame_max_pixels, "quality": c.jpeg_quality, "prompt": prompt.version,
                      "model": c.captioner.model, "temperature": c.captioner.temperature}
             cached = self.cache.get("caption", parts)
             if cached is not None:
                 return cached["text"]
-            text = await annotate.caption_clip(ep, prompt, it, span, c.frames_per_clip, c.frame_max_pixels,
+            text = await annotate.caption_clip(ep, prompt, it, span, frames_for(span), c.frame_max_pixels,
                                                c.jpeg_quality, decode, c.captioner.temperature,
                                                c.captioner.max_tokens)
             self.cache.put("caption", parts, {"text": text})

@@ -60,7 +60,8 @@ class BuildConfig:
     annotator: str = "llm"  # llm | groundtruth (synthetic videos with event logs)
     clip_s: float = 10.0  # clip length for captions
     min_tail_s: float = 2.0  # a shorter last clip is merged into the one before
-    frames_per_clip: int = 8  # frames sent to the captioner per clip
+    frames_per_clip: int = 8  # frames sent to the captioner per clip (the most, with caption_fps)
+    caption_fps: float = 0.0  # > 0: frames per clip = clip length x caption_fps, in [1, frames_per_clip]
     frame_max_pixels: int = 448 * 448  # frames are shrunk to at most this many pixels
     jpeg_quality: int = 85
     categories: list[str] = field(default_factory=lambda: list(CATEGORIES))
@@ -92,7 +93,7 @@ class BuildConfig:
         bad = [c for c in self.categories if c not in CATEGORIES]
         if bad or not self.categories:
             raise ValueError(f"categories {bad or '[]'}: each must be one of {CATEGORIES}")
-        if self.clip_s <= 0 or self.frames_per_clip < 1 or self.filter.k < 1:
+        if self.clip_s <= 0 or self.frames_per_clip < 1 or self.filter.k < 1 or self.caption_fps < 0:
             raise ValueError("clip_s, frames_per_clip and filter.k must be positive")
         shares = (self.splits.sft, self.splits.rl, self.splits.eval)
         if min(shares) < 0 or sum(shares) <= 0:

@@ -102,7 +102,7 @@ def test_llm_build_against_scripted_server(tmp_path, synth_dir, openai_server, m
     openai_server.responder = model
     openai_server.inject("429", "500", "malformed", "drop")
     out = tmp_path / "out"
-    cfg = llm_config(synth_dir, out, openai_server.url, rewrite=True)
+    cfg = llm_config(synth_dir, out, openai_server.url, rewrite=True, caption_fps=0.2)
     result = run_build(cfg)
 
     log = openai_server.log
@@ -110,9 +110,10 @@ def test_llm_build_against_scripted_server(tmp_path, synth_dir, openai_server, m
     answered = [e for e in log if e["status"] == 200 and e["fault"] is None]
     kinds = [e["body"]["messages"][0]["content"].split()[2] for e in answered]
     assert kinds.count("short") == 9  # 3 videos x 3 clips of 10 s, each captioned once
-    caption = next(e["body"] for e in answered if "short video" in e["body"]["messages"][0]["content"])
-    images = [p for p in caption["messages"][1]["content"] if p["type"] == "image_url"]
-    assert len(images) == 3 and images[0]["image_url"]["url"].startswith("data:image/jpeg;base64,")
+    captions = [e["body"] for e in answered if "short video" in e["body"]["messages"][0]["content"]]
+    images = [[p for p in c["messages"][1]["content"] if p["type"] == "image_url"] for c in captions]
+    assert [len(i) for i in images] == [2] * 9  # caption_fps=0.2 x 10 s clips
+    assert images[0][0]["image_url"]["url"].startswith("data:image/jpeg;base64,")
     qa_requests = [e["body"] for e in answered if "question-answer pairs" in e["body"]["messages"][0]["content"]]
     assert len(qa_requests) == 6  # every first reply was invalid; the retry carried the error
     retries = [r for r in qa_requests if len(r["messages"]) == 4]
