@@ -287,3 +287,30 @@ def test_ulysses_attention_without_a_group_is_plain_sdpa(sp_tokenizer):
     assert name == "longrl_ulysses_sdpa" and model.config.text_config._attn_implementation == name
     assert model.config.vision_config._attn_implementation == "sdpa"
     assert torch.equal(plain, wrapped)
+
+
+def test_video_positions_come_from_token_types_not_token_ids(sp_tokenizer):
+    """A sampled response may contain <|video_pad|>: it stays a token (as when it was generated),
+    and an embedding that does not fit its row is an error naming the row."""
+    from training.sequence_parallel.policy import LogProbModel
+
+    model = _model(DEFAULT, sp_tokenizer, train=False)
+    batch = make_video_batch(sp_tokenizer, SINGLE_ROW)
+    video_id = model.config.video_token_id
+    batch.input_ids[0, -3] = video_id  # inside the response
+    with torch.no_grad():
+        embeds = encode_videos(model, batch.pixel_values_videos, batch.video_grid_thw)
+        video = batch.mm_token_type_ids == 2
+        lpm = LogProbModel(model)
+        pos = rope_positions(model, batch)
+        lp, _ = lpm(batch.input_ids, batch.attention_mask, pos, batch.loss_mask, video_embeds=embeds,
+                    video_mask=video)
+        inputs = model.get_input_embeddings()(batch.input_ids)
+        inputs[video] = embeds[0]
+        logits = model(inputs_embeds=inputs, attention_mask=batch.attention_mask, position_ids=pos).logits
+    expected = torch.log_softmax(logits[0, :-1].float(), -1).gather(-1, batch.input_ids[0, 1:, None]).squeeze(-1)
+    scored = batch.loss_mask[0, 1:] > 0
+    assert (lp[0, 1:][scored] - expected[scored]).abs().max().item() <= TOL
+    with pytest.raises(ValueError, match="row 0: video embedding of shape"):
+        lpm(batch.input_ids, batch.attention_mask, pos, batch.loss_mask, video_embeds=[embeds[0][:-1]],
+            video_mask=video)

@@ -136,6 +136,8 @@ def _embed_at(inner, input_ids: torch.Tensor, video_embeds: Sequence[torch.Tenso
     """Token embeddings with row i's video positions (video_mask) replaced by video_embeds[i].
     Unlike matching the <|video_pad|> id, a sampled response that happens to contain that token
     keeps its token embedding, exactly as it had when it was generated."""
+    if len(video_embeds) != input_ids.shape[0]:
+        raise ValueError(f"{input_ids.shape[0]} rows but {len(video_embeds)} video embeddings")
     embeds = inner.get_input_embeddings()(input_ids)
     mask = video_mask.bool()
     for i, ve in enumerate(video_embeds):
@@ -143,7 +145,5 @@ def _embed_at(inner, input_ids: torch.Tensor, video_embeds: Sequence[torch.Tenso
         if ve.shape != (n, embeds.shape[-1]):
             raise ValueError(f"row {i}: video embedding of shape {tuple(ve.shape)} does not fit {n} video "
                              f"positions of width {embeds.shape[-1]}")
-    if len(video_embeds) != input_ids.shape[0]:
-        raise ValueError(f"{input_ids.shape[0]} rows but {len(video_embeds)} video embeddings")
     flat = torch.cat([ve.to(embeds.dtype) for ve in video_embeds])
     return embeds.masked_scatter(mask.unsqueeze(-1), flat)
