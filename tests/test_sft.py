@@ -178,15 +178,17 @@ def test_video_that_breaks_after_the_scan_is_skipped_during_training(tiny_model_
     assert all(r["loss"] == r["loss"] for r in rows)
 
 
+@pytest.mark.slow  # ~25 s on an idle 2-core host, most of it starting Ray and the workers
 def test_two_ray_workers_match_one_process(tiny_model_dir, sft_records, tmp_path):
-    """Same global batch (2), split 2 x 1 over Ray Train gloo workers with FSDP2 vs 1 x 2 in one
-    process: the same loss curve and weights within float tolerance."""
+    """Same global batch (4): 2 Ray Train gloo workers with FSDP2, each accumulating 2
+    micro-batches of 1 (gradient sync on the last only), vs 2 micro-batches of 2 in one process:
+    the same loss curve and weights within float tolerance."""
     from training.sft.run import train_sft
 
     data = write_split(sft_records[:8], tmp_path / "data")
-    common = ("lr=0.003", "max_steps=4", "warmup_steps=1", "save_every=2", "keep_last=1")
-    one = train_sft(_cfg("micro_batch_size=2", *common), tiny_model_dir, data, tmp_path / "one")
-    two = train_sft(_cfg("micro_batch_size=1", "num_workers=2", "launcher=ray", *common),
+    common = ("lr=0.003", "epochs=2", "warmup_steps=1", "save_every=2", "keep_last=1")
+    one = train_sft(_cfg("micro_batch_size=2", "grad_accum=2", *common), tiny_model_dir, data, tmp_path / "one")
+    two = train_sft(_cfg("micro_batch_size=1", "grad_accum=2", "num_workers=2", "launcher=ray", *common),
                     tiny_model_dir, data, tmp_path / "two")
     assert one["world_size"] == 1 and two["world_size"] == 2
     l1, l2 = _losses(tmp_path / "one"), _losses(tmp_path / "two")
@@ -198,3 +200,46 @@ def test_two_ray_workers_match_one_process(tiny_model_dir, sft_records, tmp_path
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
     # The sharded run's checkpoint is a complete HF folder too.
     assert (tmp_path / "two" / "checkpoints" / "step-00000004" / "model.safetensors").is_file()
+
+
+def test_accumulation_and_checkpointing_match_the_plain_path(tiny_model_dir, sft_records, tmp_path):
+    """Global batch 2 as one micro-batch of 2, or as 2 accumulated micro-batches of 1 with
+    gradient checkpointing: the same steps. bf16 autocast stays close to fp32."""
+    from training.sft.run import train_sft
+
+    data = write_split(sft_records[:6], tmp_path / "data")
+    common = ("lr=0.003", "max_steps=3", "warmup_steps=1")
+    train_sft(_cfg("micro_batch_size=2", *common), tiny_model_dir, data, tmp_path / "plain")
+    train_sft(_cfg("micro_batch_size=1", "grad_accum=2", "gradient_checkpointing=true", *common),
+              tiny_model_dir, data, tmp_path / "accum")
+    train_sft(_cfg("micro_batch_size=2", "precision=bf16", *common), tiny_model_dir, data, tmp_path / "bf16")
+    plain, accum, bf16 = (_losses(tmp_path / n) for n in ("plain", "accum", "bf16"))
+    for step in plain:
+        assert accum[step] == pytest.approx(plain[step], rel=1e-5)
+        assert bf16[step] == pytest.approx(plain[step], rel=3e-2)
+    a, b = _weights(tmp_path / "plain" / "model"), _weights(tmp_path / "accum" / "model")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4  # Adam: a few ulp of grad -> ~1e-5
+
+
+def test_metrics_and_model_reach_mlflow(tiny_model_dir, sft_records, tmp_path, mlflow_env):
+    from mlflow import MlflowClient
+
+    from training.sft.run import train_sft
+
+    data = write_split(sft_records[:4], tmp_path / "data")
+    summary = train_sft(_cfg("micro_batch_size=2", "max_steps=2", "mlflow_log_model=true"), tiny_model_dir, data,
+                        tmp_path / "out")
+    client = MlflowClient()
+    run = client.get_run(summary["mlflow_run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["longrl.stage"] == "sft"
+    assert run.data.params["micro_batch_size"] == "2" and run.data.params["video.num_frames"] == "4"
+    losses = client.get_metric_history(run.info.run_id, "loss")
+    assert [m.step for m in losses] == [1, 2]
+    assert [m.value for m in losses] == pytest.approx(list(_losses(tmp_path / "out").values()), rel=1e-5)
+    for key in ("lr", "grad_norm", "tokens_per_s", "frames_per_s", "peak_mem_gb"):
+        assert key in run.data.metrics
+    files = {a.path for a in client.list_artifacts(run.info.run_id)} | {
+        a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert {"skipped.jsonl", "summary.json", "plots/loss_curve.png"} <= files
+    assert summary["mlflow_model_uri"].startswith("models:/")
+    assert run.data.tags["checkpoint.logged_as"] == "transformers"

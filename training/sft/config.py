@@ -57,7 +57,7 @@ class SFTConfig:
     freeze_vision_tower: bool = True  # the reference trains the LLM only; the ViT blocks stay frozen
     freeze_projector: bool = False  # also freeze the merger/projector (vision -> LLM)
     precision: str = "auto"  # "auto": bf16 autocast on GPU, fp32 on CPU; "bf16"; "fp32"
-    gradient_checkpointing: str = "auto"  # "auto": on with a GPU; "on"; "off"
+    gradient_checkpointing: bool | str = "auto"  # "auto": on with a GPU; true; false
     attn_implementation: str = ""  # e.g. "flash_attention_2" on GPUs; empty: transformers' default (sdpa)
 
     # -- workers ----------------------------------------------------------------------------
@@ -90,8 +90,8 @@ class SFTConfig:
             raise ValueError(f"precision {self.precision!r} not in {PRECISIONS}")
         if self.launcher not in LAUNCHERS:
             raise ValueError(f"launcher {self.launcher!r} not in {LAUNCHERS}")
-        if self.gradient_checkpointing not in ("auto", "on", "off"):
-            raise ValueError(f"gradient_checkpointing {self.gradient_checkpointing!r} not in auto/on/off")
+        if self.gradient_checkpointing not in ("auto", True, False):
+            raise ValueError(f"gradient_checkpointing {self.gradient_checkpointing!r} not in auto/true/false")
         if self.use_gpu not in ("auto", True, False):
             raise ValueError(f"use_gpu {self.use_gpu!r} not in auto/true/false")
         if self.save_dtype not in ("", "bfloat16", "float16", "float32"):

@@ -163,7 +163,7 @@ class SFTTrainer:
             is_projector = name.startswith("merger.")
             if (cfg.freeze_projector and is_projector) or (cfg.freeze_vision_tower and not is_projector):
                 p.requires_grad_(False)
-        if cfg.gradient_checkpointing == "on" or (cfg.gradient_checkpointing == "auto" and ctx.device.type == "cuda"):
+        if cfg.gradient_checkpointing is True or (cfg.gradient_checkpointing == "auto" and ctx.device.type == "cuda"):
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
         model.train()
@@ -309,10 +309,12 @@ class SFTTrainer:
         })
         (self.out / "summary.json").write_text(json.dumps(summary, indent=1))
         if run.active:
+            summary["mlflow_run_id"] = run.run_id
+            if cfg.mlflow_log_model:
+                summary["mlflow_model_uri"] = run.log_checkpoint(model_dir)
+            (self.out / "summary.json").write_text(json.dumps(summary, indent=1))
             run.log_artifact(skipped)
             run.log_artifact(self.out / "summary.json")
             if curve:
                 run.log_artifact(curve, "plots")
-            if cfg.mlflow_log_model:
-                run.log_checkpoint(model_dir)
         return summary

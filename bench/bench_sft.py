@@ -1,0 +1,142 @@
+"""CoT-SFT training throughput on CPU: real (non-padding) tokens/s and frames/s of the whole
+step (video decoding, vision tower, LLM forward/backward, optimizer), for
+
+- length-grouped batches (the default) vs plain shuffled batches - same data, same model;
+- gradient checkpointing off vs on (it trades compute for activation memory on GPUs);
+
+on a small random Qwen2.5-VL (hidden 256, 4 layers; `--model DIR` takes any folder) and
+synthetic videos of three lengths sampled at 1 frame/s, so prompts differ in length as in real
+long-video data. Each configuration runs `--steps` optimizer steps; the first step (warm-up) is
+left out of the rates.
+
+    .venv/bin/python bench/bench_sft.py [--steps 12] [--batch 4] [--threads 2] [--model DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def make_data(root: Path) -> Path:
+    import datasets
+
+    from data_gen.schema import features
+    from data_gen.synth import SynthConfig, generate, load_synth_questions
+
+    records = []
+    for i, minutes in enumerate((0.25, 0.75, 1.5)):
+        folder = root / f"synth{i}"
+        generate(SynthConfig(videos=2, minutes=minutes, fps=4, width=160, height=96, num_slots=8,
+                             questions_per_video=8, seed=i), folder, progress=False)
+        records += load_synth_questions(folder)
+    datasets.Dataset.from_list([r.to_dict() for r in records], features=features()).save_to_disk(str(root / "data" / "sft"))
+    return root / "data"
+
+
+def run(label: str, model_dir: Path, data: Path, out: Path, args, *overrides: str) -> dict:
+    from common.config import load_config
+    from training.sft.config import SFTConfig
+    from training.sft.run import train_sft
+
+    cfg = load_config(SFTConfig, None, [
+        "video.fps=1.0", "video.min_frames=4", "video.max_frames=128", "video.min_pixels=3136",
+        "video.max_pixels=12544", "progress=false", "mlflow_log_model=false", "max_bad_fraction=0",
+        f"micro_batch_size={args.batch}", f"max_steps={args.steps}", "lr=0.0001", "warmup_steps=1",
+        f"cpus_per_worker={args.threads}", *overrides])
+    t0 = time.perf_counter()
+    summary = train_sft(cfg, model_dir, data, out)
+    wall = time.perf_counter() - t0
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()][1:]
+    return {
+        "label": label,
+        "tokens_per_s": statistics.median(r["tokens_per_s"] for r in rows),
+        "frames_per_s": statistics.median(r["frames_per_s"] for r in rows),
+        "pad_fraction": statistics.mean(r["pad_fraction"] for r in rows),
+        "step_s": statistics.median(r["step_time_s"] for r in rows),
+        "peak_mem_gb": summary["peak_mem_gb"],
+        "loss_last": rows[-1]["loss"],
+        "wall_s": wall,
+    }
+
+
+CONFIGS = {
+    "length-grouped": [],
+    "plain shuffle": ["length_grouping=false"],
+    "grouped + grad ckpt": ["gradient_checkpointing=true"],
+}
+
+
+def param_count(model_dir: Path) -> int:
+    from safetensors import safe_open
+
+    total = 0
+    for f in model_dir.glob("*.safetensors"):
+        with safe_open(str(f), "pt") as st:
+            for k in st.keys():  # noqa: SIM118 - safe_open is not a dict
+                n = 1
+                for d in st.get_slice(k).get_shape():
+                    n *= d
+                total += n
+    return total
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--batch", type=int, default=4, help="micro-batch size (one worker)")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--model", type=Path, default=None, help="model folder (default: a small random Qwen2.5-VL)")
+    p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one config
+    p.add_argument("--root", type=Path, default=None, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.one:  # a child process: one configuration, its own peak memory
+        res = run(args.one, args.model, args.root / "data", args.root / f"out{list(CONFIGS).index(args.one)}",
+                  args, *CONFIGS[args.one])
+        print("RESULT " + json.dumps(res))
+        return
+
+    import subprocess
+
+    from training.tiny_model import TinyModelSpec, write_tiny_model_folder
+
+    with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmp:
+        root = Path(tmp)
+        model_dir = args.model or write_tiny_model_folder(root / "model", TinyModelSpec(
+            hidden_size=256, intermediate_size=768, num_layers=4, num_heads=8, num_kv_heads=2,
+            vision_depth=4, vision_hidden_size=128, vision_intermediate_size=256, vision_num_heads=4,
+            vision_fullatt_blocks=[3]))
+        make_data(root)
+        results = []
+        for label in CONFIGS:
+            cmd = [sys.executable, __file__, "--one", label, "--root", str(root), "--model", str(model_dir),
+                   "--steps", str(args.steps), "--batch", str(args.batch), "--threads", str(args.threads)]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+            results.append(json.loads(next(x for x in out.splitlines() if x.startswith("RESULT "))[7:]))
+        n_params = param_count(model_dir)
+    print(f"\nCoT-SFT on CPU: {args.steps} steps x micro-batch {args.batch}, {args.threads} threads, "
+          f"{n_params / 1e6:.1f} M params, load average {os.getloadavg()[0]:.1f}")
+    head = f"{'config':<22}{'tokens/s':>10}{'frames/s':>10}{'padding':>9}{'step s':>8}{'peak GB':>9}{'vs grouped':>12}"
+    print(head)
+    print("-" * len(head))
+    base = results[0]["tokens_per_s"]
+    for r in results:
+        print(f"{r['label']:<22}{r['tokens_per_s']:>10.0f}{r['frames_per_s']:>10.1f}{r['pad_fraction']:>9.1%}"
+              f"{r['step_s']:>8.3f}{r['peak_mem_gb']:>9.2f}{r['tokens_per_s'] / base:>11.2f}x")
+    print("tokens/s: real (non-padding) prompt+response tokens per second of the whole step; padding: padded "
+          "share of the batch tensors; peak GB: the process's peak resident memory.")
+
+
+if __name__ == "__main__":
+    main()
