@@ -4,6 +4,7 @@ video grid, and the SFT config checks."""
 from __future__ import annotations
 
 import json
+import math
 import random
 
 import pytest
@@ -30,9 +31,10 @@ def test_warmup_cosine_schedule_values():
         opt.step()
         sched.step()
     assert lrs[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
-    assert lrs[4] == pytest.approx(1.0) and lrs[-1] == pytest.approx(0.1)
-    # Half way through the 9 decay steps (step 8.5) the factor passes (1 + min_lr_ratio) / 2.
-    assert warmup_cosine_factor(8, 4, 14, 0.1) > 0.55 > warmup_cosine_factor(9, 4, 14, 0.1)
+    # 10 decay steps: the last one (index 13) is one step short of min_lr_ratio.
+    assert lrs[4] == pytest.approx(1.0) and lrs[-1] == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi * 0.9)))
+    assert warmup_cosine_factor(9, 4, 14, 0.1) == pytest.approx(0.55)  # half way: (1 + 0.1) / 2
+    assert warmup_cosine_factor(14, 4, 14, 0.1) == pytest.approx(0.1)
     assert all(a >= b for a, b in zip(lrs[4:], lrs[5:], strict=False))
     assert warmup_steps_for(100, 0, 0.03) == 3 and warmup_steps_for(100, 7, 0.5) == 7 and warmup_steps_for(5, 9) == 5
     with pytest.raises(ValueError, match="warmup_steps 20"):

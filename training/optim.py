@@ -3,7 +3,7 @@
 - `build_adamw`: torch AdamW over the trainable parameters, with weight decay only on matrices
   (biases, norms and other 1-D parameters are not decayed - the usual transformer recipe).
 - `warmup_cosine`: a LambdaLR that rises linearly for `warmup_steps` optimizer steps and then
-  follows a half cosine down to `min_lr_ratio * lr` at `total_steps`.
+  follows a half cosine down towards `min_lr_ratio * lr` at `total_steps`.
 - `clip_grad_norm`: clips in place and returns the global norm as a float, for plain tensors and
   for FSDP2 (DTensor) gradients alike (the norm is reduced across ranks).
 
@@ -52,11 +52,12 @@ def warmup_cosine_factor(step: int, warmup_steps: int, total_steps: int, min_lr_
     """Multiplier of the base lr used by optimizer step `step` (0-based).
 
     Warm-up: (step + 1) / warmup_steps, so the first step already trains (HF's schedule spends
-    step 0 at lr 0). Then a half cosine from 1 to `min_lr_ratio`, reached at the last step.
+    step 0 at lr 0). Then a half cosine from 1 towards `min_lr_ratio`, which it would reach one
+    step after the last (so the last step still learns when min_lr_ratio is 0).
     """
     if step < warmup_steps:
         return (step + 1) / warmup_steps
-    decay_steps = max(1, total_steps - warmup_steps - 1)
+    decay_steps = max(1, total_steps - warmup_steps)
     progress = min(1.0, (step - warmup_steps) / decay_steps)
     return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 

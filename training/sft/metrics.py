@@ -65,7 +65,8 @@ class SFTMetrics:
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         if not self.active:
             return
-        row = {"step": step, **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in metrics.items()}}
+        # 7 significant digits: readable, and a 1e-8 learning rate does not round to 0.
+        row = {"step": step, **{k: (float(f"{v:.7g}") if isinstance(v, float) else v) for k, v in metrics.items()}}
         with (self.out_dir / METRICS_FILE).open("a") as f:
             f.write(json.dumps(row) + "\n")
         self.run.log_metrics({k: v for k, v in metrics.items() if isinstance(v, int | float)}, step=step)

@@ -16,10 +16,12 @@ SUMMARY_FILE = "summary.json"
 def sft_worker(config: dict[str, Any]) -> None:
     """One training process: join the process group, train, leave."""
     import torch
+    from transformers.utils import logging as hf_logging
 
     from training.distributed import init_distributed, teardown
     from training.sft.trainer import SFTTrainer
 
+    hf_logging.disable_progress_bar()  # per-file load/save bars would bury the training progress
     cfg = from_dict(SFTConfig, config["cfg"])
     ctx = init_distributed(use_gpu=cfg.wants_gpu())
     if ctx.device.type == "cpu":
