@@ -167,3 +167,33 @@ def test_sft_config_checks():
                        (["max_bad_fraction=1.5"], "max_bad_fraction")):
         with pytest.raises(ValueError, match=match):
             load_config(SFTConfig, None, bad).check()
+
+
+def test_left_padded_rows_score_as_they_do_alone(tiny_model, sft_records):
+    """The SFT loss of a row does not depend on the rows it is batched with (left padding,
+    explicit 3-D positions), so length grouping changes only the padding, not the numbers."""
+    import numpy as np
+
+    from training.mm_batch import collate, hidden_states, token_logprobs
+    from training.prompts import encode_example
+    from training.sft.data import target_text
+    from training.video_inputs import VideoSampling, VisionSpec, frames_to_patches
+
+    model, tok = tiny_model
+    spec = VisionSpec(min_pixels=28 * 28, max_pixels=56 * 56)
+    rng = np.random.default_rng(0)
+    recs = sorted(sft_records, key=lambda r: len(r.reasoning))[::8][:3]
+    vids = [frames_to_patches(rng.integers(0, 256, (n, 48, 64, 3), dtype=np.uint8), 2.0, spec, VideoSampling())
+            for n in (2, 4, 6)]
+    exs = [encode_example(tok, r, v.num_tokens, response=target_text(r)) for r, v in zip(recs, vids, strict=True)]
+
+    def nll_rows(examples, videos):
+        batch = collate(examples, videos, tok.pad_token_id)
+        with torch.no_grad():
+            lp, _ = token_logprobs(model, hidden_states(model, batch), batch.input_ids, batch.loss_mask)
+        return [-float(row.sum()) for row in lp]
+
+    together = nll_rows(exs, vids)
+    assert len({len(e.input_ids) for e in exs}) == 3  # really padded
+    for i in range(3):
+        assert together[i] == pytest.approx(nll_rows([exs[i]], [vids[i]])[0], rel=1e-5)
