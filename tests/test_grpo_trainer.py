@@ -42,8 +42,10 @@ def test_cached_embedding_forward_equals_pixel_forward(tiny_model, tiny_model_di
     for emb in (online, pixels):
         videos, failures = emb.prepare(recs)
         assert not failures
+        # a response may hold the <|video_pad|> id as an ordinary sampled token
+        pad = model.config.video_token_id
         rows = [Rollout(r, videos[r.id], encode_example(tok, r, videos[r.id].num_tokens, system_prompt=SYSTEM),
-                        Response(list(range(40, 40 + n)), [], True), i)
+                        Response([*range(40, 40 + n), pad][-n:], [], True), i)
                 for i, r in enumerate(recs) for n in (2, 5)]
         lp, _ = rows_logprobs(model, emb.row_embeds, rows, tok.pad_token_id, 3, with_pixels=False,
                               temperature=1.0, chunk_size=4)

@@ -49,7 +49,7 @@ class VideoConfig:
     embeddings: str = "online"
     embed_cache: str = ""  # folder of an offline embedding cache
     freeze_vision: bool = True  # train the LLM only (vision tower + merger frozen)
-    decoded_cache_videos: int = 256  # decoded/patched videos kept in memory across steps
+    decoded_cache_mb: int = 2048  # decoded, patched videos kept in host memory across steps
 
 
 @dataclass

@@ -78,7 +78,7 @@ class GRPOTrainer:
             offline = EmbeddingCache(cfg.video.embed_cache, self.model, cfg.video.sampling, spec)
         trainable_vision = not cfg.video.freeze_vision
         self.embedder = VideoEmbedder(self.model, cfg.video.embeddings, cfg.video.sampling, spec,
-                                      trainable_vision, cfg.video.decoded_cache_videos, offline)
+                                      trainable_vision, cfg.video.decoded_cache_mb, offline)
         # A trainable vision tower drifts from the reference's: the reference encodes its own.
         self.ref_embedder = None
         if self.ref is not None and trainable_vision:

@@ -98,13 +98,15 @@ def vision_fingerprint(model) -> str:
 
 class VideoEmbedder:
     def __init__(self, model, mode: str, sampling: VideoSampling, spec: VisionSpec,
-                 trainable_vision: bool, store_size: int = 256, offline=None) -> None:
+                 trainable_vision: bool, store_mb: int = 2048, offline=None) -> None:
         self.model, self.mode = model, mode
         self.sampling, self.spec = sampling, spec
         self.trainable_vision = trainable_vision
         self.offline = offline  # embed_cache.EmbeddingCache in offline mode
+        # Decoded videos survive across steps (LRU, bounded in bytes: one 512-frame video at
+        # Qwen's default pixel budget is ~1 GB of float32 patches).
         self.store: OrderedDict[str, VideoPatches] = OrderedDict()
-        self.store_size = store_size
+        self.store_bytes = store_mb * 2**20
         self.calls = 0  # vision-tower encodings of one video, this step
         self.step_videos: dict[str, StepVideo] = {}  # unique videos of this step
 
@@ -141,7 +143,9 @@ class VideoEmbedder:
         if patches is None:
             patches = load_patches(rec, self.sampling, self.spec)
             self.store[key] = patches
-            while len(self.store) > self.store_size:
+            while len(self.store) > 1 and sum(
+                    p.pixel_values.numel() * p.pixel_values.element_size() for p in self.store.values()
+            ) > self.store_bytes:
                 self.store.popitem(last=False)
         self.store.move_to_end(key)
         return StepVideo(key, rec.video_id, tuple(patches.grid_thw), patches.second_per_grid_t,
