@@ -115,8 +115,8 @@ class ParallelGRPOTrainer(GRPOTrainer):
 
             offline = EmbeddingCache(cfg.video.embed_cache, self.replica, cfg.video.sampling, spec)
         self.embedder = SplitVideoEmbedder(self.replica, cfg.video.embeddings, cfg.video.sampling, spec,
-                                           not cfg.video.freeze_vision, cfg.video.decoded_cache_videos,
-                                           offline, state=st)
+                                           not cfg.video.freeze_vision, cfg.video.decoded_cache_mb, offline,
+                                           cfg.video.use_record_frames, state=st)
         self.ref_embedder = None
         self.stop_ids = [self.tokenizer.convert_tokens_to_ids(t) for t in STOP_TOKENS]
         self.engine = SplitRolloutEngine(self._make_engine(resume, st), st, self.replica)
