@@ -28,10 +28,14 @@ KNOB_KEYS: dict[str, dict[str, str]] = {
 }
 
 
-def ray_overrides(stage: str, workers: int) -> list[str]:
-    """Overrides that make a stage spread over `workers` GPU processes of a Ray cluster (the
-    job's entrypoint runs with RAY_ADDRESS set, so Ray Train joins that cluster)."""
-    return ["launcher=ray", f"num_workers={workers}", "use_gpu=true"]
+def ray_entrypoint(stage: str, args: list[str], workers: int) -> list[str]:
+    """The RayJob's command: the stage spread over `workers` GPU processes of the job's Ray
+    cluster (RAY_ADDRESS is set there, so Ray Train joins it). SFT takes its worker keys on the
+    CLI; multi-process GRPO is `train_grpo_parallel`, started by components.grpo_ray."""
+    if stage == "sft":
+        return ["longrl", *args, "launcher=ray", f"num_workers={workers}", "use_gpu=true"]
+    # args = ["train", "grpo", "--model", M, "--data", D, "--out", O, overrides...]
+    return ["python", "-m", "components.grpo_ray", *args[2:8], "--workers", str(workers), "--use-gpu", *args[8:]]
 
 
 def knob_overrides(stage: str, knobs: dict[str, Any]) -> list[str]:
@@ -67,7 +71,7 @@ def train_stage(stage: str, model_in: Path, data_in: Path, out_artifact: Any, me
     if ray_workers > 0:
         if not runs_root:
             raise StepError("multi-node training (ray_workers > 0) needs runs_root on the shared volume")
-        _run_on_ray(stage, ["longrl", *args, *ray_overrides(stage, ray_workers * gpus_per_worker)],
+        _run_on_ray(stage, ray_entrypoint(stage, args, ray_workers * gpus_per_worker),
                     env, kfp_run_id, ray_workers, gpus_per_worker, rayjob_config_json,
                     [model_in, data_in, out], api_client)  # fmt: skip
     else:

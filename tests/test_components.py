@@ -58,13 +58,24 @@ def test_knobs_map_to_real_config_keys():
 
     sft = train_launch.knob_overrides("sft", {"frames": 8, "max_steps": 0, "lr": 2e-5})
     assert sft == ["video.num_frames=8", "lr=2.0e-05"]  # 0 keeps the config's value; YAML reads 2.0e-05 as a float
-    cfg = load_config(SFTConfig, None, sft + train_launch.ray_overrides("sft", 16))
-    assert (cfg.video.num_frames, cfg.lr, cfg.num_workers, cfg.launcher) == (8, 2e-5, 16, "ray")
+    entry = train_launch.ray_entrypoint("sft", ["train", "sft", "--model", "m", "--data", "d", "--out", "o", *sft], 16)
+    cfg = load_config(SFTConfig, None, entry[9:])
+    assert (cfg.video.num_frames, cfg.lr, cfg.num_workers, cfg.launcher, cfg.use_gpu) == (8, 2e-5, 16, "ray", True)
+    cfg.check()
     grpo = train_launch.knob_overrides("grpo", {"frames": 16, "steps": 3, "lr": 1e-6, "group_size": 4, "kl_coef": 0.02})
     g = load_config(GRPOConfig, None, grpo)
     assert (g.video.sampling.num_frames, g.steps, g.optim.lr, g.rollout.group_size, g.algorithm.kl_coef) == (16, 3, 1e-6, 4, 0.02)
     with pytest.raises(StepError, match="no config key"):
         train_launch.knob_overrides("sft", {"group_size": 4})
+    # Multi-process GRPO: components.grpo_ray with the same overrides, plus parallel.* keys.
+    from components import grpo_ray
+
+    entry = train_launch.ray_entrypoint("grpo", ["train", "grpo", "--model", "m", "--data", "d", "--out", "o",
+                                                 *grpo, "parallel.sp_size=4"], 16)  # fmt: skip
+    assert entry[:12] == ["python", "-m", "components.grpo_ray", "--model", "m", "--data", "d", "--out", "o",
+                          "--workers", "16", "--use-gpu"]  # fmt: skip
+    g, par = grpo_ray.build_configs(entry[12:])
+    assert (g.steps, g.rollout.group_size, par.sp_size) == (3, 4, 4)
 
 
 def _fake_eval(out: Path, bench: str, correct: list[bool | None]) -> None:
