@@ -36,7 +36,8 @@ def build(
         device = cfg.device if cfg.device != "auto" else ("cuda" if __import__("torch").cuda.is_available() else "cpu")
         policy = load_model(model, cfg.dtype, device)
         summary = build_cache(policy, recs, out, cfg.video.sampling, VisionSpec.from_model_dir(model),
-                              str(model), progress=cfg.progress)
+                              str(model), progress=cfg.progress,
+                              use_record_frames=cfg.video.use_record_frames)
     except (DataError, EmbedCacheError, ModelFolderError, FileNotFoundError) as exc:
         fail(str(exc))
     for vid, reason in summary["failed"].items():

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import time
+
 import pytest
 
 from data_gen.schema import QARecord
@@ -16,7 +19,28 @@ from training.grpo.rewards import (
     register_reward,
 )
 
-from .fixtures.judge_server import Reply
+
+def similar_answer(request: dict, choice: int) -> str:
+    """Scripted judge: yes when the model answer contains the reference answer."""
+    text = request["messages"][-1]["content"]
+    ref = re.search(r"Reference answer: (.*)\n", text)
+    ans = re.search(r"Model answer: (.*)\n", text)
+    return "yes" if ref and ans and ref.group(1).strip().lower() in ans.group(1).strip().lower() else "no"
+
+
+def settled(server, timeout_s: float = 5.0):
+    """The server once every request it received has been answered (timeouts still sleep)."""
+    deadline = time.monotonic() + timeout_s
+    while server.in_flight and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return server
+
+
+@pytest.fixture()
+def judge_server(openai_server):
+    """The shared scripted OpenAI-compatible server, answering as a yes/no judge."""
+    openai_server.responder = similar_answer
+    return openai_server
 
 OPTIONS = ["a red ball", "a blue cube", "a dark red ball", "nothing"]
 
@@ -113,56 +137,62 @@ def test_default_combination_and_bad_completions():
 
 def test_judge_grades_a_whole_step_with_dedup_and_cache(judge_server, tmp_path):
     cache = tmp_path / "judge.jsonl"
-    cfg = RewardConfig(judge=JudgeConfig(base_url=judge_server.base_url, model="judge",
+    cfg = RewardConfig(judge=JudgeConfig(base_url=judge_server.url, model="judge",
                                          cache_path=str(cache), backoff_s=0.01))
     scorer = RewardScorer(cfg)
     texts = [wrap("The dog opens the door slowly")] * 6 + [wrap("a cat sleeps")] * 2 + ["nothing"]
     res = scorer.score(texts, [oe()] * len(texts))
     assert [r.parts["accuracy"] for r in res] == [1.0] * 6 + [0.0] * 3
-    assert len(judge_server.requests) == 2  # 8 judged rollouts, 2 distinct answers, 1 untagged
+    assert len(judge_server.log) == 2  # 8 judged rollouts, 2 distinct answers, 1 untagged
     assert res[-1].parts["accuracy/answer_parsed"] == 0.0 and not res[-1].errors
     stats = scorer.ctx.judge.last_stats
     assert (stats.requests, stats.unique, stats.calls, stats.errors) == (8, 2, 2, 0)
     # the same answers again: served from the in-memory cache, then from the file after restart
     scorer.score(texts, [oe()] * len(texts))
-    assert len(judge_server.requests) == 2
+    assert len(judge_server.log) == 2
     fresh = RewardScorer(cfg).score(texts[:1], [oe()])
-    assert fresh[0].parts["accuracy"] == 1.0 and len(judge_server.requests) == 2
+    assert fresh[0].parts["accuracy"] == 1.0 and len(judge_server.log) == 2
     assert fresh[0].info["accuracy/judge"] == "cached"
 
 
 def test_judge_concurrency_is_bounded(judge_server):
-    judge_server.respond = lambda req, call: Reply("yes", delay_s=0.15)
-    judge = LLMJudge(JudgeConfig(base_url=judge_server.base_url, model="j", max_concurrency=3))
+    judge_server.latency_s = 0.15
+    judge = LLMJudge(JudgeConfig(base_url=judge_server.url, model="j", max_concurrency=3))
     verdicts = judge.judge([JudgeItem("q", "r", f"answer {i}") for i in range(9)])
-    assert all(v.correct for v in verdicts)
+    assert all(v.correct for v in verdicts)  # "answer i" contains the reference "r"
     assert judge_server.max_in_flight == 3
 
 
 def test_judge_retries_transient_errors_with_backoff(judge_server):
-    judge_server.respond = lambda req, call: Reply(status=503) if call <= 2 else Reply("No.")
-    judge = LLMJudge(JudgeConfig(base_url=judge_server.base_url, model="j", backoff_s=0.01))
+    judge_server.fault_fn = lambda body, n: "503" if n <= 2 else None
+    judge_server.responder = lambda body, choice: "No."
+    judge = LLMJudge(JudgeConfig(base_url=judge_server.url, model="j", backoff_s=0.01))
     (v,) = judge.judge([JudgeItem("q", "r", "a")])
     assert v.correct is False and v.attempts == 3 and judge.last_stats.retries == 2
 
 
-@pytest.mark.parametrize("reply,calls,match", [
-    (Reply(status=500), 3, "failed after 3 attempt"),
-    (Reply(status=429), 3, "RateLimitError"),
-    (Reply(status=400), 1, "refused the request"),  # a bad request is not retried
-    (Reply("maybe"), 1, "not yes/no"),
-    (Reply(raw_body=b"{not json"), 3, "failed after 3"),
-    (Reply("yes", delay_s=0.6), 3, "Timeout"),
+@pytest.mark.parametrize("fault,calls,match", [
+    ("500", 3, "failed after 3 attempt"),
+    ("429", 3, "RateLimitError"),
+    ("400", 1, "refused the request"),  # a bad request is not retried
+    ("maybe", 1, "not yes/no"),  # a reply that is neither yes nor no
+    ("empty", 1, "not yes/no"),
+    ("malformed", 3, "failed after 3"),
+    ("drop", 3, "failed after 3"),
+    ("timeout:0.6", 3, "Timeout"),
 ])
-def test_judge_failure_is_a_recorded_error_score(judge_server, reply, calls, match):
-    judge_server.respond = lambda req, call: reply
-    cfg = RewardConfig(judge=JudgeConfig(base_url=judge_server.base_url, model="j",
+def test_judge_failure_is_a_recorded_error_score(judge_server, fault, calls, match):
+    if fault == "maybe":
+        judge_server.responder = lambda body, choice: "maybe"
+    else:
+        judge_server.fault_fn = lambda body, n: fault
+    cfg = RewardConfig(judge=JudgeConfig(base_url=judge_server.url, model="j",
                                          max_attempts=3, backoff_s=0.01,
-                                         timeout_s=0.3 if reply.delay_s else 30.0,
+                                         timeout_s=0.3 if fault.startswith("timeout") else 30.0,
                                          error_score=0.0))
     scorer = RewardScorer(cfg)
     res = scorer.score([wrap("the dog opens the door"), wrap("B")], [oe(), mc()])
-    assert len(judge_server.requests) == calls
+    assert len(settled(judge_server).log) == calls
     judged, other = res
     assert judged.parts["accuracy"] == 0.0 and judged.parts["accuracy/judge_error"] == 1.0
     assert judged.total == pytest.approx(0.1)  # format still counts
@@ -170,7 +200,7 @@ def test_judge_failure_is_a_recorded_error_score(judge_server, reply, calls, mat
     assert other.total == pytest.approx(1.0) and not other.errors  # the rest of the step is fine
     # errors are not cached: the next step asks again
     scorer.score([wrap("the dog opens the door")], [oe()])
-    assert len(judge_server.requests) == 2 * calls
+    assert len(settled(judge_server).log) == 2 * calls
 
 
 def test_no_judge_configured_is_recorded_not_guessed():
@@ -180,11 +210,12 @@ def test_no_judge_configured_is_recorded_not_guessed():
 
 def test_judge_key_comes_from_env_and_never_reaches_errors(judge_server, monkeypatch):
     monkeypatch.setenv("LONGRL_TEST_JUDGE_KEY", "sk-secretsecret123")
-    judge_server.respond = lambda req, call: Reply(status=400)
-    judge = LLMJudge(JudgeConfig(base_url=judge_server.base_url, model="j",
+    judge_server.expected_key = "sk-secretsecret123"
+    judge_server.fault_fn = lambda body, n: "400"
+    judge = LLMJudge(JudgeConfig(base_url=judge_server.url, model="j",
                                  api_key_env="LONGRL_TEST_JUDGE_KEY"))
     (v,) = judge.judge([JudgeItem("q", "r", "sk-secretsecret123")])
-    assert judge_server.auth_headers[0] == "Bearer sk-secretsecret123"
+    assert judge_server.log[0]["key_ok"]
     assert "secretsecret" not in (v.error or "")
 
 

@@ -160,9 +160,7 @@ def test_offline_cache_refuses_mismatches(tiny_model_dir, colour_task, tmp_path)
         cache.get(video_key(recs[0], VideoSampling(num_frames=6), spec), recs[0])
 
 
-def test_bad_video_and_failing_judge_are_recorded_not_fatal(tiny_model_dir, colour_task, tmp_path, judge_server):
-    from .fixtures.judge_server import Reply
-
+def test_bad_video_and_failing_judge_are_recorded_not_fatal(tiny_model_dir, colour_task, tmp_path, openai_server):
     data = tmp_path / "data"
     shutil.copytree(colour_task, data)
     (data / "broken.mp4").write_bytes(b"not a video")
@@ -170,9 +168,9 @@ def test_bad_video_and_failing_judge_are_recorded_not_fatal(tiny_model_dir, colo
     rows.append({**rows[0], "id": "bad", "video_id": "broken", "video_path": "broken.mp4"})
     rows.append({**rows[1], "id": "open", "answer_type": "open_ended", "options": [], "answer": "blue"})
     (data / "rl.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    judge_server.respond = lambda req, call: Reply(status=500)
+    openai_server.fault_fn = lambda body, n: "500"
     cfg = grpo_config(steps=1, **{"rollout.prompts_per_step": 3, "data.shuffle": False,
-                                  "reward.judge.base_url": judge_server.base_url,
+                                  "reward.judge.base_url": openai_server.url,
                                   "reward.judge.model": "judge", "reward.judge.max_attempts": 2,
                                   "reward.judge.backoff_s": 0.01,
                                   "reward.weights": {"tests.fixtures.grpo:tagged_accuracy": 1.0}})

@@ -43,6 +43,7 @@ class RolloutConfig:
 @dataclass
 class VideoConfig:
     sampling: VideoSampling = field(default_factory=VideoSampling)  # frames and pixel budget
+    use_record_frames: bool = False  # a record's own num_frames / sample_fps override `sampling`
     # online: vision tower once per unique video per step; offline: read `embed_cache` (built by
     # `longrl embed-cache build`, needs freeze_vision); pixels: re-encode on every forward pass
     # (the reference's behaviour; kept for the benchmark and equivalence tests)

@@ -28,6 +28,7 @@ from data_gen.video_io import VideoError
 from training.grpo.video_cache import (
     StepVideo,
     load_patches,
+    sampling_for,
     video_digest,
     video_key,
     vision_fingerprint,
@@ -93,7 +94,8 @@ class EmbeddingCache:
 
 
 def build_cache(model, records: Iterable[QARecord], out: str | Path, sampling: VideoSampling,
-                spec: VisionSpec, model_dir: str = "", progress: bool = True) -> dict:
+                spec: VisionSpec, model_dir: str = "", progress: bool = True,
+                use_record_frames: bool = False) -> dict:
     """Encode every unique video of `records` once and write the cache. Returns a summary with
     the failures (unreadable videos are recorded and skipped, never substituted)."""
     from safetensors.torch import save_file
@@ -116,7 +118,7 @@ def build_cache(model, records: Iterable[QARecord], out: str | Path, sampling: V
     failures: dict[str, str] = {}
     for rec in records:
         try:
-            todo.setdefault(video_key(rec, sampling, spec), rec)
+            todo.setdefault(video_key(rec, sampling_for(rec, sampling, use_record_frames), spec), rec)
         except VideoError as exc:
             failures[rec.video_id] = str(exc)
     written = kept = 0
@@ -129,7 +131,7 @@ def build_cache(model, records: Iterable[QARecord], out: str | Path, sampling: V
             kept += 1
             continue
         try:
-            patches = load_patches(rec, sampling, spec)
+            patches = load_patches(rec, sampling_for(rec, sampling, use_record_frames), spec)
         except (VideoError, OSError, ValueError) as exc:
             failures[rec.video_id] = str(exc)
             continue

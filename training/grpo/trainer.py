@@ -78,11 +78,13 @@ class GRPOTrainer:
             offline = EmbeddingCache(cfg.video.embed_cache, self.model, cfg.video.sampling, spec)
         trainable_vision = not cfg.video.freeze_vision
         self.embedder = VideoEmbedder(self.model, cfg.video.embeddings, cfg.video.sampling, spec,
-                                      trainable_vision, cfg.video.decoded_cache_mb, offline)
+                                      trainable_vision, cfg.video.decoded_cache_mb, offline,
+                                      cfg.video.use_record_frames)
         # A trainable vision tower drifts from the reference's: the reference encodes its own.
         self.ref_embedder = None
         if self.ref is not None and trainable_vision:
-            self.ref_embedder = VideoEmbedder(self.ref, "online", cfg.video.sampling, spec, False)
+            self.ref_embedder = VideoEmbedder(self.ref, "online", cfg.video.sampling, spec, False,
+                                              use_record_frames=cfg.video.use_record_frames)
             self.ref_embedder.store = self.embedder.store  # decode each video once for both
         self.stop_ids = [self.tokenizer.convert_tokens_to_ids(t) for t in STOP_TOKENS]
         self.engine = make_engine(cfg.rollout.engine, self.model, self.tokenizer,

@@ -19,7 +19,7 @@ import hashlib
 import json
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 
@@ -79,6 +79,15 @@ def video_key(record: QARecord, sampling: VideoSampling, spec: VisionSpec) -> st
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
+def sampling_for(record: QARecord, sampling: VideoSampling, use_record_frames: bool) -> VideoSampling:
+    """The configured sampling, or the record's own num_frames / sample_fps when asked (as SFT)."""
+    if use_record_frames and record.num_frames > 0:
+        return replace(sampling, num_frames=record.num_frames, fps=0.0)
+    if use_record_frames and record.sample_fps > 0:
+        return replace(sampling, fps=record.sample_fps)
+    return sampling
+
+
 def load_patches(record: QARecord, sampling: VideoSampling, spec: VisionSpec) -> VideoPatches:
     end = record.clip_end_s if record.clip_end_s > record.clip_start_s else None
     return load_video_patches(record.video_path, sampling, spec, record.clip_start_s, end)
@@ -98,9 +107,11 @@ def vision_fingerprint(model) -> str:
 
 class VideoEmbedder:
     def __init__(self, model, mode: str, sampling: VideoSampling, spec: VisionSpec,
-                 trainable_vision: bool, store_mb: int = 2048, offline=None) -> None:
+                 trainable_vision: bool, store_mb: int = 2048, offline=None,
+                 use_record_frames: bool = False) -> None:
         self.model, self.mode = model, mode
         self.sampling, self.spec = sampling, spec
+        self.use_record_frames = use_record_frames
         self.trainable_vision = trainable_vision
         self.offline = offline  # embed_cache.EmbeddingCache in offline mode
         # Decoded videos survive across steps (LRU, bounded in bytes: one 512-frame video at
@@ -125,7 +136,7 @@ class VideoEmbedder:
         failures: dict[str, str] = {}
         for rec in records:
             try:
-                key = video_key(rec, self.sampling, self.spec)
+                key = video_key(rec, self._sampling(rec), self.spec)
                 if key not in self.step_videos and key not in new:
                     new[key] = self._load(rec, key)
                 out[rec.id] = self.step_videos.get(key) or new[key]
@@ -141,7 +152,7 @@ class VideoEmbedder:
             return self.offline.get(key, rec)
         patches = self.store.get(key)
         if patches is None:
-            patches = load_patches(rec, self.sampling, self.spec)
+            patches = load_patches(rec, self._sampling(rec), self.spec)
             self.store[key] = patches
             while len(self.store) > 1 and sum(
                     p.pixel_values.numel() * p.pixel_values.element_size() for p in self.store.values()
@@ -150,6 +161,9 @@ class VideoEmbedder:
         self.store.move_to_end(key)
         return StepVideo(key, rec.video_id, tuple(patches.grid_thw), patches.second_per_grid_t,
                          patches.merge_size, patches=patches)
+
+    def _sampling(self, rec: QARecord) -> VideoSampling:
+        return sampling_for(rec, self.sampling, self.use_record_frames)
 
     def _encode(self, videos: Sequence[StepVideo], grad: bool) -> list[torch.Tensor]:
         if not videos:
