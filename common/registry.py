@@ -158,6 +158,8 @@ def record_eval(name: str, version: str, metrics: dict[str, float], succeeded: b
 
 
 def record_decision(name: str, version: str, entry: dict[str, Any]) -> None:
+    """Record a promotion decision: the latest one as `promotion.*` tags on the version, and every
+    one, never overwritten, as `decision.v<version>.<utc time>` (JSON) on the registered model."""
     client = _client()
     entry = {"time": _now(), **entry}
     for key in ("decision", "reason", "alias", "actor", "time"):

@@ -162,6 +162,11 @@ def test_register_and_gate_on_mlflow(mlflow_env, tmp_path, tiny_model_dir):
 
     run = MlflowClient().get_run(registry.version_by_alias(name, "challenger").run_id)
     assert run.data.tags["mlflow.parentRunId"] == parent and run.data.tags["longrl.stage"] == "register"
+    # auto_promote off: registered, not promoted, and the reason is on the version.
+    v4, promoted, _ = register_candidate(tiny_model_dir, second, data, **{**args, "auto_promote": False})
+    from mlflow import MlflowClient as _C
+
+    assert not promoted and "auto_promote is off" in _C().get_model_version(name, v4).tags["promotion.reason"]
     os.environ.pop("MLFLOW_RUN_ID", None)
     # No MLflow: nothing registered, said plainly.
     assert register_candidate(tiny_model_dir, third, data, **{**args, "tracking_uri": ""})[0] == ""
