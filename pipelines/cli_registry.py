@@ -51,7 +51,8 @@ def show(
     for col in ("model", "version", "aliases", "eval", "metrics", "decision", "reason", "base model", "created"):
         table.add_column(col)
     for r in rows:
-        metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(r["metrics"].items())[:4])
+        headline = {k: v for k, v in r["metrics"].items() if k.endswith(("/score", "/accuracy")) and k.count("/") == 1}
+        metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(headline.items())[:4])
         table.add_row(r["name"], str(r["version"]), ",".join(r["aliases"]), r["eval_status"], metrics,
                       r["decision"], r["reason"], r["base_model"], r["created"])  # fmt: skip
     Console().print(table)
