@@ -43,6 +43,12 @@ def test_bad_overrides_name_the_key(override, message):
         load_config(Outer, None, [override])
 
 
+def test_exponent_without_dot_is_a_float():
+    assert load_config(Outer, None, ["optim.lr=2e-5"]).optim.lr == 2e-5
+    with pytest.raises(ConfigError, match="optim.lr: expected a number"):
+        load_config(Outer, None, ["optim.lr=fast"])
+
+
 def test_missing_file_is_an_error(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(Outer, tmp_path / "nope.yaml")
