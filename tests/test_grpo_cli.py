@@ -38,3 +38,27 @@ def test_embed_cache_then_train_grpo_from_the_cli(tiny_model_dir, colour_task, t
     res = runner.invoke(app, ["train", "grpo", "--model", str(tiny_model_dir), "--data", str(colour_task),
                               "--out", str(out), "algorithm.clip_hihg=0.28"])
     assert res.exit_code == 2 and "clip_hihg" in res.output
+
+
+def test_metrics_plots_and_model_reach_mlflow(tiny_model_dir, colour_task, tmp_path, mlflow_env):
+    import os
+
+    from mlflow import MlflowClient
+
+    from training.grpo.trainer import GRPOTrainer
+
+    from .fixtures.grpo import grpo_config
+
+    GRPOTrainer(grpo_config(steps=2, plots=True), tiny_model_dir, colour_task, tmp_path / "out").train()
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(os.environ["MLFLOW_EXPERIMENT_NAME"])
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.info.status == "FINISHED" and run.data.tags["longrl.stage"] == "grpo"
+    history = client.get_metric_history(run.info.run_id, "reward/total")
+    assert [m.step for m in history] == [1, 2]
+    assert run.data.metrics["vision_calls_per_video"] == 1.0
+    assert "accuracy/Spatial" in run.data.metrics or "accuracy/Temporal" in run.data.metrics
+    assert run.data.params["rollout.group_size"] == "3"
+    arts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert "plots/reward.png" in arts and "plots/step_time.png" in arts
+    assert "checkpoint.logged_as" in run.data.tags  # the final HF folder

@@ -102,6 +102,9 @@ def test_resume_is_exact_and_never_duplicates_lines(tiny_model_dir, colour_task,
     resumed.train()
     a, b = (load_file(p / "model" / "model.safetensors") for p in (straight, broken))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    init = load_file(tiny_model_dir / "model.safetensors")  # frozen vision stays as it was
+    assert all(torch.equal(init[k], a[k]) for k in a if "visual" in k)
+    assert any(not torch.equal(init[k], a[k]) for k in a if "visual" not in k)
     ha, hb = _history(straight), _history(broken)
     assert [h["step"] for h in hb] == [1, 2, 3]
     for key in ("reward/total", "actor/kl", "actor/pg_loss", "actor/grad_norm", "response/length_mean"):
@@ -125,7 +128,7 @@ def test_vision_calls_per_mode_and_offline_cache_equivalence(tiny_model_dir, col
     for mode in ("online", "offline", "pixels"):
         out = tmp_path / mode
         cfg = grpo_config(steps=1, **{"video.embeddings": mode, "video.embed_cache": str(cache),
-                                      "optim.lr": 0.001})
+                                      "optim.lr": 0.001, "ref_offload": mode == "offline"})
         GRPOTrainer(cfg, tiny_model_dir, colour_task, out).train()
         results[mode] = (_history(out)[0], load_file(out / "model" / "model.safetensors"))
     g = 3  # rollout.group_size; each prompt has its own video
@@ -136,6 +139,21 @@ def test_vision_calls_per_mode_and_offline_cache_equivalence(tiny_model_dir, col
     (m_on, w_on), (m_off, w_off) = results["online"], results["offline"]
     assert m_on["reward/total"] == m_off["reward/total"]
     assert all(torch.equal(w_on[k], w_off[k]) for k in w_on)  # same embeddings, same update
+
+
+def test_trainable_vision_gets_gradients_and_is_counted(answer_ab_model_dir, colour_task, tmp_path):
+    out = tmp_path / "tv"
+    cfg = grpo_config(steps=1, **{"video.freeze_vision": False, "optim.lr": 0.01, "optim.weight_decay": 0.0,
+                                  "reward.weights": {REWARD: 1.0}, "rollout.max_new_tokens": 1,
+                                  "rollout.group_size": 4})
+    GRPOTrainer(cfg, answer_ab_model_dir, colour_task, out).train()
+    (m,) = _history(out)
+    # once for the rollout, once by the reference's own tower, once more with gradients for the
+    # update (one micro-batch holds all rows)
+    assert m["vision_calls_per_video"] == 3.0 and m["advantage/abs_mean"] > 0
+    before, after = (load_file(p / "model.safetensors") for p in (answer_ab_model_dir, out / "model"))
+    vision = [k for k in before if ".visual." in k or k.startswith("visual.")]
+    assert vision and any(not torch.equal(before[k], after[k]) for k in vision)
 
 
 def test_offline_cache_refuses_mismatches(tiny_model_dir, colour_task, tmp_path):

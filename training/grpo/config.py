@@ -99,6 +99,7 @@ class GRPOConfig:
     dtype: str = "float32"  # model weights: float32 (CPU, exact tests) or bfloat16 (GPU)
     device: str = "auto"  # auto: cuda when available, else cpu
     attn_implementation: str = ""  # e.g. flash_attention_2 on GPU; empty: transformers default
+    ref_offload: bool = False  # keep the frozen reference in host memory between its passes (GPU)
     system_prompt: str = ""  # empty: training.prompts.SYSTEM_PROMPT
     save_every: int = 50  # checkpoint every N steps (and always at the end)
     keep_checkpoints: int = 2  # older step checkpoints are deleted

@@ -11,6 +11,7 @@ what sequence parallelism replaces.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -63,7 +64,9 @@ class GRPOTrainer:
             base_model(self.model).visual.requires_grad_(False)
         self.ref = None
         if cfg.algorithm.kl_coef > 0:
-            self.ref = load_model(self.model_dir, **load).requires_grad_(False)
+            # Offloaded, the reference waits in host memory and visits the GPU for its pass.
+            ref_load = {**load, "device": "cpu"} if cfg.ref_offload else load
+            self.ref = load_model(self.model_dir, **ref_load).requires_grad_(False)
 
         # Data, videos, rollout engine, rewards.
         loaded = load_records(data_dir, cfg.data.split, cfg.data.video_root,
@@ -158,7 +161,8 @@ class GRPOTrainer:
             if self.ref is not None:
                 ref_embed = ((lambda vids: [v.ref_embeds for v in vids]) if self.ref_embedder
                              else self.embedder.row_embeds)
-                ref_lps, _ = rows_logprobs(self.ref, ref_embed, rows, **lp_args)
+                with self._ref_on_device():
+                    ref_lps, _ = rows_logprobs(self.ref, ref_embed, rows, **lp_args)
         old_lps = trainer_lps if alg.old_logprobs == "trainer" else \
             [torch.tensor(r.response.logprobs) for r in rows]
 
@@ -272,11 +276,23 @@ class GRPOTrainer:
             videos.update(got)
             if len(records) == want:
                 if self.ref_embedder:
-                    ref_videos, _ = self.ref_embedder.prepare(records)
+                    with self._ref_on_device():
+                        ref_videos, _ = self.ref_embedder.prepare(records)
                     for rid, v in videos.items():
                         v.ref_embeds = ref_videos[rid].embeds
                 return records, videos
         raise RuntimeError(f"could not load {want} videos in 10 attempts; see {self.out / 'errors.jsonl'}")
+
+    @contextlib.contextmanager
+    def _ref_on_device(self):
+        if self.cfg.ref_offload and self.ref is not None:
+            self.ref.to(self.device)
+            try:
+                yield
+            finally:
+                self.ref.to("cpu")
+        else:
+            yield
 
     def _kl_metrics(self, rows, old_lps, ref_lps) -> dict[str, float]:
         if ref_lps is None:
