@@ -30,7 +30,7 @@ def test_every_command_has_help():
         assert (cmd.help or "").strip(), f"command {' '.join(path)} has no help text"
         seen.append(path)
     top = {p[0] for p in seen if p}
-    assert EXPECTED_GROUPS <= top
+    assert top >= EXPECTED_GROUPS
 
 
 def test_help_does_not_import_torch():

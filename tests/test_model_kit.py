@@ -17,6 +17,7 @@ from training.mm_batch import (
     hidden_states,
     rope_positions,
     token_logprobs,
+    video_positions,
 )
 from training.prompts import VIDEO_PAD, append_response_ids, encode_example
 from training.video_inputs import (
@@ -151,7 +152,7 @@ def test_cached_embeddings_equal_pixel_path_bitwise(tiny_model):
     real = batch.attention_mask.bool()
     assert torch.equal(model.lm_head(h_cached)[real], native.logits[real])
     with pytest.raises(ValueError, match="row 1"):
-        embed_with_video(model, batch.input_ids, [cached[0], cached[0]])  # another video's embedding
+        embed_with_video(model, batch.input_ids, [cached[0], cached[0]], video_positions(batch))  # another video's embedding
 
 
 def test_rollout_logprobs_equal_trainer_logprobs_with_padding(tiny_model):
@@ -169,3 +170,19 @@ def test_rollout_logprobs_equal_trainer_logprobs_with_padding(tiny_model):
         trainer = lp[i][full.loss_mask[i].bool()]
         assert trainer.shape[0] == len(gen.logprobs[i])
         assert (trainer - torch.tensor(gen.logprobs[i])).abs().max() <= 1e-5
+
+
+def test_sampled_video_pad_token_in_a_response_stays_text(tiny_model):
+    model, tok = tiny_model
+    vids = _videos(VisionSpec(min_pixels=28 * 28, max_pixels=56 * 56), counts=(4,))
+    pad = tok.convert_tokens_to_ids(VIDEO_PAD)
+    prompt = encode_example(tok, MCQ, vids[0].num_tokens)
+    seq = append_response_ids(prompt, [pad, pad, tok.convert_tokens_to_ids("<|im_end|>")])
+    batch = collate([seq], vids, tok.pad_token_id)
+    with torch.no_grad():
+        video = encode_videos(model, batch.pixel_values_videos, batch.video_grid_thw)
+        embeds = embed_with_video(model, batch.input_ids, video, video_positions(batch))
+        table = model.get_input_embeddings().weight
+        assert torch.equal(embeds[0, -2], table[pad]) and torch.equal(embeds[0, -3], table[pad])
+        lp, _ = token_logprobs(model, hidden_states(model, batch, video), batch.input_ids, batch.loss_mask)
+    assert torch.isfinite(lp).all() and (lp[0, -3:] < 0).all()

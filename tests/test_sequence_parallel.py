@@ -23,10 +23,10 @@ from tests.fixtures.sequence_parallel import (
     param_grads,
     reference_logprobs,
 )
+from training.linear_logprobs import linear_logprobs
 from training.mm_batch import encode_videos, rope_positions
 from training.sequence_parallel.layout import SequenceSplit, plan_heads, split_lengths
 from training.sequence_parallel.local_group import run_local_group
-from training.sequence_parallel.logprobs import linear_logprobs
 from training.sequence_parallel.mesh import (
     ParallelConfig,
     build_log_prob_model,

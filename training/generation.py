@@ -16,7 +16,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from training.mm_batch import Batch, base_model, embed_with_video, encode_videos, rope_positions
+from training.mm_batch import (
+    Batch,
+    base_model,
+    embed_with_video,
+    encode_videos,
+    rope_positions,
+    video_positions,
+)
 
 
 @dataclass
@@ -47,7 +54,7 @@ def generate(model, batch: Batch, stop_ids: Sequence[int], pad_id: int, max_new_
     if video_embeds is None:
         video_embeds = encode_videos(model, batch.pixel_values_videos, batch.video_grid_thw)
     positions = rope_positions(model, batch)
-    embeds = embed_with_video(model, batch.input_ids, video_embeds)
+    embeds = embed_with_video(model, batch.input_ids, video_embeds, video_positions(batch))
     lm = base_model(model).language_model
     cache = DynamicCache()
     out = lm(inputs_embeds=embeds, attention_mask=batch.attention_mask, position_ids=positions,

@@ -6,8 +6,8 @@ goes through these functions, so the inputs are identical wherever they are comp
 - positions are always passed explicitly (without them Qwen2.5-VL silently falls back to
   different positions) and the model's cached `rope_deltas` are reset first;
 - video embeddings are computed once (`encode_videos`) and scattered into the token embeddings
-  at the `<|video_pad|>` positions (`embed_with_video`); a count mismatch is an error naming the
-  row, never a substitution.
+  at the video positions given by the token types (`embed_with_video`); a count mismatch is an
+  error naming the row, never a substitution.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
+from training.linear_logprobs import linear_logprobs
 from training.prompts import EncodedExample
 from training.video_inputs import VideoPatches
 
@@ -100,22 +100,31 @@ def encode_videos(model, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> 
     return list(out.pooler_output)
 
 
-def embed_with_video(model, input_ids: torch.Tensor, video_embeds: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Token embeddings with row i's <|video_pad|> positions replaced by video_embeds[i]."""
-    inner = base_model(model)
-    video_token_id = inner.config.video_token_id
-    embeds = inner.get_input_embeddings()(input_ids)
+def video_positions(batch: Batch) -> torch.Tensor:
+    """[B, L] bool: where the video embeddings go. Taken from the token types (as the 3-D
+    positions are), never from the <|video_pad|> id: a sampled response may contain that id as
+    an ordinary text token, and it must keep its token embedding there."""
+    return batch.mm_token_type_ids == VIDEO_TOKEN_TYPE
+
+
+def embed_with_video(model, input_ids: torch.Tensor, video_embeds: Sequence[torch.Tensor],
+                     video_mask: torch.Tensor) -> torch.Tensor:
+    """Token embeddings with row i's video positions (`video_mask`, see `video_positions`)
+    replaced by video_embeds[i]. A count or width mismatch is an error naming the row."""
+    embeds = base_model(model).get_input_embeddings()(input_ids)
     if len(video_embeds) != input_ids.shape[0]:
         raise ValueError(f"{input_ids.shape[0]} rows but {len(video_embeds)} video embeddings")
-    mask = input_ids == video_token_id
+    mask = video_mask.bool()
     for i, ve in enumerate(video_embeds):
         n = int(mask[i].sum())
-        if ve.shape[0] != n or ve.shape[-1] != embeds.shape[-1]:
+        if ve.shape != (n, embeds.shape[-1]):
             raise ValueError(
                 f"row {i}: video embedding of shape {tuple(ve.shape)} does not fit {n} video tokens "
                 f"of width {embeds.shape[-1]}"
             )
-    flat = torch.cat([ve.to(embeds.dtype) for ve in video_embeds]) if video_embeds else embeds.new_zeros(0, embeds.shape[-1])
+    if not video_embeds:
+        return embeds
+    flat = torch.cat([ve.to(embeds.dtype) for ve in video_embeds])
     return embeds.masked_scatter(mask.unsqueeze(-1), flat)
 
 
@@ -129,7 +138,7 @@ def hidden_states(model, batch: Batch, video_embeds: Sequence[torch.Tensor] | No
         video_embeds = encode_videos(model, batch.pixel_values_videos, batch.video_grid_thw)
     if position_ids is None:
         position_ids = rope_positions(model, batch)
-    inputs_embeds = embed_with_video(model, batch.input_ids, video_embeds)
+    inputs_embeds = embed_with_video(model, batch.input_ids, video_embeds, video_positions(batch))
     out = base_model(model).language_model(
         inputs_embeds=inputs_embeds, attention_mask=batch.attention_mask, position_ids=position_ids, use_cache=False
     )
@@ -140,30 +149,17 @@ def token_logprobs(model, hidden: torch.Tensor, input_ids: torch.Tensor, mask: t
                    chunk_size: int = 1024, temperature: float = 1.0,
                    with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log p(input_ids[:, t] | < t) at positions where mask[:, t] > 0, as a [B, L] tensor (0
-    elsewhere), computing the vocabulary projection in chunks of selected positions so the full
-    [tokens x vocab] logits never exist at once. Optionally the entropy at those positions."""
-    B, L, H = hidden.shape
+    elsewhere), and optionally the entropy there. Only the selected positions are projected to
+    the vocabulary, in tiles (training.linear_logprobs), so the full [tokens x vocab] logits exist
+    neither in the forward nor in the backward."""
+    B, L, _ = hidden.shape
     # Position t is predicted from hidden state t-1.
-    sel = mask[:, 1:] > 0
-    rows, cols = sel.nonzero(as_tuple=True)
-    h = hidden[:, :-1][rows, cols]
-    targets = input_ids[:, 1:][rows, cols]
-    lm_head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else model.lm_head
-    lps, ents = [], []
-    for s in range(0, h.shape[0], chunk_size):
-        logits = lm_head(h[s : s + chunk_size]).float()
-        if temperature != 1.0:
-            logits = logits / temperature
-        logp = F.log_softmax(logits, dim=-1)
-        lps.append(logp.gather(-1, targets[s : s + chunk_size, None]).squeeze(-1))
-        if with_entropy:
-            ents.append(-(logp.exp() * logp).sum(-1))
-    out = hidden.new_zeros((B, L), dtype=torch.float32)
-    if lps:
-        out[:, 1:][rows, cols] = torch.cat(lps)
-    ent = None
-    if with_entropy:
-        ent = hidden.new_zeros((B, L), dtype=torch.float32)
-        if ents:
-            ent[:, 1:][rows, cols] = torch.cat(ents)
-    return out, ent
+    rows, cols = (mask[:, 1:] > 0).nonzero(as_tuple=True)
+    weight = model.get_output_embeddings().weight
+    lp, ent = linear_logprobs(hidden[:, :-1][rows, cols], weight, input_ids[:, 1:][rows, cols],
+                              temperature=temperature, token_chunk=chunk_size, with_entropy=with_entropy)
+    out = torch.zeros((B, L), dtype=torch.float32, device=hidden.device).index_put((rows, cols + 1), lp)
+    ent_out = None
+    if ent is not None:
+        ent_out = torch.zeros((B, L), dtype=torch.float32, device=hidden.device).index_put((rows, cols + 1), ent)
+    return out, ent_out

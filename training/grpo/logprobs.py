@@ -17,14 +17,7 @@ from data_gen.schema import QARecord
 from training.grpo.rewards import RewardResult
 from training.grpo.rollout import Response
 from training.grpo.video_cache import StepVideo
-from training.mm_batch import (
-    VIDEO_TOKEN_TYPE,
-    Batch,
-    base_model,
-    collate,
-    rope_positions,
-    token_logprobs,
-)
+from training.mm_batch import Batch, collate, hidden_states, token_logprobs
 from training.prompts import EncodedExample, append_response_ids
 
 
@@ -53,34 +46,12 @@ class Rollout:
 LogprobFn = Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
 
 
-def embed_rows(model, batch: Batch, video_embeds: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Token embeddings with each row's video positions replaced by its video embedding.
-
-    Video positions are found by token type (mm_token_type_ids == 2), not by token id: a sampled
-    response may contain the <|video_pad|> id as an ordinary token (the rollout fed it back as
-    text), and positions (get_rope_index) follow the token types too."""
-    embeds = base_model(model).get_input_embeddings()(batch.input_ids)
-    mask = batch.mm_token_type_ids == VIDEO_TOKEN_TYPE
-    if len(video_embeds) != batch.size:
-        raise ValueError(f"{batch.size} rows but {len(video_embeds)} video embeddings")
-    for i, ve in enumerate(video_embeds):
-        n = int(mask[i].sum())
-        if ve.shape[0] != n or ve.shape[-1] != embeds.shape[-1]:
-            raise ValueError(f"row {i}: video embedding of shape {tuple(ve.shape)} does not fit "
-                             f"{n} video tokens of width {embeds.shape[-1]}")
-    flat = torch.cat([ve.to(embeds.dtype) for ve in video_embeds])
-    return embeds.masked_scatter(mask.unsqueeze(-1), flat)
-
-
 def sequence_logprobs(model, batch: Batch, video_embeds: Sequence[torch.Tensor], *,
                       temperature: float = 1.0, chunk_size: int = 1024,
                       with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log p of every response token (batch.loss_mask) as [B, L] (0 elsewhere), and optionally
     the entropy there. Gradients flow when called under grad."""
-    out = base_model(model).language_model(
-        inputs_embeds=embed_rows(model, batch, video_embeds), attention_mask=batch.attention_mask,
-        position_ids=rope_positions(model, batch), use_cache=False)
-    hidden = out.last_hidden_state
+    hidden = hidden_states(model, batch, video_embeds)
     return token_logprobs(model, hidden, batch.input_ids, batch.loss_mask, chunk_size=chunk_size,
                           temperature=temperature, with_entropy=with_entropy)
 

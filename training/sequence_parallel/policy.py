@@ -30,11 +30,11 @@ from collections.abc import Sequence
 import torch
 import torch.distributed as dist
 
+from training.linear_logprobs import linear_logprobs
 from training.mm_batch import base_model, embed_with_video, encode_videos
 from training.sequence_parallel.attention import full_sequence_masks, use_ulysses_attention
 from training.sequence_parallel.comm import SPContext, gather_rows
 from training.sequence_parallel.layout import SequenceSplit
-from training.sequence_parallel.logprobs import linear_logprobs
 from training.sequence_parallel.vision import encode_videos_split
 
 
@@ -89,8 +89,9 @@ class LogProbModel(torch.nn.Module):
         if position_ids.shape != (3, b, length):
             raise ValueError(f"position_ids must be [3, {b}, {length}] (full sequence), got {tuple(position_ids.shape)}")
         inner = base_model(self.model)
-        embeds = (embed_with_video(self.model, input_ids, video_embeds) if video_mask is None
-                  else _embed_at(inner, input_ids, video_embeds, video_mask))
+        if video_mask is None:  # callers holding a Batch pass mm_batch.video_positions(batch)
+            video_mask = input_ids == inner.config.video_token_id
+        embeds = embed_with_video(self.model, input_ids, video_embeds, video_mask)
         masks = full_sequence_masks(inner.language_model, embeds, attention_mask)
 
         split = SequenceSplit.even(length, self.sp_size)
@@ -130,20 +131,3 @@ class LogProbModel(torch.nn.Module):
         """The wrapped model's `generate` (unsplit; sequence parallelism is for scoring)."""
         return self.model.generate(*args, **kwargs)
 
-
-def _embed_at(inner, input_ids: torch.Tensor, video_embeds: Sequence[torch.Tensor],
-              video_mask: torch.Tensor) -> torch.Tensor:
-    """Token embeddings with row i's video positions (video_mask) replaced by video_embeds[i].
-    Unlike matching the <|video_pad|> id, a sampled response that happens to contain that token
-    keeps its token embedding, exactly as it had when it was generated."""
-    if len(video_embeds) != input_ids.shape[0]:
-        raise ValueError(f"{input_ids.shape[0]} rows but {len(video_embeds)} video embeddings")
-    embeds = inner.get_input_embeddings()(input_ids)
-    mask = video_mask.bool()
-    for i, ve in enumerate(video_embeds):
-        n = int(mask[i].sum())
-        if ve.shape != (n, embeds.shape[-1]):
-            raise ValueError(f"row {i}: video embedding of shape {tuple(ve.shape)} does not fit {n} video "
-                             f"positions of width {embeds.shape[-1]}")
-    flat = torch.cat([ve.to(embeds.dtype) for ve in video_embeds])
-    return embeds.masked_scatter(mask.unsqueeze(-1), flat)

@@ -6,7 +6,8 @@ largest temporary is one [token_chunk, vocab_chunk] fp32 tile in the forward AND
 the backward recomputes each tile from the saved hidden states and the per-token log-sum-exp
 instead of keeping every chunk's logits alive for autograd (a plain chunked log_softmax under
 autograd still stores them all). For 256K video tokens only the response tokens are projected at
-all; the caller selects them first.
+all; the caller selects them first. Used by every scoring pass: `mm_batch.token_logprobs`
+(single process) and the sequence-parallel LogProbModel.
 
 Entropy (for metrics) comes from the same pass, without gradient.
 """
@@ -17,7 +18,9 @@ import torch
 
 
 def _tile_logits(h: torch.Tensor, w: torch.Tensor, inv_temp: float) -> torch.Tensor:
-    logits = h.float() @ w.float().T
+    # fp32 even under bf16 autocast: log-softmax over a large vocabulary needs the precision.
+    with torch.autocast(device_type=h.device.type, enabled=False):
+        logits = h.float() @ w.float().T
     return logits * inv_temp if inv_temp != 1.0 else logits
 
 
