@@ -1,30 +1,33 @@
-"""Is a model's reply the record's answer? Used by the difficulty filter (data_gen never imports
-eval; eval has its own, richer filters for benchmarks).
+"""Is a model's reply the record's answer? Used by the difficulty filter.
 
-The final answer is the last <answer>...</answer> (after any <think> block), else the whole
-reply. Multiple choice: the last standalone option letter, or the exact text of an option.
-Numeric: the last number, compared as a number ("3.50" == "3.5"; "3.5" is never cut to "3").
-Open-ended: the normalised reference (lower case, no articles or punctuation) equals the
-normalised answer or appears in it as whole words.
+Replies are read by `common.answers`, the reader of the GRPO reward and the evaluation filters,
+so a question's pass rate here is the rate at which the reward would call those replies right.
+Like the evaluation (and unlike the reward, which also scores the format), the final answer is
+the last <answer>...</answer> after any reasoning, else the whole reply without its <think>
+block. Multiple choice: `read_choice` (letter forms, "the answer is B", option texts).
+Numeric: `parse_number` compared with `numbers_match` ("3.50" == "3.5"; "3.5" is never cut to
+"3"; the shared tolerance). Open-ended (no judge here): the normalised reference (lower case, no
+articles or punctuation) equals the normalised answer or appears in it as whole words.
 """
 
 from __future__ import annotations
 
 import re
 
-from data_gen.schema import OPTION_LETTERS, QARecord
-
-_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.S | re.I)
-_THINK = re.compile(r"<think>.*?</think>", re.S | re.I)
-_NUMBER = re.compile(r"-?\d+(?:[.,]\d+)?")
-_WORDS = {w: i for i, w in enumerate("zero one two three four five six seven eight nine ten eleven twelve".split())}
+from common.answers import (
+    answer_span,
+    numbers_match,
+    parse_number,
+    read_choice,
+    strip_markdown,
+    strip_think,
+)
+from data_gen.schema import QARecord
 
 
 def final_answer(reply: str) -> str:
-    found = _ANSWER.findall(reply)
-    if found:
-        return found[-1].strip()
-    return _THINK.sub("", reply).strip()
+    """The last <answer> span after the reasoning, else the reply without its <think> block."""
+    return answer_span(strip_think(reply), strict=False) or ""
 
 
 def normalise(text: str) -> str:
@@ -33,34 +36,12 @@ def normalise(text: str) -> str:
     return " ".join(words)
 
 
-def choice_letter(text: str, n_options: int, options: list[str] | None = None) -> str | None:
-    letters = OPTION_LETTERS[:n_options]
-    if options:
-        norm = normalise(text)
-        for i, opt in enumerate(options):
-            if norm and norm == normalise(opt):
-                return letters[i]
-    found = re.findall(rf"(?<![A-Za-z])([{letters}])(?![A-Za-z])", text)
-    if found:
-        return found[-1]
-    stripped = text.strip().strip("().:").strip()
-    return stripped.upper() if len(stripped) == 1 and stripped.upper() in letters else None
-
-
-def number(text: str) -> float | None:
-    found = _NUMBER.findall(text)
-    if found:
-        return float(found[-1].replace(",", "."))
-    words = [w for w in normalise(text).split() if w in _WORDS]
-    return float(_WORDS[words[-1]]) if words else None
-
-
 def is_correct(record: QARecord, reply: str) -> bool:
     ans = final_answer(reply)
     if record.answer_type == "multiple_choice":
-        return choice_letter(ans, len(record.options), record.options) == record.answer
+        return read_choice(strip_markdown(ans), record.options).value == record.answer
     if record.answer_type == "numeric":
-        got, want = number(ans), float(record.answer)
-        return got is not None and abs(got - want) <= 1e-6 * max(1.0, abs(want))
-    ref, got = normalise(record.answer), normalise(ans)
-    return bool(ref) and (got == ref or f" {ref} " in f" {got} ")
+        got = parse_number(strip_markdown(ans))
+        return got.ok and numbers_match(got.value, float(record.answer))  # type: ignore[arg-type]
+    ref, got_text = normalise(record.answer), normalise(ans)
+    return bool(ref) and (got_text == ref or f" {ref} " in f" {got_text} ")

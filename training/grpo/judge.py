@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.answers import strip_think
 from common.secrets import api_key_from_env, redact
-from training.grpo.answer_parsing import strip_think
 
 PROMPT_VERSION = "judge-v1"
 SYSTEM_PROMPT = (

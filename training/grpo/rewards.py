@@ -10,6 +10,12 @@ Functions are found by registered name ("format", "accuracy", ...) or by import 
 `@register_reward("name")` decorators run. `RewardScorer` combines them with weights (default
 0.9 accuracy + 0.1 format, as the reference). A function that raises on an item gives that item
 `error_score` for that part and a recorded error naming the item - the step goes on.
+
+Answers are read by `common.answers`, the reader the evaluation's filters use too: the reward is
+strict about *where* the answer is (the last complete <answer> span after the reasoning; the
+format is a separate reward) and reads it exactly as the evaluation does, so the policy is never
+rewarded for an answer the evaluation grades wrong, nor the reverse
+(tests/test_answer_consistency.py).
 """
 
 from __future__ import annotations
@@ -20,8 +26,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from common.answers import (
+    NUMERIC_ABS_TOL,
+    NUMERIC_REL_TOL,
+    Parsed,
+    extract_answer,
+    normalize_space,
+    numbers_match,
+    parse_number,
+    read_choice,
+    strip_markdown,
+)
 from data_gen.schema import QARecord
-from training.grpo.answer_parsing import extract_answer, numbers_match, parse_choice, parse_number
 from training.grpo.judge import JudgeConfig, JudgeItem, LLMJudge
 
 
@@ -52,8 +68,10 @@ class RewardConfig:
     # registered name or "pkg.module:fn" -> weight; the total is the weighted sum
     weights: dict[str, float] = field(default_factory=lambda: {"accuracy": 0.9, "format": 0.1})
     plugins: list[str] = field(default_factory=list)  # modules imported first (they register)
-    numeric_rel_tol: float = 1e-4  # numeric answers: relative tolerance
-    numeric_abs_tol: float = 1e-6
+    # numeric answers: |pred - gold| <= max(abs_tol, rel_tol * |gold|); the defaults are the
+    # evaluation's (common.answers), so reward and evaluation agree on what is close enough
+    numeric_rel_tol: float = NUMERIC_REL_TOL
+    numeric_abs_tol: float = NUMERIC_ABS_TOL
     error_score: float = 0.0  # score of a reward part whose function failed on an item
     judge: JudgeConfig = field(default_factory=JudgeConfig)
 
@@ -135,19 +153,32 @@ def format_reward(completion: str, example: QARecord | None = None) -> RewardOut
     return RewardOutput(1.0)
 
 
+def answer_text(completion: str) -> str | None:
+    """The completion's last complete <answer> span after the reasoning, without markdown
+    emphasis (the text the evaluation's multiple-choice and number filters read); None if none."""
+    span = extract_answer(completion)
+    return None if span is None else strip_markdown(span)
+
+
+def _no_span(text: str | None) -> Parsed | None:
+    return Parsed(None, "no_answer", "no <answer> span") if text is None else None
+
+
 @register_reward("multiple_choice")
 def multiple_choice_reward(completion: str, example: QARecord) -> RewardOutput:
-    parsed = parse_choice(extract_answer(completion), list(example.options))
+    text = answer_text(completion)
+    parsed = _no_span(text) or read_choice(text, list(example.options))
     return RewardOutput(float(parsed.value == example.answer),
                         parts={"answer_parsed": float(parsed.ok)},
                         info={"parsed": str(parsed.value), "parse": parsed.reason})
 
 
-def grade_numeric(completion: str, example: QARecord, rel_tol: float = 1e-4,
-                  abs_tol: float = 1e-6) -> RewardOutput:
-    parsed = parse_number(extract_answer(completion))
+def grade_numeric(completion: str, example: QARecord, rel_tol: float = NUMERIC_REL_TOL,
+                  abs_tol: float = NUMERIC_ABS_TOL) -> RewardOutput:
+    text = answer_text(completion)
+    parsed = _no_span(text) or parse_number(text)
     gold = float(example.answer)
-    ok = parsed.ok and numbers_match(float(parsed.value), gold, rel_tol, abs_tol)  # type: ignore[arg-type]
+    ok = parsed.ok and numbers_match(parsed.value, gold, rel_tol, abs_tol)  # type: ignore[arg-type]
     return RewardOutput(float(ok), parts={"answer_parsed": float(parsed.ok)},
                         info={"parsed": str(parsed.value), "parse": parsed.reason})
 
@@ -166,7 +197,8 @@ def judge_reward(completions: Sequence[str], examples: Sequence[QARecord],
     outputs: list[RewardOutput | None] = [None] * len(completions)
     asks: list[tuple[int, JudgeItem]] = []
     for i, (c, ex) in enumerate(zip(completions, examples, strict=True)):
-        ans = extract_answer(c)
+        span = extract_answer(c)
+        ans = normalize_space(span) if span is not None else None  # as the evaluation sends it
         if not ans:
             outputs[i] = RewardOutput(0.0, parts={"answer_parsed": 0.0},
                                       info={"parse": "no answer" if ans is None else "empty answer"})
