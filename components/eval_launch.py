@@ -37,9 +37,22 @@ def role_metrics(out: Path) -> dict[str, float]:
     return metrics
 
 
+def output_names(benchmarks: str, overrides: list[str]) -> list[str]:
+    """The OUT/<name>/ folders `longrl eval` writes for these benchmarks and `--set` overrides
+    (e.g. `subtitles=true` adds "_subtitles"), named by eval itself; an unknown benchmark or a
+    bad override is an error here, before any model is evaluated."""
+    from common.config import load_config
+    from eval.config import EvalConfig, output_dir_names
+
+    names = [b.strip() for b in benchmarks.split(",") if b.strip()]
+    return output_dir_names(load_config(EvalConfig, None, overrides, values={"benchmarks": names}))
+
+
 def eval_succeeded(out: Path, benchmarks: list[str], max_error_rate: float) -> tuple[bool, str]:
-    """An evaluation counts only if every benchmark produced metrics, scored something, and had
-    at most `max_error_rate` of its questions fail (decode/engine errors, judge failures)."""
+    """An evaluation counts only if every benchmark (OUT/<name>/) produced metrics, scored
+    something, and had at most `max_error_rate` of its questions fail: undecodable videos,
+    engine errors and failed judge calls. Open-ended questions left ungraded by design (no judge
+    configured) are not failures: the score is the accuracy over the graded questions."""
     for name in benchmarks:
         path = out / name / "metrics.json"
         if not path.is_file():
@@ -94,7 +107,8 @@ def markdown(result: dict[str, Any]) -> str:
             n, scored = m.get(f"{bench}/n"), m.get(f"{bench}/scored")
             if n is not None:
                 counts.append(f"{bench}: {int(n)} questions, {int(scored or 0)} graded, "
-                              f"{int(m.get(f'{bench}/judge_errors', 0))} ungraded (judge), "
+                              f"{int(m.get(f'{bench}/ungraded', 0))} ungraded (no judge), "
+                              f"{int(m.get(f'{bench}/judge_errors', 0))} judge errors, "
                               f"{int(m.get(f'{bench}/errors', 0))} errors")  # fmt: skip
         status = "ok" if info["succeeded"] else f"**did not succeed**: {info['reason']}"
         lines.append(f"- {role}: {'; '.join(counts) or 'no results'} - {status}")
@@ -105,6 +119,7 @@ def evaluate_all(models: dict[str, Path], data: Path, work: Path, benchmarks: st
                  overrides: list[str], max_error_rate: float, mlflow_tracking_uri: str,
                  mlflow_parent_run_id: str) -> dict[str, Any]:  # fmt: skip
     """Evaluate each model (candidate, base, champion when there is one) into work/<role>."""
+    names = output_names(benchmarks, overrides)
     env = mlflow_env(mlflow_tracking_uri, mlflow_parent_run_id)
     outs = {}
     for role, model in models.items():
@@ -113,7 +128,6 @@ def evaluate_all(models: dict[str, Path], data: Path, work: Path, benchmarks: st
             run_step(eval_argv(model, data, outs[role], benchmarks, frames, limit, overrides), env=env)
         except Exception as exc:  # recorded: a failed eval blocks promotion, it does not hide
             print(f"{role} evaluation failed: {exc}", flush=True)
-    names = [b.strip() for b in benchmarks.split(",") if b.strip()]
     result = compare(outs, names, max_error_rate)
     (work / "comparison.json").write_text(json.dumps(result, indent=1))
     return result

@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.answers import NUMERIC_REL_TOL
 from eval import report
-from eval.task import TaskSpec
+from eval.task import TaskSpec, get_task
 from training.grpo.judge import JudgeConfig
 
 PREDICTIONS = "predictions.jsonl"
@@ -40,7 +41,9 @@ class EvalConfig:
     prompt_style: str = "auto"  # benchmark | reasoning | auto (each task's native style)
     max_new_tokens: int = 0  # 0: the task's default (REASONING_MAX_NEW_TOKENS when reasoning)
     temperature: float = 0.0  # 0: greedy
-    numeric_rel_tol: float = 0.0  # relative tolerance for numeric answers (absolute 1e-6 always)
+    # numeric answers: |pred - gold| <= max(1e-6, numeric_rel_tol * |gold|); the default is the
+    # GRPO reward's (common.answers.NUMERIC_REL_TOL), so training and evaluation agree
+    numeric_rel_tol: float = NUMERIC_REL_TOL
     batch_size: int = 4
     device: str = "auto"  # cpu | cuda | cuda:N | auto
     dtype: str = "auto"  # float32 | bfloat16 | float16 | auto (bf16 on GPU, fp32 on CPU)
@@ -50,6 +53,10 @@ class EvalConfig:
     vllm_max_model_len: int = 32768
     vllm_gpu_memory_utilization: float = 0.85
     judge: JudgeConfig = field(default_factory=JudgeConfig)  # LLM judge for open-ended answers
+    # open-ended answers when no judge is configured: False -> "ungraded" (left out of accuracy
+    # and counted apart - by design, not a failure); True -> "judge_error" (a failure, which the
+    # pipeline's gate counts): for runs whose score must cover open-ended questions
+    require_judge: bool = False
 
     def sampling(self) -> Any:
         from training.video_inputs import VideoSampling
@@ -73,6 +80,18 @@ class EvalConfig:
             raise ValueError(f"prompt_style {self.prompt_style!r} not in auto|benchmark|reasoning")
         if self.batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+
+
+def benchmark_dir_name(task: TaskSpec, subtitles: bool) -> str:
+    """OUT/<this>/ of a benchmark: its name, plus "_subtitles" when subtitles are shown (another
+    prompt, so another run). The one place the name is made: the runner writes there and the
+    pipeline's evaluation step reads metrics.json from there."""
+    return task.name + ("_subtitles" if subtitles and task.supports_subtitles else "")
+
+
+def output_dir_names(cfg: EvalConfig) -> list[str]:
+    """OUT/<name>/ of every benchmark of `cfg`, in order (unknown benchmarks raise KeyError)."""
+    return [benchmark_dir_name(get_task(name), cfg.subtitles) for name in cfg.benchmarks]
 
 
 class SettingsMismatch(ValueError):

@@ -4,8 +4,11 @@ Each prediction has a status:
 - "answered": an answer was extracted; `correct` is True/False;
 - "unanswered": no answer could be read from the output - scored wrong, and counted;
 - "error": the question could not be run (undecodable or missing video) - excluded, counted;
-- "judge_error": the LLM judge gave no verdict (open-ended) - excluded, counted.
-`accuracy` is correct / (answered + unanswered); `accuracy_answered` leaves the unanswered out.
+- "judge_error": the LLM judge gave no verdict (open-ended) - excluded, counted;
+- "ungraded": open-ended, and no judge was configured (by design: the run has no grader for
+  it, nothing failed) - excluded, counted apart from the errors.
+`accuracy` is correct / (answered + unanswered), i.e. over the graded questions;
+`accuracy_answered` leaves the unanswered out. `errors` + `judge_errors` are the failures.
 
 Questions about the same video are correlated, so intervals come from a cluster bootstrap that
 resamples videos (the `cluster` field), not questions. Tasks that score groups (VNBench: a
@@ -22,7 +25,8 @@ from typing import Any
 import numpy as np
 
 SCORED = ("answered", "unanswered")
-EXCLUDED = ("error", "judge_error")
+FAILED = ("error", "judge_error")
+EXCLUDED = (*FAILED, "ungraded")
 STATUSES = SCORED + EXCLUDED
 
 
@@ -39,7 +43,7 @@ class Unit:
 
 def to_units(preds: Sequence[dict[str, Any]], group_all: bool = False) -> list[Unit]:
     """Predictions -> units. With `group_all`, a group is an error if any try is, right only if
-    every try is right, and unanswered if any try is (and none errored)."""
+    every try is right, ungraded if any try is, and unanswered if any try is (and none errored)."""
     for p in preds:
         if p["status"] not in STATUSES:
             raise ValueError(f"prediction {p.get('qid')}: status {p['status']!r} not in {STATUSES}")
@@ -61,7 +65,8 @@ def to_units(preds: Sequence[dict[str, Any]], group_all: bool = False) -> list[U
     for gid, members in groups.items():
         statuses = {m["status"] for m in members}
         status = next(
-            (s for s in ("error", "judge_error", "unanswered") if s in statuses), "answered"
+            (s for s in ("error", "judge_error", "ungraded", "unanswered") if s in statuses),
+            "answered",
         )
         correct = status == "answered" and all(bool(m.get("correct")) for m in members)
         units.append(
@@ -126,6 +131,7 @@ def summarize(units: Sequence[Unit], n_boot: int = 2000, seed: int = 0) -> dict[
         "unanswered": sum(u.status == "unanswered" for u in units),
         "errors": sum(u.status == "error" for u in units),
         "judge_errors": sum(u.status == "judge_error" for u in units),
+        "ungraded": sum(u.status == "ungraded" for u in units),
         "accuracy": float(correct.mean()) if len(scored) else None,
         "accuracy_answered": (sum(u.correct for u in answered) / len(answered))
         if answered

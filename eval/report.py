@@ -114,6 +114,7 @@ def console_table(summary: Mapping[str, Any]) -> Any:
         "unanswered",
         "errors",
         "judge errors",
+        "ungraded",
     ):
         table.add_column(col, justify="left" if col == "benchmark" else "right")
     for name, s in summary["benchmarks"].items():
@@ -126,6 +127,7 @@ def console_table(summary: Mapping[str, Any]) -> Any:
             str(o["unanswered"]),
             str(o["errors"]),
             str(o["judge_errors"]),
+            str(o.get("ungraded", 0)),
         )
     return table
 
@@ -149,8 +151,8 @@ def mlflow_metrics(name: str, metrics: Mapping[str, Any]) -> dict[str, float]:
         if metrics.get("score_ci95"):
             out[metric_name(name, "score_ci95_low")] = float(metrics["score_ci95"][0])
             out[metric_name(name, "score_ci95_high")] = float(metrics["score_ci95"][1])
-    for key in ("n", "scored", "unanswered", "errors", "judge_errors"):
-        out[metric_name(name, key)] = float(o[key])
+    for key in ("n", "scored", "unanswered", "errors", "judge_errors", "ungraded"):
+        out[metric_name(name, key)] = float(o.get(key, 0))
     for key, values in (metrics.get("breakdown") or {}).items():
         for value, s in values.items():
             if s.get("accuracy") is not None:

@@ -21,21 +21,23 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from common.answers import numbers_match
 from eval import report
 from eval.config import (  # noqa: F401 - EvalConfig and SettingsMismatch are part of this API
     PREDICTIONS,
     REASONING_MAX_NEW_TOKENS,
     EvalConfig,
     SettingsMismatch,
+    benchmark_dir_name,
     check_resume,
     run_settings,
 )
 from eval.engines import Engine, Generation, Prepared, Prompt
-from eval.filters import FilterContext, apply_chain, numbers_match
+from eval.filters import FilterContext, apply_chain
 from eval.metrics import compute_metrics
 from eval.store import PredictionStore
 from eval.task import EvalItem, TaskSpec, get_task, select_subtitles
-from training.grpo.judge import JudgeItem, LLMJudge, Verdict
+from training.grpo.judge import JudgeItem, LLMJudge
 
 NO_JUDGE = (
     "no LLM judge configured for open-ended answers: --set judge.base_url=http://HOST/v1 "
@@ -169,13 +171,15 @@ def _subtitles(p: Prepared, cfg: EvalConfig, task: TaskSpec) -> str | None:
 def judge_open_ended(
     records: list[dict[str, Any]], items: dict[str, EvalItem], cfg: EvalConfig, bench_dir: Path
 ) -> int:
-    """Ask the judge about every open-ended answer without a verdict (new, or failed before).
-    Returns the number of judge calls' items; records are updated in place."""
+    """Ask the judge about every open-ended answer without a verdict (new, failed before, or
+    ungraded because no judge was configured then). With no judge configured they are
+    "ungraded" (or "judge_error" with `cfg.require_judge`). Returns the number of records
+    visited; records are updated in place."""
     todo = [
         r
         for r in records
         if r["answer_type"] == "open_ended"
-        and r["status"] in ("answered", "judge_error")
+        and r["status"] in ("answered", "judge_error", "ungraded")
         and r.get("correct") is None
     ]
     if not todo:
@@ -184,11 +188,15 @@ def judge_open_ended(
         cfg.judge, cache_path=cfg.judge.cache_path or str(bench_dir / "judge_cache.jsonl")
     )
     if not (jcfg.base_url and jcfg.model):
-        verdicts = [Verdict(None, NO_JUDGE) for _ in todo]
-    else:
-        verdicts = LLMJudge(jcfg).judge(
-            [JudgeItem(items[r["qid"]].question, r["answer"], r["extracted"]) for r in todo]
-        )
+        for r in todo:
+            error = NO_JUDGE if cfg.require_judge else None
+            r["judge"] = {"model": None, "verdict": None, "error": error, "cached": False,
+                          "reply": None, "note": NO_JUDGE}  # fmt: skip
+            r["status"], r["correct"] = ("judge_error" if error else "ungraded"), None
+        return len(todo)
+    verdicts = LLMJudge(jcfg).judge(
+        [JudgeItem(items[r["qid"]].question, r["answer"], r["extracted"]) for r in todo]
+    )
     for r, v in zip(todo, verdicts, strict=True):
         r["judge"] = {
             "model": jcfg.model,
@@ -216,7 +224,7 @@ def evaluate_benchmark(
     items = task.load(Path(cfg.data).resolve())
     if cfg.limit:
         items = items[: cfg.limit]
-    bench_name = task.name + ("_subtitles" if cfg.subtitles and task.supports_subtitles else "")
+    bench_name = benchmark_dir_name(task, cfg.subtitles)
     bench_dir = out / bench_name
     settings = run_settings(cfg, task, style, max_new)
     check_resume(bench_dir, settings, cfg.overwrite)

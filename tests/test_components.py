@@ -104,7 +104,8 @@ def test_comparison_and_report(tmp_path):
     assert "champion" not in res["paired"]  # a failed eval is not compared with
     md = eval_launch.markdown(res)
     assert "| lvr | 75.0 | 37.5 | 80.0 | +37.5 (n=8, p=0.25) | n/a |" in md
-    assert "- champion: lvr: 8 questions, 5 graded, 0 ungraded (judge), 3 errors - **did not succeed**" in md
+    assert ("- champion: lvr: 8 questions, 5 graded, 0 ungraded (no judge), 0 judge errors, 3 errors"
+            " - **did not succeed**") in md
     missing = eval_launch.compare({"candidate": tmp_path / "empty", "base": tmp_path / "base"}, ["lvr"], 0.05)
     assert not missing["roles"]["candidate"]["succeeded"] and missing["paired"] == {}
     argv = eval_launch.eval_argv(Path("m"), Path("d"), Path("o"), "lvr", 8, 5, ["max_pixels=100"])

@@ -72,7 +72,7 @@ def test_synth_end_to_end_with_frames_and_fps(tiny_model_dir, synth_bench, tmp_p
             "status",
         } <= set(p)
         assert p["num_frames"] == 2 and p["num_video_tokens"] == 4 and p["latency_s"] > 0
-        assert p["status"] in ("answered", "unanswered", "judge_error")
+        assert p["status"] in ("answered", "unanswered", "ungraded")
         if p["status"] == "unanswered":
             assert p["extracted"] is None and p["correct"] is False
     m = json.loads((out_f / "synth" / "metrics.json").read_text())
@@ -80,7 +80,8 @@ def test_synth_end_to_end_with_frames_and_fps(tiny_model_dir, synth_bench, tmp_p
     assert m["settings"]["max_pixels"] == 3136 and m["settings"]["prompt_style"] == "reasoning"
     assert m["overall"]["n"] == len(questions)
     n_open = sum(q["answer_type"] == "open_ended" for q in questions)
-    assert m["overall"]["judge_errors"] == n_open  # no judge configured: recorded, not guessed
+    # no judge configured: open-ended answers are ungraded (recorded, not guessed, not failures)
+    assert m["overall"]["ungraded"] == n_open and m["overall"]["judge_errors"] == 0
     assert set(m["breakdown"]) == {"category", "subcategory", "answer_type"}
     assert (out_f / "synth" / "accuracy.png").stat().st_size > 1000
     assert (out_f / "summary.png").is_file() or m["score"] is None
@@ -148,7 +149,8 @@ def test_undecodable_video_is_an_error_for_its_questions_only(
     assert good and all(p["status"] != "error" for p in good)
     m = json.loads((out / "synth" / "metrics.json").read_text())
     assert m["overall"]["errors"] == len(bad)
-    assert m["overall"]["scored"] + m["overall"]["judge_errors"] == len(good)
+    assert m["overall"]["scored"] + m["overall"]["ungraded"] == len(good)
+    assert m["overall"]["judge_errors"] == 0
 
 
 def test_changed_settings_are_not_mixed_into_a_run(tiny_model_dir, synth_bench, tmp_path) -> None:
