@@ -174,7 +174,7 @@ def judge_open_ended(
     """Ask the judge about every open-ended answer without a verdict (new, failed before, or
     ungraded because no judge was configured then). With no judge configured they are
     "ungraded" (or "judge_error" with `cfg.require_judge`). Returns the number of records
-    visited; records are updated in place."""
+    changed; records are updated in place."""
     todo = [
         r
         for r in records
@@ -188,12 +188,15 @@ def judge_open_ended(
         cfg.judge, cache_path=cfg.judge.cache_path or str(bench_dir / "judge_cache.jsonl")
     )
     if not (jcfg.base_url and jcfg.model):
+        changed = 0
         for r in todo:
             error = NO_JUDGE if cfg.require_judge else None
-            r["judge"] = {"model": None, "verdict": None, "error": error, "cached": False,
-                          "reply": None, "note": NO_JUDGE}  # fmt: skip
-            r["status"], r["correct"] = ("judge_error" if error else "ungraded"), None
-        return len(todo)
+            judge = {"model": None, "verdict": None, "error": error, "cached": False,
+                     "reply": None, "note": NO_JUDGE}  # fmt: skip
+            status = "judge_error" if error else "ungraded"
+            changed += (r["status"], r.get("judge")) != (status, judge)
+            r["judge"], r["status"], r["correct"] = judge, status, None
+        return changed  # unchanged records need no rewrite of predictions.jsonl
     verdicts = LLMJudge(jcfg).judge(
         [JudgeItem(items[r["qid"]].question, r["answer"], r["extracted"]) for r in todo]
     )
