@@ -1,10 +1,10 @@
 """Entrypoint of a multi-node GRPO RayJob: `python -m components.grpo_ray --model M --data D --out O
---workers N [--use-gpu] [key=value ...]`.
+--workers N [--use-gpu] [--launcher ray|local] [key=value ...]`.
 
-`longrl train grpo` runs one process; the multi-process trainer (dp x sp, FSDP2, Ulysses) is the
-library call `training.sequence_parallel.run.train_grpo_parallel`, which this thin launcher makes
-with Ray Train joining the job's cluster (RAY_ADDRESS is set inside a RayJob). Overrides starting
-with `parallel.` go to `ParallelConfig` (e.g. parallel.sp_size=4), the rest to `GRPOConfig`.
+A thin spelling of `longrl train grpo --model M --data D --out O num_workers=N launcher=ray
+device=cuda [key=value ...]`: both call `training.grpo.run.train_grpo`, so there is one way to
+launch GRPO. Inside a RayJob RAY_ADDRESS is set and Ray Train joins the job's cluster. `parallel.*`
+overrides (e.g. parallel.sp_size=4) are GRPOConfig's own keys.
 """
 
 from __future__ import annotations
@@ -14,24 +14,19 @@ import json
 from typing import Any
 
 
-def split_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
-    """(GRPOConfig overrides, ParallelConfig overrides without the `parallel.` prefix)."""
-    grpo, parallel = [], []
-    for item in overrides:
-        if item.startswith("parallel."):
-            parallel.append(item[len("parallel."):])
-        else:
-            grpo.append(item)
-    return grpo, parallel
+def worker_overrides(workers: int, use_gpu: bool, launcher: str) -> list[str]:
+    """The GRPOConfig keys that this entrypoint's flags stand for (without --use-gpu, `device`
+    stays as configured: auto picks GPUs only where this command runs on one)."""
+    return [f"num_workers={workers}", f"launcher={launcher}", *(["device=cuda"] if use_gpu else [])]
 
 
 def build_configs(overrides: list[str]) -> tuple[Any, Any]:
+    """(GRPOConfig, its `parallel` section) from key=value overrides."""
     from common.config import load_config
     from training.grpo.config import GRPOConfig
-    from training.sequence_parallel.mesh import ParallelConfig
 
-    grpo, parallel = split_overrides(overrides)
-    return load_config(GRPOConfig, None, grpo), load_config(ParallelConfig, None, parallel)
+    cfg = load_config(GRPOConfig, None, overrides)
+    return cfg, cfg.parallel
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -40,15 +35,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--data", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--workers", type=int, required=True, help="training processes (one per GPU)")
-    parser.add_argument("--use-gpu", action="store_true")
+    parser.add_argument("--use-gpu", action="store_true", help="GPU workers (NCCL): device=cuda")
     parser.add_argument("--launcher", default="ray", choices=["ray", "local"])
-    parser.add_argument("overrides", nargs="*", help="key=value (GRPOConfig) or parallel.key=value")
+    parser.add_argument("overrides", nargs="*", help="GRPOConfig key=value, parallel.* included")
     args = parser.parse_args(argv)
-    from training.sequence_parallel.run import train_grpo_parallel
+    from training.grpo.run import train_grpo
 
-    cfg, parallel = build_configs(args.overrides)
-    summary = train_grpo_parallel(cfg, parallel, args.model, args.data, args.out, num_workers=args.workers,
-                                  launcher=args.launcher, use_gpu=args.use_gpu)  # fmt: skip
+    # The flags come last: they win over a num_workers/launcher/device among the overrides.
+    cfg, _ = build_configs([*args.overrides, *worker_overrides(args.workers, args.use_gpu, args.launcher)])
+    summary = train_grpo(cfg, args.model, args.data, args.out)
     print(json.dumps(summary, default=str))
     return summary
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -60,30 +61,42 @@ def grpo(
     data: Path = typer.Option(..., "--data", help="RL records: a `longrl data build` folder (its `rl` split), a datasets/parquet/jsonl split, or a `longrl synth` folder."),
     out: Path = typer.Option(..., "--out", help="Output folder (model/, checkpoints/, metrics.jsonl, samples.jsonl, errors.jsonl, plots/, summary.json). Started again on the same folder, a run resumes from its newest checkpoint."),
     config: Path = typer.Option(None, "--config", help=CONFIG_HELP),
-    overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP + " Keys: see training.grpo.config.GRPOConfig, e.g. steps=200 rollout.group_size=8 algorithm.clip_high=0.28 video.sampling.num_frames=64 reward.judge.base_url=http://127.0.0.1:8000/v1 reward.judge.model=NAME."),
+    overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP + " Keys: see training.grpo.config.GRPOConfig, e.g. steps=200 rollout.group_size=8 algorithm.clip_high=0.28 video.sampling.num_frames=64 reward.judge.base_url=http://127.0.0.1:8000/v1 reward.judge.model=NAME num_workers=8 parallel.sp_size=4 device=cuda."),
 ) -> None:
     """GRPO on long videos (MR-SP stage 1): each step samples prompts, encodes each video once, draws G rollouts per prompt, scores them (0.9 accuracy + 0.1 format by default; open-ended answers through an LLM judge), and updates the policy with PPO-clip and a KL penalty to the reference.
 
     Video embeddings: video.embeddings=online (vision tower once per video per step), offline (read `longrl embed-cache build` output, zero vision calls) or pixels (re-encode every pass, for comparison).
 
-    Rollouts: rollout.engine=hf (everywhere) or vllm (GPU). Per-step metrics (reward and parts, accuracy by category, KL, clip fraction, entropy, lengths, vision_calls_per_video, time per phase, tokens/s) go to the console, OUT/metrics.jsonl, MLflow when MLFLOW_TRACKING_URI is set, and PNG curves. The judge's API key is read from the environment variable named by reward.judge.api_key_env. See docs/grpo.md."""
+    Rollouts: rollout.engine=hf (everywhere) or vllm (GPU). Per-step metrics (reward and parts, accuracy by category, KL, clip fraction, entropy, lengths, vision_calls_per_video, time per phase, tokens/s) go to the console, OUT/metrics.jsonl, MLflow when MLFLOW_TRACKING_URI is set, and PNG curves. The judge's API key is read from the environment variable named by reward.judge.api_key_env. See docs/grpo.md.
+
+    Workers (as `longrl train sft`): one process by default; num_workers=N runs N Ray Train workers (launcher=auto|ray; a local Ray, or the cluster at RAY_ADDRESS) as a data-parallel x sequence-parallel job with FSDP2 - parallel.sp_size=S ranks split each sequence (Ulysses), dp = N / S replicas split the prompts. launcher=local: inside processes started by `torchrun --nproc-per-node N`. device=cuda: GPU workers (NCCL), device=cpu: CPU workers (gloo); auto decides where the command runs. Needs video.freeze_vision=true and online/offline embeddings; impossible combinations are refused before anything starts. Same output folder. See docs/sequence_parallel.md."""
     from training.grpo.config import GRPOConfig
+    from training.grpo.run import check_launch
 
     cfg = resolve_config(GRPOConfig, config, overrides)
     try:
-        cfg.check()
+        check_launch(cfg)  # config and workers, before any process or model is started
     except ValueError as exc:
         fail(str(exc), 2)
     from training.grpo.data import DataError
     from training.grpo.embed_cache import EmbedCacheError
-    from training.grpo.trainer import GRPOTrainer
+    from training.grpo.run import train_grpo
     from training.model_io import ModelFolderError
 
     try:
-        summary = GRPOTrainer(cfg, model, data, out).train()
+        summary = train_grpo(cfg, model, data, out)
     except (DataError, EmbedCacheError, ModelFolderError, FileNotFoundError) as exc:
         fail(str(exc))
+    except Exception as exc:  # a failure inside Ray workers arrives wrapped; show its message
+        if type(exc).__name__ in ("TrainingFailedError", "WorkerGroupError"):
+            fail(f"training failed: {getattr(exc, '__cause__', None) or exc}")
+        raise
+    if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 reports
+        return
     first, last = summary["reward_first"], summary["reward_last"]
     if first is not None:
         console.print(f"reward {first:.3f} (first steps) -> {last:.3f} (last steps) over {summary['steps']} steps")
+    layout = summary.get("parallel")
+    if layout:
+        console.print(f"{cfg.num_workers} workers: dp {layout['dp']} x sp {layout['sp']}")
     console.print(f"[green]done[/green]: {summary['model']}")

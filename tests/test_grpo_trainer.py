@@ -225,3 +225,16 @@ def test_config_checks():
         grpo_config(**{"video.embeddings": "offline"}).check()
     with pytest.raises(ValueError, match="loss_agg"):
         grpo_config(**{"algorithm.loss_agg": "mean"}).check()
+
+
+def test_save_every_zero_checkpoints_only_at_the_end(tiny_model_dir, colour_task, tmp_path):
+    from training.checkpoint import list_checkpoints
+    from training.grpo.trainer import checkpoint_due
+
+    assert [s for s in range(1, 6) if checkpoint_due(s, 0, 5)] == [5]
+    assert [s for s in range(1, 6) if checkpoint_due(s, 2, 5)] == [2, 4, 5]
+    GRPOTrainer(grpo_config(steps=2, save_every=0, keep_checkpoints=0), tiny_model_dir, colour_task, tmp_path).train()
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000002"]
+    assert [h["step"] for h in _history(tmp_path)] == [1, 2]
+    with pytest.raises(ValueError, match="save_every must be >= 0"):
+        grpo_config(save_every=-1).check()

@@ -12,10 +12,12 @@ from dataclasses import dataclass, field
 
 from training.grpo.algorithms import LOSS_AGG_MODES
 from training.grpo.rewards import RewardConfig
+from training.sequence_parallel.mesh import ParallelConfig
 from training.video_inputs import VideoSampling
 
 EMBEDDING_MODES = ("online", "offline", "pixels")
 ENGINES = ("hf", "vllm")
+LAUNCHERS = ("auto", "local", "ray")
 
 
 @dataclass
@@ -99,13 +101,18 @@ class GRPOConfig:
     dtype: str = "float32"  # model weights: float32 (CPU, exact tests) or bfloat16 (GPU)
     device: str = "auto"  # auto: cuda when available, else cpu
     attn_implementation: str = ""  # e.g. flash_attention_2 on GPU; empty: transformers default
-    ref_offload: bool = False  # keep the frozen reference in host memory between its passes (GPU)
+    ref_offload: bool = False  # keep the frozen reference in host memory between its passes (1 process, GPU)
     system_prompt: str = ""  # empty: training.prompts.SYSTEM_PROMPT
-    save_every: int = 50  # checkpoint every N steps (and always at the end)
+    save_every: int = 50  # checkpoint every N steps, and always at the end (0: only at the end)
     keep_checkpoints: int = 2  # older step checkpoints are deleted
     resume: bool = True  # continue from the newest complete checkpoint in --out
     plots: bool = True  # PNG curves at the end (and logged to MLflow when configured)
     progress: bool = True  # console progress bar
+    # -- workers (as `longrl train sft`); the layout inside them is `parallel` -----------------
+    num_workers: int = 1  # training processes (one per GPU); > 1: dp x sp job, FSDP2 (docs/sequence_parallel.md)
+    launcher: str = "auto"  # "auto": this process for 1 worker, Ray Train for more; "local" (torchrun); "ray"
+    cpus_per_worker: int = 1  # CPUs per worker: Ray resources, and torch threads when training on CPU
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)  # sp_size, sharding, ... (num_workers > 1)
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     video: VideoConfig = field(default_factory=VideoConfig)
@@ -114,7 +121,9 @@ class GRPOConfig:
     reward: RewardConfig = field(default_factory=RewardConfig)
 
     def check(self) -> GRPOConfig:
-        """Raise ValueError naming the key for settings that cannot work together."""
+        """Raise ValueError naming the key for settings that cannot work together. The worker keys
+        are checked where a run is launched (training.grpo.run.check_launch: `launch_problems`);
+        a worker checks its layout against the process group it is in."""
         a, r, v = self.algorithm, self.rollout, self.video
         problems = []
         if r.group_size < 2:
@@ -135,6 +144,50 @@ class GRPOConfig:
             problems.append("algorithm.overlong_buffer must be in [0, rollout.max_new_tokens]")
         if self.steps < 1 or r.prompts_per_step < 1 or a.micro_batch_rows < 1 or a.ppo_epochs < 1:
             problems.append("steps, prompts_per_step, micro_batch_rows and ppo_epochs must be >= 1")
+        if self.save_every < 0:
+            problems.append(f"save_every must be >= 0 (0: only at the end), got {self.save_every}")
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def launch_problems(self) -> list[str]:
+        """What keeps `num_workers` / `launcher` / `parallel` / the rest from working together."""
+        p, n = self.parallel, self.num_workers
+        if self.launcher not in LAUNCHERS:
+            return [f"launcher {self.launcher!r} not in {LAUNCHERS}"]
+        if n < 1 or self.cpus_per_worker < 1 or p.sp_size < 1:
+            return ["num_workers, cpus_per_worker and parallel.sp_size must be >= 1"]
+        if n % p.sp_size:
+            return [f"parallel.sp_size={p.sp_size} does not divide num_workers={n} "
+                    f"(data-parallel replicas = num_workers / sp_size)"]
+        if n == 1 and self.launcher != "ray":
+            return []
+        return self.multi_rank_problems(n // p.sp_size)
+
+    def multi_rank_problems(self, dp: int) -> list[str]:
+        """Limits of the dp x sp trainer (training.sequence_parallel.grpo_trainer)."""
+        problems = []
+        if self.rollout.prompts_per_step % dp:
+            problems.append(f"rollout.prompts_per_step={self.rollout.prompts_per_step} does not divide over "
+                            f"{dp} data-parallel replicas")
+        if not self.video.freeze_vision:
+            problems.append("multi-rank GRPO needs video.freeze_vision=true (embeddings are cached and "
+                            "reused; a trainable tower would need lockstep passes under FSDP)")
+        if self.video.embeddings == "pixels":
+            problems.append("video.embeddings=pixels re-encodes per pass; multi-rank GRPO caches (online/offline)")
+        if self.ref_offload:
+            problems.append("ref_offload is for one process; multi-rank GRPO offloads the reference with "
+                            "parallel.reference_cpu_offload=true")
+        return problems
+
+    @property
+    def multi_process(self) -> bool:
+        """True when `train_grpo` runs the dp x sp trainer in worker processes."""
+        return self.num_workers > 1 or self.launcher == "ray"
+
+    def wants_gpu(self) -> bool:
+        """Workers on GPUs (NCCL) or CPU (gloo): `device`, resolved where the job is launched -
+        on a Ray cluster whose driver has no GPU, say device=cuda."""
+        import torch
+
+        return self.device.startswith("cuda") or (self.device == "auto" and torch.cuda.is_available())

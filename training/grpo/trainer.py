@@ -6,7 +6,8 @@
 
 The video embeddings made in the encode phase feed the rollout prefill and every training
 forward pass (MR-SP stage 1); `logprob_fn` is the single function that scores tokens and is
-what sequence parallelism replaces.
+what sequence parallelism replaces. How the trainer's parts are built (and checkpointed) is
+setup.py; the dp x sp trainer runs this same loop and step with its own parts.
 """
 
 from __future__ import annotations
@@ -19,123 +20,60 @@ from pathlib import Path
 import torch
 
 from common import tracking
-from common.config import save_config
 from data_gen.schema import QARecord
-from training.checkpoint import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint
-from training.distributed import DistContext, ModelRunner
+from training.checkpoint import export_model_folder
+from training.distributed import broadcast_object
 from training.grpo import algorithms as algo
-from training.grpo.config import GRPOConfig
-from training.grpo.data import PromptSampler, load_records
-from training.grpo.logprobs import LogprobFn, Rollout, rows_logprobs, sequence_logprobs
+from training.grpo.logprobs import Rollout, rows_logprobs
 from training.grpo.metrics import MetricsLogger, PhaseTimer, rollout_metrics
-from training.grpo.rewards import RewardScorer
-from training.grpo.rollout import RolloutPrompt, SamplingSettings, make_engine
+from training.grpo.rollout import RolloutPrompt, SamplingSettings
+from training.grpo.setup import TrainerSetup
 from training.grpo.update import UpdateInputs, policy_update
-from training.grpo.video_cache import StepVideo, VideoEmbedder
-from training.mm_batch import base_model
-from training.model_io import load_model, load_tokenizer, save_model_folder
-from training.optim import build_adamw, warmup_cosine
+from training.grpo.video_cache import StepVideo
 from training.prompts import SYSTEM_PROMPT, encode_example
-from training.video_inputs import VisionSpec
-
-STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
 
 
-class GRPOTrainer:
-    def __init__(self, cfg: GRPOConfig, model_dir: str | Path, data_dir: str | Path,
-                 out_dir: str | Path, logprob_fn: LogprobFn = sequence_logprobs) -> None:
-        self.cfg = cfg.check()
-        self.model_dir, self.out = Path(model_dir), Path(out_dir)
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.logprob_fn = logprob_fn
-        dev = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-        self.device = torch.device(dev)
-        torch.manual_seed(cfg.seed)
-        if not cfg.reward.judge.cache_path:  # judge verdicts survive restarts
-            cfg.reward.judge.cache_path = str(self.out / "judge_cache.jsonl")
+class GRPOTrainer(TrainerSetup):
+    """One controller: `train()` runs `train_step` until `cfg.steps`, checkpointing on the way.
+    Built as `GRPOTrainer(cfg, model_dir, data_dir, out_dir, logprob_fn=..., on_step=...)`
+    (setup.TrainerSetup); on a dp x sp job every rank runs this same loop."""
 
-        # Policy (from the newest checkpoint when resuming), frozen reference, tokenizer.
-        resume = latest_checkpoint(self.out) if cfg.resume else None
-        self.resume_dir = resume
-        load = dict(dtype=cfg.dtype, device=self.device, attn_implementation=cfg.attn_implementation or None)
-        self.tokenizer = load_tokenizer(self.model_dir)
-        self.model = load_model(resume or self.model_dir, **load)
-        if cfg.video.freeze_vision:
-            base_model(self.model).visual.requires_grad_(False)
-        self.ref = None
-        if cfg.algorithm.kl_coef > 0:
-            # Offloaded, the reference waits in host memory and visits the GPU for its pass.
-            ref_load = {**load, "device": "cpu"} if cfg.ref_offload else load
-            self.ref = load_model(self.model_dir, **ref_load).requires_grad_(False)
-
-        # Data, videos, rollout engine, rewards.
-        loaded = load_records(data_dir, cfg.data.split, cfg.data.video_root,
-                              cfg.data.answer_types, cfg.data.max_records)
-        self.records, self.rejected = loaded.records, loaded.rejected
-        self.sampler = PromptSampler(self.records, cfg.seed, cfg.data.shuffle)
-        spec = VisionSpec.from_model_dir(self.model_dir)
-        offline = None
-        if cfg.video.embeddings == "offline":
-            from training.grpo.embed_cache import EmbeddingCache
-
-            offline = EmbeddingCache(cfg.video.embed_cache, self.model, cfg.video.sampling, spec)
-        trainable_vision = not cfg.video.freeze_vision
-        self.embedder = VideoEmbedder(self.model, cfg.video.embeddings, cfg.video.sampling, spec,
-                                      trainable_vision, cfg.video.decoded_cache_mb, offline,
-                                      cfg.video.use_record_frames)
-        # A trainable vision tower drifts from the reference's: the reference encodes its own.
-        self.ref_embedder = None
-        if self.ref is not None and trainable_vision:
-            self.ref_embedder = VideoEmbedder(self.ref, "online", cfg.video.sampling, spec, False,
-                                              use_record_frames=cfg.video.use_record_frames)
-            self.ref_embedder.store = self.embedder.store  # decode each video once for both
-        self.stop_ids = [self.tokenizer.convert_tokens_to_ids(t) for t in STOP_TOKENS]
-        self.engine = make_engine(cfg.rollout.engine, self.model, self.tokenizer,
-                                  str(resume or self.model_dir), self.stop_ids, cfg.rollout, cfg.seed)
-        self.scorer = RewardScorer(cfg.reward)
-
-        # Optimizer, schedule and checkpoints are the shared ones (training.optim/checkpoint).
-        self.ctx = DistContext(device=self.device)
-        self.runner = ModelRunner(self.model)
-        o = cfg.optim
-        self.optimizer = build_adamw(self.runner, o.lr, o.weight_decay, tuple(o.betas), o.eps)
-        # One optimizer step per mini-batch; the count only shapes a cosine (min_lr_ratio < 1).
-        minis = -(-cfg.rollout.prompts_per_step * cfg.rollout.group_size // max(cfg.algorithm.mini_batch_rows, 1)) \
-            if cfg.algorithm.mini_batch_rows > 0 else 1
-        total = max(cfg.steps * cfg.algorithm.ppo_epochs * minis, o.warmup_steps, 1)
-        self.scheduler = warmup_cosine(self.optimizer, o.warmup_steps, total, o.min_lr_ratio)
-        self.state = TrainerState()
-        if resume is not None:
-            self.state = load_checkpoint(resume, self.runner, self.optimizer, self.scheduler, self.ctx, cfg.seed)
-            self.sampler.load_state_dict(self.state.extra["sampler"])
-        self.step = self.state.step
-        save_config(cfg, self.out)
-
-    # ---------------------------------------------------------------------------------------
     def train(self) -> dict:
-        cfg = self.cfg
-        with tracking.stage_run("grpo", config=cfg) as run:
-            logger = MetricsLogger(self.out, run if run.active else None, resume_step=self.step)
+        cfg, main = self.cfg, self.ctx.is_main
+        stage = tracking.stage_run("grpo", config=self.global_cfg) if main else _InactiveRun()
+        with stage as run:
+            logger = MetricsLogger(self.out, run if run.active else None, resume_step=self.step) if main else None
             first = self.step + 1
-            with _progress(cfg.progress) as bar:
+            with _progress(cfg.progress and main) as bar:
                 task = bar.add_task("grpo", total=cfg.steps, completed=self.step)
                 while self.step < cfg.steps:
                     self.step += 1
                     metrics = self.train_step(self.step)
-                    logger.log(self.step, metrics)
+                    if logger is not None:
+                        logger.log(self.step, metrics)
                     bar.update(task, advance=1, description=(
-                        f"grpo reward {metrics.get('reward/total', 0):.3f} "
+                        f"grpo{self.layout_label()} reward {metrics.get('reward/total', 0):.3f} "
                         f"kl {metrics.get('actor/kl', 0):.4f} {metrics['time/step']:.1f}s/step"))
-                    if self.step % cfg.save_every == 0 or self.step == cfg.steps:
+                    if checkpoint_due(self.step, cfg.save_every, cfg.steps):
                         self.save_checkpoint()
-            final = save_model_folder(self.model, self.tokenizer, self.out / "model", self.model_dir)
-            plots = logger.plot() if cfg.plots else []
-            hist = logger.history()
-            run.log_artifact(self.out / "metrics.jsonl")
-            run.log_checkpoint(final)
-        summary = _summary(hist, first, self.step, final, plots)
-        (self.out / "summary.json").write_text(json.dumps(summary, indent=1))
-        return summary
+                    if self.on_step is not None:
+                        self.on_step(self.step, metrics)
+            final = export_model_folder(self.runner.model, self.tokenizer, self.out / "model", self.model_dir,
+                                        self.ctx)
+            summary = None
+            if main:
+                plots = logger.plot() if cfg.plots else []
+                run.log_artifact(self.out / "metrics.jsonl")
+                run.log_checkpoint(final)
+                summary = {**_summary(logger.history(), first, self.step, final, plots), **self.summary_extra()}
+                (self.out / "summary.json").write_text(json.dumps(summary, indent=1))
+        return broadcast_object(summary, self.ctx)
+
+    def layout_label(self) -> str:
+        return ""
+
+    def summary_extra(self) -> dict:
+        return {}
 
     # ---------------------------------------------------------------------------------------
     def train_step(self, step: int) -> dict[str, float]:
@@ -320,11 +258,19 @@ class GRPOTrainer:
         with (self.out / "errors.jsonl").open("a") as fh:
             fh.write(json.dumps(row) + "\n")
 
-    def save_checkpoint(self) -> Path:
-        self.state.step = self.step
-        self.state.extra = {"sampler": self.sampler.state_dict()}
-        return save_checkpoint(self.out, self.state, self.runner, self.optimizer, self.scheduler,
-                               self.tokenizer, self.model_dir, self.ctx, self.cfg.keep_checkpoints)
+def checkpoint_due(step: int, save_every: int, last: int) -> bool:
+    """Checkpoint every `save_every` steps (0: never in between) and always at the last step."""
+    return step == last or (save_every > 0 and step % save_every == 0)
+
+
+class _InactiveRun:
+    """Ranks other than 0 log nothing: a stage run that is not active."""
+
+    def __enter__(self) -> tracking.StageRun:
+        return tracking.StageRun(None, "grpo")
+
+    def __exit__(self, *exc) -> None:
+        return None
 
 
 def _progress(enabled: bool):
