@@ -12,7 +12,7 @@
             rng/rank00000.pt  python, numpy, torch (and CUDA) RNG states of each rank
         COMPLETE              written last
 
-A checkpoint is written into `.step-XXXXXXXX.tmp` and renamed when every rank has finished, so
+A checkpoint is written into `.step-<8-digit step>.tmp` and renamed when every rank has finished, so
 a crash mid-write never leaves a folder that looks complete. Older checkpoints beyond `keep_last`
 are deleted after the new one is complete.
 

@@ -108,7 +108,10 @@ def full_sequence_masks(text_model: torch.nn.Module, inputs_embeds: torch.Tensor
     (flash) when rows are padded."""
     config = text_model.config
     if getattr(text_model, "has_sliding_layers", False):
-        raise NotImplementedError("sliding-window layers are not supported under sequence parallelism")
+        # Qwen2.5-VL ships with use_sliding_window=false; a split sequence would need each rank's
+        # window to reach into its neighbour's slice, which the all-to-all layout does not give.
+        raise ValueError(f"{config.model_type}: sliding-window attention layers cannot run under "
+                         "sequence parallelism; set parallel.sp_size=1 or use_sliding_window=false")
     mask = create_causal_mask(config=config, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                               past_key_values=None)
     return {"full_attention": mask}
