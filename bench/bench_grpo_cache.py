@@ -78,10 +78,10 @@ def measured_ratio(model_dir: Path, data: Path, frames: int) -> float:
     """Time of the vision tower on one video / time of the LLM forward on its tokens."""
     import torch
 
-    from training.grpo.data import load_records
     from training.grpo.video_cache import load_patches
     from training.mm_batch import base_model, encode_videos
     from training.model_io import load_model
+    from training.records import load_records
     from training.video_inputs import VideoSampling, VisionSpec
 
     model = load_model(model_dir)
@@ -139,9 +139,9 @@ def main() -> None:
     ap.add_argument("--size", default="112x112", help="video frame size WIDTHxHEIGHT")
     args = ap.parse_args()
 
-    from training.grpo.data import load_records
     from training.grpo.embed_cache import build_cache
     from training.model_io import load_model
+    from training.records import load_records
     from training.tiny_model import write_tiny_model_folder
     from training.video_inputs import VideoSampling, VisionSpec
 

@@ -29,13 +29,11 @@ KNOB_KEYS: dict[str, dict[str, str]] = {
 
 
 def ray_entrypoint(stage: str, args: list[str], workers: int) -> list[str]:
-    """The RayJob's command: the stage spread over `workers` GPU processes of the job's Ray
-    cluster (RAY_ADDRESS is set there, so Ray Train joins it). SFT takes its worker keys on the
-    CLI; multi-process GRPO is `train_grpo_parallel`, started by components.grpo_ray."""
-    if stage == "sft":
-        return ["longrl", *args, "launcher=ray", f"num_workers={workers}", "use_gpu=true"]
-    # args = ["train", "grpo", "--model", M, "--data", D, "--out", O, overrides...]
-    return ["python", "-m", "components.grpo_ray", *args[2:8], "--workers", str(workers), "--use-gpu", *args[8:]]
+    """The RayJob's command: the stage's own `longrl train <stage> ...` spread over `workers` GPU
+    processes of the job's Ray cluster (RAY_ADDRESS is set there, so Ray Train joins it). Both
+    stages take their worker keys on the CLI; the keys come last, so they win over the overrides."""
+    gpu = "use_gpu=true" if stage == "sft" else "device=cuda"
+    return ["longrl", *args, "launcher=ray", f"num_workers={workers}", gpu]
 
 
 def knob_overrides(stage: str, knobs: dict[str, Any]) -> list[str]:

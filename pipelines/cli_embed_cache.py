@@ -25,9 +25,9 @@ def build(
     from training.grpo.config import GRPOConfig
 
     cfg = resolve_config(GRPOConfig, config, overrides)
-    from training.grpo.data import DataError, load_records
     from training.grpo.embed_cache import EmbedCacheError, build_cache
     from training.model_io import ModelFolderError, load_model
+    from training.records import DataError, load_records
     from training.video_inputs import VisionSpec
 
     try:

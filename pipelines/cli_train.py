@@ -78,10 +78,10 @@ def grpo(
         check_launch(cfg)  # config and workers, before any process or model is started
     except ValueError as exc:
         fail(str(exc), 2)
-    from training.grpo.data import DataError
     from training.grpo.embed_cache import EmbedCacheError
     from training.grpo.run import train_grpo
     from training.model_io import ModelFolderError
+    from training.records import DataError
 
     try:
         summary = train_grpo(cfg, model, data, out)

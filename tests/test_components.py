@@ -67,15 +67,14 @@ def test_knobs_map_to_real_config_keys():
     assert (g.video.sampling.num_frames, g.steps, g.optim.lr, g.rollout.group_size, g.algorithm.kl_coef) == (16, 3, 1e-6, 4, 0.02)
     with pytest.raises(StepError, match="no config key"):
         train_launch.knob_overrides("sft", {"group_size": 4})
-    # Multi-process GRPO: components.grpo_ray with the same overrides, plus parallel.* keys.
-    from components import grpo_ray
-
+    # Multi-process GRPO: the same `longrl train grpo` with its worker keys, plus parallel.* keys.
     entry = train_launch.ray_entrypoint("grpo", ["train", "grpo", "--model", "m", "--data", "d", "--out", "o",
                                                  *grpo, "parallel.sp_size=4"], 16)  # fmt: skip
-    assert entry[:12] == ["python", "-m", "components.grpo_ray", "--model", "m", "--data", "d", "--out", "o",
-                          "--workers", "16", "--use-gpu"]  # fmt: skip
-    g, par = grpo_ray.build_configs(entry[12:])
-    assert (g.steps, g.rollout.group_size, par.sp_size) == (3, 4, 4)
+    assert entry[:9] == ["longrl", "train", "grpo", "--model", "m", "--data", "d", "--out", "o"]
+    g = load_config(GRPOConfig, None, entry[9:])
+    assert (g.steps, g.rollout.group_size, g.parallel.sp_size) == (3, 4, 4)
+    assert (g.num_workers, g.launcher, g.device, g.wants_gpu()) == (16, "ray", "cuda", True)
+    g.check()
 
 
 def _fake_eval(out: Path, bench: str, correct: list[bool | None]) -> None:

@@ -10,13 +10,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from training.grpo.data import load_records
 from training.grpo.embed_cache import EmbedCacheError, EmbeddingCache, build_cache
 from training.grpo.logprobs import Rollout, rows_logprobs
 from training.grpo.rollout import HFRolloutEngine, Response, RolloutPrompt, SamplingSettings
 from training.grpo.trainer import GRPOTrainer
 from training.grpo.video_cache import VideoEmbedder, video_key
 from training.prompts import encode_example
+from training.records import load_records
 from training.video_inputs import VideoSampling, VisionSpec
 
 from .fixtures.grpo import SYSTEM, grpo_config

@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from training.grpo.data import load_records
 from training.grpo.logprobs import Rollout, rows_logprobs
 from training.grpo.rollout import (
     RolloutPrompt,
@@ -16,6 +15,7 @@ from training.grpo.rollout import (
 )
 from training.grpo.video_cache import VideoEmbedder
 from training.prompts import encode_example
+from training.records import load_records
 from training.video_inputs import VideoSampling, VisionSpec
 
 from .fixtures.grpo import SYSTEM

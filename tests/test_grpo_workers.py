@@ -85,14 +85,22 @@ def test_torchrun_world_must_match_num_workers(monkeypatch):
 
 
 def test_rayjob_entrypoint_is_the_cli_config(tmp_path):
-    """components.grpo_ray's flags are the CLI's keys, and it refuses what the CLI refuses."""
-    from components import grpo_ray
+    """The KubeRay step runs `longrl train grpo` with the worker keys: the CLI's config, and the
+    CLI refuses what cannot start before anything does."""
+    from common.config import load_config
+    from components.train_launch import ray_entrypoint
+    from training.grpo.config import GRPOConfig
 
-    cfg, parallel = grpo_ray.build_configs(["parallel.sp_size=4", "steps=3",
-                                            *grpo_ray.worker_overrides(8, True, "ray")])
-    assert (cfg.num_workers, cfg.launcher, cfg.device, parallel.sp_size, cfg.steps) == (8, "ray", "cuda", 4, 3)
+    entry = ray_entrypoint("grpo", ["train", "grpo", "--model", "m", "--data", "d", "--out", "o",
+                                    "parallel.sp_size=4", "steps=3", "num_workers=2"], 8)  # fmt: skip
+    assert entry[:3] == ["longrl", "train", "grpo"]
+    cfg = load_config(GRPOConfig, None, entry[9:])  # the worker keys come last and win
+    assert (cfg.num_workers, cfg.launcher, cfg.device, cfg.parallel.sp_size, cfg.steps) == (8, "ray", "cuda", 4, 3)
     assert cfg.wants_gpu()
-    with pytest.raises(ValueError, match="parallel.sp_size=4 does not divide num_workers=6"):
-        grpo_ray.main(["--model", "m", "--data", "d", "--out", str(tmp_path / "o"), "--workers", "6",
-                       "parallel.sp_size=4"])
-    assert not (tmp_path / "o").exists()
+    out = tmp_path / "o"
+    bad = ray_entrypoint("grpo", ["train", "grpo", "--model", "m", "--data", "d", "--out", str(out),
+                                  "parallel.sp_size=4"], 6)  # fmt: skip
+    res = CliRunner().invoke(app, bad[1:])
+    assert res.exit_code == 2, res.output
+    assert "parallel.sp_size=4 does not divide num_workers=6" in " ".join(res.output.split()), res.output
+    assert not out.exists()

@@ -1,81 +1,13 @@
-"""RL records and the seeded prompt sampler (its state is saved with every checkpoint).
-
-`--data` is any of: a folder holding the split as a `datasets` folder (`<split>/`), a parquet or
-JSONL file (`<split>.parquet`, `<split>.jsonl`), a `longrl synth` folder (`questions.jsonl`), or
-a .parquet/.jsonl file itself. Records that break the schema are reported with their reason and
-left out; a run with none left is an error.
-"""
+"""GRPO's seeded prompt sampler (its state is saved with every checkpoint). The records it draws
+from are loaded by `training.records.load_records`, shared with SFT."""
 
 from __future__ import annotations
 
-import json
 import random
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from data_gen.schema import QARecord, RecordError
-
-
-class DataError(ValueError):
-    pass
-
-
-def _rows_from(path: Path) -> list[dict[str, Any]]:
-    if path.is_dir():
-        from datasets import load_from_disk
-
-        return [dict(r) for r in load_from_disk(str(path))]
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.read_table(path).to_pylist()
-    if path.suffix == ".jsonl":
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    raise DataError(f"{path}: not a datasets folder, .parquet or .jsonl file")
-
-
-def find_split(data: Path, split: str) -> Path:
-    if data.is_file():
-        return data
-    for cand in (data / split, data / f"{split}.parquet", data / f"{split}.jsonl",
-                 data / "questions.jsonl"):
-        if cand.exists():
-            return cand
-    raise DataError(f"{data}: no split {split!r} found (looked for {split}/, {split}.parquet, "
-                    f"{split}.jsonl, questions.jsonl)")
-
-
-@dataclass
-class LoadedRecords:
-    records: list[QARecord]
-    source: Path
-    rejected: list[str] = field(default_factory=list)  # "record <id>: reason"
-
-
-def load_records(data: str | Path, split: str = "rl", video_root: str = "",
-                 answer_types: list[str] | None = None, max_records: int = 0) -> LoadedRecords:
-    data = Path(data)
-    source = find_split(data, split)
-    root = Path(video_root) if video_root else (data if data.is_dir() else data.parent)
-    records, rejected = [], []
-    for i, row in enumerate(_rows_from(source)):
-        try:
-            rec = QARecord.from_dict(row).validate()
-        except (RecordError, TypeError) as exc:
-            rejected.append(f"row {i}: {exc}")
-            continue
-        if answer_types and rec.answer_type not in answer_types:
-            continue
-        if not Path(rec.video_path).is_absolute():
-            rec.video_path = str((root / rec.video_path).resolve())
-        records.append(rec)
-        if max_records and len(records) >= max_records:
-            break
-    if not records:
-        raise DataError(f"{source}: no usable records ({len(rejected)} rejected"
-                        + (f"; first: {rejected[0]}" if rejected else "") + ")")
-    return LoadedRecords(records, source, rejected)
+from data_gen.schema import QARecord
+from training.records import DataError
 
 
 class PromptSampler:

@@ -1,5 +1,5 @@
-"""`train_grpo`: the one entry point of GRPO training (the `longrl train grpo` command, the KubeRay
-entrypoint components.grpo_ray and Python callers all use it).
+"""`train_grpo`: the one entry point of GRPO training (the `longrl train grpo` command - also the
+KubeRay step's entrypoint - and Python callers all use it).
 
     cfg = load_config(GRPOConfig, "grpo.yaml", ["num_workers=8", "parallel.sp_size=4"])
     summary = train_grpo(cfg, MODEL_DIR, DATA_DIR, OUT)

@@ -19,7 +19,7 @@ from common.config import save_config
 from training.checkpoint import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint
 from training.distributed import DistContext, ModelRunner
 from training.grpo.config import GRPOConfig
-from training.grpo.data import PromptSampler, load_records
+from training.grpo.data import PromptSampler
 from training.grpo.logprobs import LogprobFn, sequence_logprobs
 from training.grpo.rewards import RewardScorer
 from training.grpo.rollout import make_engine
@@ -27,6 +27,7 @@ from training.grpo.video_cache import VideoEmbedder
 from training.mm_batch import base_model
 from training.model_io import load_model, load_tokenizer
 from training.optim import build_adamw, warmup_cosine
+from training.records import load_records
 from training.video_inputs import VisionSpec
 
 STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")

@@ -67,9 +67,9 @@ def train_grpo_parallel(cfg: GRPOConfig, model_dir: str | Path, data_dir: str | 
     """Run GRPO on `cfg.num_workers` processes (dp = num_workers / parallel.sp_size); returns
     OUT/summary.json. Call `training.grpo.run.train_grpo` (it checks the launch first)."""
     from training.distributed import launch
-    from training.grpo.data import load_records
     from training.grpo.run import check_launch
     from training.model_io import check_model_dir
+    from training.records import load_records
 
     check_launch(cfg)
     # What fails the same way on every worker is found here, before workers (and Ray) start.

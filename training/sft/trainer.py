@@ -37,10 +37,10 @@ from training.distributed import (
     set_gradient_sync,
     shard_model,
 )
-from training.grpo.data import load_records
 from training.mm_batch import base_model
 from training.model_io import load_model, load_tokenizer
 from training.optim import build_adamw, clip_grad_norm, warmup_cosine, warmup_steps_for
+from training.records import load_records
 from training.sft import metrics as M
 from training.sft.batching import epoch_batches, micro_batches, steps_per_epoch
 from training.sft.config import SFTConfig
