@@ -35,21 +35,22 @@ DEMO_PARAMS: dict[str, Any] = {
     "data_overrides": [],
     "frames": 4,
     "run_sft": True,
-    "sft_max_steps": 8,
-    "sft_lr": 1e-3,
-    "sft_overrides": ["video.max_pixels=12544", "eval_generate=0", "max_new_tokens=16"],
+    "sft_max_steps": 160,  # ~25 epochs of the sft split: the tiny model learns the answer format
+    "sft_lr": 2e-3,
+    "sft_overrides": ["video.max_pixels=12544", "micro_batch_size=4", "epochs=100", "eval_generate=0"],
     "run_grpo": True,
     "grpo_steps": 2,
     "grpo_lr": 1e-5,
     "grpo_group_size": 4,
     "grpo_kl_coef": 0.01,
-    "grpo_overrides": ["rollout.prompts_per_step=2", "rollout.max_new_tokens=24", "video.sampling.max_pixels=12544",
+    "grpo_overrides": ["rollout.prompts_per_step=2", "rollout.max_new_tokens=160", "video.sampling.max_pixels=12544",
                        "save_every=0", "plots=true"],  # fmt: skip
     "ray_workers": 0,
     "gpus_per_worker": 1,
     "eval_benchmarks": "longvideo_reason",
     "eval_limit": 12,
-    "eval_overrides": ["max_pixels=12544", "max_new_tokens=24", "bootstrap=200"],
+    # Reasoning comes first: ~80-180 tokens before the <answer> tag on these questions.
+    "eval_overrides": ["max_pixels=12544", "max_new_tokens=200", "bootstrap=200"],
     # Open-ended questions need an LLM judge (eval's judge.base_url); the demo has none, so about
     # a third of the questions are "ungraded": counted apart, not failures, and the score is the
     # accuracy over the graded ones. Real failures (undecodable video, a failed judge call) count:

@@ -39,11 +39,11 @@ def test_overfits_and_answers_in_format_via_cli(tiny_model_dir, sft_records, tmp
     out = tmp_path / "out"
     args = ["train", "sft", "--model", str(tiny_model_dir), "--data", str(data), "--out", str(out),
             *TINY_SFT_OVERRIDES, "lr=0.01", "min_lr_ratio=0.5", "max_grad_norm=0", "micro_batch_size=4",
-            "epochs=80", "warmup_steps=2", "eval_split=sft", "eval_generate=4", "max_new_tokens=60"]
+            "epochs=120", "warmup_steps=2", "eval_split=sft", "eval_generate=4", "max_new_tokens=60"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["steps"] == 80 and summary["examples_used"] == 4 and summary["examples_skipped"] == 0
+    assert summary["steps"] == 120 and summary["examples_used"] == 4 and summary["examples_skipped"] == 0
     assert summary["loss_last"] < summary["loss_first"] / 20, summary
     # Greedy answers of the trained model follow <think>...</think><answer>...</answer>.
     assert summary["eval"]["eval/format_rate"] == 1.0, (out / "eval_samples.jsonl").read_text()
@@ -53,11 +53,11 @@ def test_overfits_and_answers_in_format_via_cli(tiny_model_dir, sft_records, tmp
     last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     for key in ("loss", "lr", "grad_norm", "tokens_per_s", "frames_per_s", "peak_mem_gb", "eval/loss"):
         assert key in last and last[key] == last[key], key
-    assert last["lr"] == pytest.approx(0.01 * warmup_cosine_factor(79, 2, 80, 0.5), rel=1e-6)
+    assert last["lr"] == pytest.approx(0.01 * warmup_cosine_factor(119, 2, 120, 0.5), rel=1e-6)
     assert 0.005 < last["lr"] < 0.00501  # the cosine ends near min_lr_ratio * lr
     assert (out / "loss_curve.png").stat().st_size > 1000
     assert (out / "skipped.jsonl").read_text() == ""
-    assert "steps 80" in result.output and summary["eval"]["eval/accuracy"] == 1.0
+    assert "steps 120" in result.output and summary["eval"]["eval/accuracy"] == 1.0
 
     # The final folder is a plain HF model folder: from_pretrained loads it and scores the
     # training examples exactly as the trainer's final evaluation did.

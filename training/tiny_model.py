@@ -31,6 +31,7 @@ QWEN_SPECIAL_TOKENS = [
     "<|image_pad|>",
     "<|video_pad|>",
 ]
+REASONING_TAGS = ["<think>", "</think>", "<answer>", "</answer>"]
 OPENAI_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 OPENAI_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
@@ -103,6 +104,10 @@ def train_tokenizer(vocab_size: int):
     )
     tok.train_from_iterator(_corpus(), trainer=trainer)
     tok.add_special_tokens(QWEN_SPECIAL_TOKENS)
+    # The reasoning-format tags are single (ordinary, decodable) tokens, as in Qwen3's vocabulary:
+    # split into '<' 'answer' '>' a tiny model confuses the '>' closing </think> with the one
+    # opening <answer> and never learns to put the answer after it.
+    tok.add_tokens(REASONING_TAGS)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|im_end|>",
