@@ -5,6 +5,7 @@ and passes checkov with zero failures and a reason for every skip."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -21,7 +22,11 @@ KUSTOMIZATIONS = ["base", "gpu", "overlays/dev", "overlays/gpu-cluster"]
 CHECKOV_VERSION = "3.3.30"
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "Job", "RayCluster", "RayJob"}
 KUBECTL = shutil.which("kubectl")
-needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl (kustomize renderer) not installed")
+# kubectl ships with this project's machine image; in CI its absence must fail, not skip, or the
+# manifests would go unvalidated without anyone noticing.
+KUBECTL_REQUIRED = bool(os.environ.get("CI"))
+needs_kubectl = pytest.mark.skipif(KUBECTL is None and not KUBECTL_REQUIRED,
+                                   reason="kubectl (kustomize renderer) not installed")
 
 
 def render(kustomization: str) -> str:
@@ -36,6 +41,8 @@ def raw_files() -> list[Path]:
 @pytest.fixture(scope="module")
 def rendered() -> dict[str, list[dict]]:
     if KUBECTL is None:
+        if KUBECTL_REQUIRED:
+            pytest.fail("kubectl (kustomize renderer) is required in CI and was not found")
         pytest.skip("kubectl (kustomize renderer) not installed")
     out = {k: [d for d in yaml.safe_load_all(render(k)) if d] for k in KUSTOMIZATIONS}
     for path in raw_files():
