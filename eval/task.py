@@ -162,6 +162,8 @@ class TaskSpec:
 
 
 SUBTITLE_HEADER = "This video's subtitles are listed below:\n{subtitles}\n"
+# lmms-eval's multiple-choice prompt, shared by the benchmarks that use it verbatim.
+LETTER_PROMPT = "{question}\n{options}\nAnswer with the option's letter from the given choices directly."
 NO_SUBTITLES = "No subtitles available"
 PROMPT_STYLES = ("benchmark", "reasoning")
 

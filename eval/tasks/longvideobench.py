@@ -18,7 +18,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from eval.task import EvalItem, SubtitleLine, TaskError, TaskSpec, register
+from eval.task import (
+    LETTER_PROMPT,
+    SUBTITLE_HEADER,
+    EvalItem,
+    SubtitleLine,
+    TaskError,
+    TaskSpec,
+    register,
+)
 from eval.tasks.common import (
     find_video,
     hms_seconds,
@@ -109,9 +117,8 @@ register(
     TaskSpec(
         name="longvideobench",
         loader=load_longvideobench,
-        prompt_template="{question}\n{options}\nAnswer with the option's letter from the given choices directly.",
-        subtitle_template="This video's subtitles are listed below:\n{subtitles}\n{question}\n{options}\n"
-        "Answer with the option's letter from the given choices directly.",
+        prompt_template=LETTER_PROMPT,
+        subtitle_template=SUBTITLE_HEADER + LETTER_PROMPT,
         answer_type="multiple_choice",
         breakdown_keys=("duration_group", "question_category", "topic_category"),
         max_new_tokens=32,

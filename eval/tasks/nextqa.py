@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from eval.task import EvalItem, TaskError, TaskSpec, register
+from eval.task import LETTER_PROMPT, EvalItem, TaskError, TaskSpec, register
 from eval.tasks.common import (
     find_video,
     first_existing,
@@ -59,7 +59,7 @@ register(
     TaskSpec(
         name="nextqa",
         loader=load_nextqa,
-        prompt_template="{question}\n{options}\nAnswer with the option's letter from the given choices directly.",
+        prompt_template=LETTER_PROMPT,
         answer_type="multiple_choice",
         breakdown_keys=("group", "type"),
         max_new_tokens=16,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from eval.task import EvalItem, TaskError, TaskSpec, register
+from eval.task import LETTER_PROMPT, EvalItem, TaskError, TaskSpec, register
 from eval.tasks.common import find_video, letter_of, read_json, require, set_breakdown
 
 LAYOUT = __doc__.split("read as they are:\n")[1]
@@ -50,7 +50,7 @@ register(
     TaskSpec(
         name="perceptiontest",
         loader=load_perceptiontest,
-        prompt_template="{question}\n{options}\nAnswer with the option's letter from the given choices directly.",
+        prompt_template=LETTER_PROMPT,
         answer_type="multiple_choice",
         breakdown_keys=("area", "reasoning"),
         max_new_tokens=16,

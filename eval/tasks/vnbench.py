@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from eval.task import LETTERS, EvalItem, TaskError, TaskSpec, register
+from eval.task import LETTER_PROMPT, LETTERS, EvalItem, TaskError, TaskSpec, register
 from eval.tasks.common import letter_of_text, read_rows, require, set_breakdown
 
 FIELDS = ("video", "question", "options", "type", "try")
@@ -78,7 +78,7 @@ register(
     TaskSpec(
         name="vnbench",
         loader=load_vnbench,
-        prompt_template="{question}\n{options}\nAnswer with the option's letter from the given choices directly.",
+        prompt_template=LETTER_PROMPT,
         answer_type="multiple_choice",
         breakdown_keys=("type", "task"),
         group_all=True,
