@@ -13,10 +13,8 @@ import argparse
 import sys
 import tempfile
 import time
-from functools import lru_cache
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -29,53 +27,14 @@ from data_gen.video_io import (  # noqa: E402
     read_frames,
     sample_indices,
 )
-
-BITS = 16
-
-
-@lru_cache(maxsize=2)
-def _grid(w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
-    return np.mgrid[0:h, 0:w]
-
-
-def barcode_frame(i: int, w: int, h: int) -> np.ndarray:
-    """BGR frame: moving content (so codecs do real work) + frame number as 16 black/white bars."""
-    yy, xx = _grid(w, h)
-    f = np.stack([(xx + 3 * i) % 256, (yy + 2 * i) % 256, ((xx + yy + i) // 2) % 256], -1)
-    f = f.astype(np.uint8)
-    bar_w = w // BITS
-    for b in range(BITS):
-        f[: h // 8, b * bar_w: (b + 1) * bar_w] = 255 if (i >> b) & 1 else 0
-    return f
-
-
-def read_barcode(rgb: np.ndarray) -> int:
-    h, w, _ = rgb.shape
-    bar_w = w // BITS
-    bits = [rgb[h // 32: h // 10, b * bar_w + bar_w // 4: (b + 1) * bar_w - bar_w // 4].mean() > 127
-            for b in range(BITS)]
-    return sum(1 << b for b, on in enumerate(bits) if on)
+from tests.fixtures.barcode import read_barcode, write_barcode_video  # noqa: E402
 
 
 def write(path: Path, codec: str, n: int, w: int, h: int, fps: int, gop: int = 0) -> Path:
-    if codec == "mp4v":
-        vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-        for i in range(n):
-            vw.write(barcode_frame(i, w, h))
-        vw.release()
-        return path
-    import av
+    """A barcode video; x264 at crf 23 (its default quality), mp4v through opencv."""
+    return write_barcode_video(path, n, codec=codec, fps=fps, gop=gop, size=(w, h), bits=BITS, crf=23)
 
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("libx264", rate=fps)
-        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
-        s.options = {"preset": "veryfast", "crf": "23", **({"g": str(gop)} if gop else {})}
-        for i in range(n):
-            for p in s.encode(av.VideoFrame.from_ndarray(barcode_frame(i, w, h), format="bgr24")):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-    return path
+BITS = 16  # frame numbers up to 65535: a minute at 30 fps needs 11
 
 
 def main() -> None:
@@ -103,7 +62,7 @@ def main() -> None:
         for count in (16, 64):
             idx = sample_indices(info, num_frames=count)
             ref = read_frames(path, idx, backend="pyav-seq")
-            assert [read_barcode(f) for f in ref] == idx.tolist(), f"{name}: barcodes do not match"
+            assert [read_barcode(f, BITS) for f in ref] == idx.tolist(), f"{name}: barcodes do not match"
             times = {}
             for b in BACKENDS:
                 got = read_frames(path, idx, backend=b)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from data_gen.video_io import BACKENDS, VideoError, probe_video, read_frames, sample_indices
-from tests.fixtures.data_gen import read_barcode
+from tests.fixtures.barcode import read_barcode
 
 CASES = {
     "mp4v": {"codec": "mp4v"},
