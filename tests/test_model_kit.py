@@ -129,10 +129,22 @@ def test_forward_backward_and_generate(tiny_model):
     model.eval()
     prompt = collate([encode_example(tok, MCQ, vids[0].num_tokens)], vids[:1], tok.pad_token_id)
     model.model.rope_deltas = None
-    hf = model.generate(input_ids=prompt.input_ids, attention_mask=prompt.attention_mask,
-                        pixel_values_videos=prompt.pixel_values_videos, video_grid_thw=prompt.video_grid_thw,
-                        second_per_grid_ts=prompt.second_per_grid_ts, mm_token_type_ids=prompt.mm_token_type_ids,
-                        max_new_tokens=8, do_sample=False)
+    # model.generate computes positions with the installed transformers' get_rope_index, which
+    # continues text after a video elsewhere than the scheme longrl owns (training.positions);
+    # give it longrl's positions so the comparison is of decoding alone.
+    def own_rope_index(input_ids, mm_token_type_ids=None, attention_mask=None, **_):
+        assert input_ids.shape == prompt.input_ids.shape
+        pos = rope_positions(model, prompt)
+        return pos, (pos.amax(dim=(0, 2)) + 1 - input_ids.shape[1]).view(-1, 1)
+
+    model.model.get_rope_index = own_rope_index
+    try:
+        hf = model.generate(input_ids=prompt.input_ids, attention_mask=prompt.attention_mask,
+                            pixel_values_videos=prompt.pixel_values_videos, video_grid_thw=prompt.video_grid_thw,
+                            second_per_grid_ts=prompt.second_per_grid_ts, mm_token_type_ids=prompt.mm_token_type_ids,
+                            max_new_tokens=8, do_sample=False)
+    finally:
+        del model.model.get_rope_index
     ours = generate(model, prompt, [tok.convert_tokens_to_ids("<|im_end|>")], tok.pad_token_id, max_new_tokens=8, greedy=True)
     assert hf[0, prompt.input_ids.shape[1]:].tolist()[: len(ours.token_ids[0])] == ours.token_ids[0]
 
@@ -148,7 +160,8 @@ def test_cached_embeddings_equal_pixel_path_bitwise(tiny_model):
         model.model.rope_deltas = None
         native = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                        pixel_values_videos=batch.pixel_values_videos, video_grid_thw=batch.video_grid_thw,
-                       second_per_grid_ts=batch.second_per_grid_ts, mm_token_type_ids=batch.mm_token_type_ids)
+                       second_per_grid_ts=batch.second_per_grid_ts, mm_token_type_ids=batch.mm_token_type_ids,
+                       position_ids=rope_positions(model, batch))
     real = batch.attention_mask.bool()
     assert torch.equal(model.lm_head(h_cached)[real], native.logits[real])
     with pytest.raises(ValueError, match="row 1"):

@@ -2,9 +2,9 @@
 
 Used by the `hf` rollout engine (GRPO) and the `hf` eval engine. The prompt is prefilled from
 `embed_with_video` embeddings (cached video embeddings or freshly encoded ones) with the 3-D
-M-RoPE positions of `rope_positions`; every generated token then takes the next text position of
-its row (max prompt position + 1, + 2, ...), which is what `get_rope_index` assigns to the same
-tokens when the trainer later scores prompt + response. The log-prob of each sampled token under
+M-RoPE positions of `rope_positions` (training.positions); every generated token then takes the
+next text position of its row (largest prompt position + 1, + 2, ...), which is what
+`rope_positions` assigns to the same tokens when the trainer later scores prompt + response. The log-prob of each sampled token under
 the temperature-scaled distribution is returned so the trainer can check it matches.
 """
 
@@ -19,11 +19,12 @@ import torch.nn.functional as F
 from training.mm_batch import (
     Batch,
     base_model,
+    batch_video_embeds,
     embed_with_video,
-    encode_videos,
     rope_positions,
     video_positions,
 )
+from training.positions import next_text_position
 
 
 @dataclass
@@ -52,15 +53,15 @@ def generate(model, batch: Batch, stop_ids: Sequence[int], pad_id: int, max_new_
     from transformers import DynamicCache
 
     if video_embeds is None:
-        video_embeds = encode_videos(model, batch.pixel_values_videos, batch.video_grid_thw)
+        video_embeds = batch_video_embeds(model, batch)
     positions = rope_positions(model, batch)
-    embeds = embed_with_video(model, batch.input_ids, video_embeds, video_positions(batch))
+    embeds = embed_with_video(model, batch.input_ids, video_embeds, video_positions(batch), batch.video_counts)
     lm = base_model(model).language_model
     cache = DynamicCache()
     out = lm(inputs_embeds=embeds, attention_mask=batch.attention_mask, position_ids=positions,
              past_key_values=cache, use_cache=True)
     hidden = out.last_hidden_state[:, -1]
-    next_pos = positions.amax(dim=(0, 2)) + 1  # [B]
+    next_pos = next_text_position(positions, batch.attention_mask)  # [B]
     attn = batch.attention_mask
     B = batch.size
     stop = torch.tensor(list(stop_ids), dtype=torch.long)

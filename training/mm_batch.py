@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from training.linear_logprobs import linear_logprobs
+from training.positions import mrope_positions
 from training.prompts import EncodedExample
 from training.video_inputs import VideoPatches
 
@@ -33,6 +34,9 @@ class Batch:
     video_grid_thw: torch.Tensor  # [B, 3] long
     second_per_grid_ts: torch.Tensor  # [B] float
     pixel_values_videos: torch.Tensor | None  # [sum tokens, D] or None when embeddings are cached
+    # Videos per row, in row order, when a row may hold several videos (or none); None means one
+    # video per row, so video_grid_thw[i] belongs to row i.
+    video_counts: tuple[int, ...] | None = None
 
     @property
     def size(self) -> int:
@@ -43,12 +47,16 @@ class Batch:
         return Batch(**moved)
 
 
-def collate(examples: Sequence[EncodedExample], videos: Sequence[VideoPatches], pad_id: int,
-            with_pixels: bool = True) -> Batch:
+def collate(examples: Sequence[EncodedExample], videos: Sequence[VideoPatches | Sequence[VideoPatches]],
+            pad_id: int, with_pixels: bool = True) -> Batch:
     """Left-pad a list of (example, its video) into a Batch. Left padding keeps every response
-    right-aligned so generation and training see identical positions."""
+    right-aligned so generation and training see identical positions. An entry of `videos` may
+    also be a list of the row's videos in prompt order (several videos, or none)."""
     if len(examples) != len(videos):
         raise ValueError(f"{len(examples)} examples but {len(videos)} videos")
+    if any(not isinstance(v, VideoPatches) for v in videos):
+        return _collate_multi(examples, [[v] if isinstance(v, VideoPatches) else list(v) for v in videos],
+                              pad_id, with_pixels)
     length = max(len(e.input_ids) for e in examples)
     B = len(examples)
     input_ids = torch.full((B, length), pad_id, dtype=torch.long)
@@ -75,29 +83,83 @@ def collate(examples: Sequence[EncodedExample], videos: Sequence[VideoPatches], 
     )
 
 
+def _collate_multi(examples: Sequence[EncodedExample], videos: Sequence[list[VideoPatches]], pad_id: int,
+                   with_pixels: bool) -> Batch:
+    length = max(len(e.input_ids) for e in examples)
+    B = len(examples)
+    input_ids = torch.full((B, length), pad_id, dtype=torch.long)
+    attn = torch.zeros((B, length), dtype=torch.long)
+    types = torch.zeros((B, length), dtype=torch.int32)
+    loss_mask = torch.zeros((B, length), dtype=torch.float32)
+    for i, (ex, row_videos) in enumerate(zip(examples, videos, strict=True)):
+        n_video = sum(1 for t in ex.mm_token_type_ids if t == VIDEO_TOKEN_TYPE)
+        want = sum(v.num_tokens for v in row_videos)
+        if n_video != want:
+            raise ValueError(f"row {i}: prompt has {n_video} video tokens but its {len(row_videos)} videos have {want}")
+        off = length - len(ex.input_ids)
+        input_ids[i, off:] = torch.tensor(ex.input_ids)
+        attn[i, off:] = 1
+        types[i, off:] = torch.tensor(ex.mm_token_type_ids, dtype=torch.int32)
+        loss_mask[i, off + ex.prompt_len :] = 1.0
+    flat = [v for row in videos for v in row]
+    return Batch(
+        input_ids=input_ids,
+        attention_mask=attn,
+        mm_token_type_ids=types,
+        loss_mask=loss_mask,
+        video_grid_thw=torch.tensor([v.grid_thw for v in flat], dtype=torch.long).view(-1, 3),
+        second_per_grid_ts=torch.tensor([v.second_per_grid_t for v in flat], dtype=torch.float32),
+        pixel_values_videos=(torch.cat([v.pixel_values for v in flat]) if flat else None) if with_pixels else None,
+        video_counts=tuple(len(row) for row in videos),
+    )
+
+
+def row_video_grids(batch: Batch) -> tuple[list[list[tuple[int, int, int]]], list[list[float]]]:
+    """Per row: the grids and seconds-per-grid of its videos, in prompt order."""
+    counts = batch.video_counts if batch.video_counts is not None else (1,) * batch.size
+    grids = [tuple(int(x) for x in g) for g in batch.video_grid_thw.tolist()]
+    secs = [float(x) for x in batch.second_per_grid_ts.tolist()]
+    if sum(counts) != len(grids):
+        raise ValueError(f"batch lists {sum(counts)} videos but has {len(grids)} video grids")
+    out_g, out_s, k = [], [], 0
+    for c in counts:
+        out_g.append(grids[k : k + c])
+        out_s.append(secs[k : k + c])
+        k += c
+    return out_g, out_s
+
+
 def base_model(model):
     """The Qwen2_5_VLModel inside a *ForConditionalGeneration (or the model itself)."""
     return getattr(model, "model", model)
 
 
 def rope_positions(model, batch: Batch) -> torch.Tensor:
-    """3-D M-RoPE position ids [3, B, L] for the batch (padding positions are 0)."""
+    """3-D M-RoPE position ids [3, B, L] for the batch (padding positions are 0), from the one
+    position scheme longrl owns (training.positions), never from the installed transformers'
+    `get_rope_index` (which continues text after a video at a different position)."""
     inner = base_model(model)
     inner.rope_deltas = None  # stale deltas from an earlier generate must not leak in
-    position_ids, _ = inner.get_rope_index(
-        batch.input_ids,
-        mm_token_type_ids=batch.mm_token_type_ids,
-        video_grid_thw=batch.video_grid_thw,
-        second_per_grid_ts=batch.second_per_grid_ts,
-        attention_mask=batch.attention_mask,
-    )
-    return position_ids
+    vision = model.config.vision_config
+    grids, secs = row_video_grids(batch)
+    return mrope_positions(batch.mm_token_type_ids, batch.attention_mask, grids, int(vision.spatial_merge_size),
+                           secs, getattr(vision, "tokens_per_second", 1.0)).to(batch.input_ids.device)
 
 
 def encode_videos(model, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> list[torch.Tensor]:
     """Vision tower + merger once: one [tokens, hidden] tensor per video."""
     out = base_model(model).get_video_features(pixel_values, grid_thw, return_dict=True)
     return list(out.pooler_output)
+
+
+def batch_video_embeds(model, batch: Batch) -> list[torch.Tensor]:
+    """Encode the batch's own pixels (once): one embedding per video, none for a batch without
+    videos."""
+    if batch.video_grid_thw.shape[0] == 0:
+        return []
+    if batch.pixel_values_videos is None:
+        raise ValueError("batch has no pixels and no cached video embeddings were given")
+    return encode_videos(model, batch.pixel_values_videos, batch.video_grid_thw)
 
 
 def video_positions(batch: Batch) -> torch.Tensor:
@@ -107,14 +169,34 @@ def video_positions(batch: Batch) -> torch.Tensor:
     return batch.mm_token_type_ids == VIDEO_TOKEN_TYPE
 
 
+def _embed_multi(embeds: torch.Tensor, video_embeds: Sequence[torch.Tensor], mask: torch.Tensor,
+                 video_counts: Sequence[int]) -> torch.Tensor:
+    if len(video_embeds) != sum(video_counts) or len(video_counts) != embeds.shape[0]:
+        raise ValueError(f"{len(video_embeds)} video embeddings for rows holding {list(video_counts)} videos")
+    k = 0
+    for i, c in enumerate(video_counts):
+        n = int(mask[i].sum())
+        got = sum(int(ve.shape[0]) for ve in video_embeds[k : k + c])
+        if got != n:
+            raise ValueError(f"row {i}: {c} video embeddings with {got} tokens do not fit {n} video tokens")
+        k += c
+    if not video_embeds:
+        return embeds
+    flat = torch.cat([ve.to(embeds.dtype) for ve in video_embeds])
+    return embeds.masked_scatter(mask.unsqueeze(-1), flat)
+
+
 def embed_with_video(model, input_ids: torch.Tensor, video_embeds: Sequence[torch.Tensor],
-                     video_mask: torch.Tensor) -> torch.Tensor:
+                     video_mask: torch.Tensor, video_counts: Sequence[int] | None = None) -> torch.Tensor:
     """Token embeddings with row i's video positions (`video_mask`, see `video_positions`)
-    replaced by video_embeds[i]. A count or width mismatch is an error naming the row."""
+    replaced by video_embeds[i] (or, with `video_counts`, by that row's videos in order). A
+    count or width mismatch is an error naming the row."""
     embeds = base_model(model).get_input_embeddings()(input_ids)
+    mask = video_mask.bool()
+    if video_counts is not None:
+        return _embed_multi(embeds, video_embeds, mask, video_counts)
     if len(video_embeds) != input_ids.shape[0]:
         raise ValueError(f"{input_ids.shape[0]} rows but {len(video_embeds)} video embeddings")
-    mask = video_mask.bool()
     for i, ve in enumerate(video_embeds):
         n = int(mask[i].sum())
         if ve.shape != (n, embeds.shape[-1]):
@@ -133,12 +215,10 @@ def hidden_states(model, batch: Batch, video_embeds: Sequence[torch.Tensor] | No
     """Last hidden states [B, L, H]. Uses cached `video_embeds` when given, otherwise encodes the
     batch's pixels (once)."""
     if video_embeds is None:
-        if batch.pixel_values_videos is None:
-            raise ValueError("batch has no pixels and no cached video embeddings were given")
-        video_embeds = encode_videos(model, batch.pixel_values_videos, batch.video_grid_thw)
+        video_embeds = batch_video_embeds(model, batch)
     if position_ids is None:
         position_ids = rope_positions(model, batch)
-    inputs_embeds = embed_with_video(model, batch.input_ids, video_embeds, video_positions(batch))
+    inputs_embeds = embed_with_video(model, batch.input_ids, video_embeds, video_positions(batch), batch.video_counts)
     out = base_model(model).language_model(
         inputs_embeds=inputs_embeds, attention_mask=batch.attention_mask, position_ids=position_ids, use_cache=False
     )
