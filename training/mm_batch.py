@@ -54,8 +54,8 @@ def collate(examples: Sequence[EncodedExample], videos: Sequence[VideoPatches | 
     also be a list of the row's videos in prompt order (several videos, or none)."""
     if len(examples) != len(videos):
         raise ValueError(f"{len(examples)} examples but {len(videos)} videos")
-    if any(not isinstance(v, VideoPatches) for v in videos):
-        return _collate_multi(examples, [[v] if isinstance(v, VideoPatches) else list(v) for v in videos],
+    if any(isinstance(v, (list, tuple)) for v in videos):  # rows holding several videos, or none
+        return _collate_multi(examples, [list(v) if isinstance(v, (list, tuple)) else [v] for v in videos],
                               pad_id, with_pixels)
     length = max(len(e.input_ids) for e in examples)
     B = len(examples)

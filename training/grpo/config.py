@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from training.grpo.algorithms import LOSS_AGG_MODES
 from training.grpo.rewards import RewardConfig
+from training.precision import PRECISIONS, PrecisionError, check_trainable_weights_dtype
 from training.sequence_parallel.mesh import ParallelConfig
 from training.video_inputs import VideoSampling
 
@@ -98,7 +99,10 @@ class GRPOConfig:
 
     steps: int = 100  # training steps (each: prompts_per_step x group_size rollouts)
     seed: int = 0
-    dtype: str = "float32"  # model weights: float32 (CPU, exact tests) or bfloat16 (GPU)
+    # Trained weights stay float32 (bf16 weights swallow lr-1e-6 updates; training/precision.py);
+    # bf16 is a compute setting: `precision`.
+    dtype: str = "float32"
+    precision: str = "auto"  # "auto": bf16 compute on GPU with fp32 master weights, fp32 on CPU; "bf16"; "fp32"
     device: str = "auto"  # auto: cuda when available, else cpu
     attn_implementation: str = ""  # e.g. flash_attention_2 on GPU; empty: transformers default
     ref_offload: bool = False  # keep the frozen reference in host memory between its passes (1 process, GPU)
@@ -146,6 +150,12 @@ class GRPOConfig:
             problems.append("steps, prompts_per_step, micro_batch_rows and ppo_epochs must be >= 1")
         if self.save_every < 0:
             problems.append(f"save_every must be >= 0 (0: only at the end), got {self.save_every}")
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision {self.precision!r} not in {PRECISIONS}")
+        try:
+            check_trainable_weights_dtype(self.dtype)
+        except PrecisionError as err:
+            problems.append(str(err))
         if problems:
             raise ValueError("; ".join(problems))
         return self

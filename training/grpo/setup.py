@@ -27,6 +27,7 @@ from training.grpo.video_cache import VideoEmbedder
 from training.mm_batch import base_model
 from training.model_io import load_model, load_tokenizer
 from training.optim import build_adamw, warmup_cosine
+from training.precision import resolve_precision
 from training.records import load_records
 from training.video_inputs import VisionSpec
 
@@ -45,6 +46,8 @@ class TrainerSetup:
         self.logprob_fn, self.on_step = logprob_fn, on_step
         self.ctx = self.build_context()
         self.device = self.ctx.device
+        # fp32 master weights always; bf16 compute where `precision` resolves to it (precision.py).
+        self.precision = resolve_precision(cfg.precision, self.device)
         self.cfg = cfg = self.process_config(cfg)
         self.out.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(cfg.seed)
@@ -89,7 +92,7 @@ class TrainerSetup:
 
     def load_kwargs(self) -> dict:
         c = self.cfg
-        return dict(dtype=c.dtype, device=self.device, attn_implementation=c.attn_implementation or None)
+        return dict(dtype="float32", device=self.device, attn_implementation=c.attn_implementation or None)
 
     def build_models(self, resume: Path | None) -> None:
         """`self.model` (trained) and `self.ref` (frozen reference, or None without a KL term)."""

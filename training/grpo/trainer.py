@@ -48,7 +48,8 @@ class GRPOTrainer(TrainerSetup):
                 task = bar.add_task("grpo", total=cfg.steps, completed=self.step)
                 while self.step < cfg.steps:
                     self.step += 1
-                    metrics = self.train_step(self.step)
+                    with self.precision.autocast():
+                        metrics = self.train_step(self.step)
                     if logger is not None:
                         logger.log(self.step, metrics)
                     bar.update(task, advance=1, description=(

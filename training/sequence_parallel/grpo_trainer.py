@@ -92,6 +92,8 @@ class ParallelGRPOTrainer(GRPOTrainer):
         """An unsharded frozen replica (encodes videos, samples with `hf`, refreshed after every
         update); the policy and reference as FSDP-sharded LogProbModels."""
         st, load = self.par, self.load_kwargs()
+        # bf16 compute on fp32 shards (FSDP2 MixedPrecisionPolicy, fp32 gradient reduction).
+        self.parallel.param_dtype = self.precision.fsdp_param_dtype
         self.replica = load_model(resume or self.model_dir, **load).requires_grad_(False)
         policy = load_model(resume or self.model_dir, **load)
         base_model(policy).visual.requires_grad_(False)  # SplitVideoEmbedder insists on it
