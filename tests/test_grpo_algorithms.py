@@ -35,6 +35,18 @@ def test_group_advantages_hand_computed():
     assert no_std.tolist() == pytest.approx([0.75, -0.25, -0.25, -0.25, 0, 0, 0.5, -0.5, 0, 0, 0, 0])
 
 
+@pytest.mark.parametrize("value", [0.9, 0.1, 0.3, 1 / 3, 0.0, 1.0])
+@pytest.mark.parametrize("size", [2, 8, 16])
+def test_group_with_all_equal_rewards_gets_exactly_zero(value, size):
+    # naively in fp32, eight 0.9s gave -0.056 to every member (mean rounding / (std + 1e-6))
+    rewards = torch.tensor([value] * size + [0.0, 1.0])
+    groups = torch.tensor([0] * size + [1, 1])
+    adv = group_advantages(rewards, groups)
+    assert torch.equal(adv[:size], torch.zeros(size))
+    assert adv[size:].tolist() == pytest.approx([-1 / math.sqrt(2), 1 / math.sqrt(2)], abs=1e-5)
+    assert torch.equal(group_advantages(rewards, groups, scale_by_std=False)[:size], torch.zeros(size))
+
+
 def test_group_advantages_groups_need_not_be_contiguous():
     rewards = torch.tensor([1.0, 0.5, 0, 0.5, 0, 1, 0, 0])
     groups = torch.tensor([0, 1, 0, 1, 0, 1, 0, 1])

@@ -55,7 +55,9 @@ def group_advantages(
 
     `rewards` [N] float, `group_index` [N] int (any ids; members need not be contiguous).
     `scale_by_std=False` gives Dr.GRPO's r - mean_g. A group with one member has no baseline
-    and is an error (GRPO needs G >= 2), never a silent zero.
+    and is an error (GRPO needs G >= 2), never a silent zero. A group whose rewards are all
+    equal gets exactly 0: computed naively, fp32 rounding of the mean (e.g. eight 0.9s) leaves a
+    ~1e-8 residue that dividing by std + eps blows up to -0.056 for every member.
     """
     if rewards.ndim != 1 or group_index.shape != rewards.shape:
         raise ValueError(f"rewards {tuple(rewards.shape)} and group_index "
@@ -67,8 +69,13 @@ def group_advantages(
         r = rewards[sel]
         if r.numel() < 2:
             raise ValueError(f"group {int(g)} has {r.numel()} sample(s); GRPO needs >= 2 per group")
-        centred = r - r.mean()
-        out[sel] = centred / (r.std(unbiased=unbiased_std) + eps) if scale_by_std else centred
+        if bool((r == r[0]).all()):
+            out[sel] = 0.0
+            continue
+        r64 = r.double()  # mean and std in float64: no rounding residue in the centring
+        centred = r64 - r64.mean()
+        adv = centred / (r64.std(unbiased=unbiased_std) + eps) if scale_by_std else centred
+        out[sel] = adv.to(out.dtype)
     return out
 
 
