@@ -112,9 +112,9 @@ def run_mode(model_dir: Path, data: Path, out: Path, mode: str, frames: int, arg
     from training.grpo.config import GRPOConfig
     from training.grpo.trainer import GRPOTrainer
 
-    over = [f"steps={args.steps + 1}", f"rollout.prompts_per_step={args.prompts}",
+    over = [f"max_steps={args.steps + 1}", f"rollout.prompts_per_step={args.prompts}",
             f"rollout.group_size={args.group}", f"rollout.max_new_tokens={args.new_tokens}",
-            f"video.sampling.num_frames={frames}", f"video.embeddings={mode}",
+            f"video.num_frames={frames}", f"video.embeddings={mode}",
             f"video.embed_cache={cache}", "progress=false", "plots=false", "save_every=1000000",
             "optim.lr=0.0001", f"dtype={args.dtype}"]
     GRPOTrainer(load_config(GRPOConfig, None, over), model_dir, data, out).train()

@@ -3,17 +3,32 @@
 Every stage keeps one flat-ish dataclass of its own (nested dataclasses allowed). The same
 functions load it from a file, apply command-line overrides and save the resolved config next to
 the stage's outputs so a run can be reproduced exactly.
+
+One convention for every command: `--config FILE` then positional `key.sub=value` overrides.
+A config class may declare `ALIASES = {"old.key": "new.key"}` (a ClassVar) for spellings it
+renamed; an old spelling still works and logs a one-line deprecation note. `describe_config`
+renders the resolved config as YAML with each field's source comment (`--print-config`).
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import difflib
+import inspect
+import io
+import logging
+import sys
+import textwrap
+import tokenize
 import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+
+log = logging.getLogger("longrl.config")
 
 T = TypeVar("T")
 
@@ -106,9 +121,14 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - names)
     if unknown:
+        hints_text = []
+        for k in unknown:
+            close = difflib.get_close_matches(k, sorted(names), n=1, cutoff=0.6)
+            hints_text.append(f"{prefix}{k} (did you mean {prefix}{close[0]}?)" if close else prefix + k)
+        known = "" if all("did you mean" in h for h in hints_text) else f"; known: {', '.join(sorted(names))}"
         raise ConfigError(
-            f"unknown config key(s) {', '.join(prefix + k for k in unknown)} for {cls.__name__}; "
-            f"known: {', '.join(sorted(names))}"
+            f"unknown config key(s) {', '.join(hints_text)} for {cls.__name__}{known} "
+            "(--print-config lists every key with its meaning)"
         )
     kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
     return cls(**kwargs)
@@ -175,21 +195,89 @@ def load_config(
     """Defaults of `cls`, then the YAML file (if any), then `key.sub=value` overrides, then
     `values` (dotted keys -> already-typed values, e.g. from CLI options; None is skipped)."""
     data: dict[str, Any] = {}
+    aliases: dict[str, str] = getattr(cls, "ALIASES", {}) or {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist")
-        loaded = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {p} must hold a mapping at the top level")
-        data = loaded
+        data = _apply_aliases(read_yaml_mapping(path), aliases, f"in {path}")
     base = to_dict(cls())  # type: ignore[call-arg]
     merged = _deep_merge(base, data)
-    merged = apply_overrides(merged, overrides or [])
+    for text in overrides or []:
+        keys, value = parse_override(text)
+        merged = set_path(merged, _alias_path(keys, aliases), value)
     for key, value in (values or {}).items():
         if value is not None:
-            merged = set_path(merged, key.split("."), value)
+            merged = set_path(merged, _alias_path(key.split("."), aliases), value)
     return from_dict(cls, merged)
+
+
+def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """A YAML file holding a mapping; ConfigError naming the file (and line) otherwise."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist" + (" (it is a folder)" if p.is_dir() else ""))
+    try:
+        loaded = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"config file {p} is not valid YAML{where}: {problem}; fix that line "
+                          "(the file is a mapping of key: value, nested by indentation)") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {p} is not a text (YAML) file") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {p} must hold a mapping (key: value lines) at the top level, "
+                          f"not a {type(loaded).__name__}")
+    return loaded
+
+
+_NOTED: set[str] = set()
+
+
+def _deprecated(old: str, new: str, where: str) -> None:
+    if old not in _NOTED:  # once per process: a note, not a wall
+        _NOTED.add(old)
+        log.warning("note: config key %s is deprecated (%s), use %s", old, where, new)
+
+
+def _alias_path(keys: list[str], aliases: dict[str, str]) -> list[str]:
+    """Map a dotted key through the aliases (an alias may rename a prefix: `a.b` -> `c`)."""
+    for n in range(len(keys), 0, -1):
+        old = ".".join(keys[:n])
+        if old in aliases:
+            new = aliases[old]
+            _deprecated(".".join(keys), ".".join([*new.split("."), *keys[n:]]), "override")
+            return [*new.split("."), *keys[n:]]
+    return keys
+
+
+def _apply_aliases(data: dict[str, Any], aliases: dict[str, str], where: str) -> dict[str, Any]:
+    """Move values written under an old spelling (nested mapping from a file) to the new one."""
+    for old, new in aliases.items():
+        node, parts = data, old.split(".")
+        for part in parts[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+            if not isinstance(node, dict):
+                break
+        if not isinstance(node, dict) or parts[-1] not in node:
+            continue
+        value = node.pop(parts[-1])
+        _deprecated(old, new, where)
+        target = data
+        for part in new.split(".")[:-1]:
+            target = target.setdefault(part, {})
+        last = new.split(".")[-1]
+        if isinstance(value, dict) and isinstance(target.get(last), dict):
+            clash = sorted(set(value) & set(target[last]))
+            if clash:
+                raise ConfigError(f"{where}: {old}.{clash[0]} and {new}.{clash[0]} both given; keep {new}.{clash[0]}")
+            target[last] = {**target[last], **value}
+        elif last in target:
+            raise ConfigError(f"{where}: both {old} (deprecated) and {new} given; keep {new}")
+        else:
+            target[last] = value
+    return data
 
 
 def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -209,3 +297,89 @@ def save_config(cfg: Any, out_dir: str | Path, filename: str = CONFIG_FILENAME) 
     path = out / filename
     path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     return path
+
+
+# -- describing a config (--print-config) ------------------------------------------------------
+
+def field_comments(cls: type) -> dict[str, str]:
+    """Each field's comment in the class source (and its base classes'): the trailing `# ...` on
+    its line, else the comment lines just above it (how every config here documents its fields)."""
+    out: dict[str, str] = {}
+    for klass in reversed(cls.__mro__[:-1]):
+        if dataclasses.is_dataclass(klass):
+            out.update({k: v for k, v in _own_comments(klass).items() if v or k not in out})
+    return out
+
+
+def _own_comments(cls: type) -> dict[str, str]:
+    try:
+        src = textwrap.dedent(inspect.getsource(cls))
+    except (OSError, TypeError):
+        return {}
+    lines = src.splitlines()
+    comments: dict[int, str] = {}
+    for tok in tokenize.generate_tokens(io.StringIO(src).readline):
+        if tok.type == tokenize.COMMENT:
+            comments[tok.start[0]] = tok.string.lstrip("#").strip()
+    out: dict[str, str] = {}
+    body = ast.parse(src).body[0]
+    for node in getattr(body, "body", []):
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+            continue
+        text = next((comments[n] for n in range(node.lineno, (node.end_lineno or node.lineno) + 1)
+                     if n in comments), "")
+        if not text:
+            above, n = [], node.lineno - 1
+            while n >= 1 and n in comments and lines[n - 1].strip().startswith("#"):
+                above.insert(0, comments[n])
+                n -= 1
+            text = " ".join(a for a in above if not a.startswith("--"))
+        out[node.target.id] = text
+    return out
+
+
+def _scalar(value: Any) -> str:
+    text = yaml.safe_dump(value, default_flow_style=True, width=sys.maxsize, allow_unicode=True).strip()
+    return text[:-4].strip() if text.endswith("\n...") else text.removesuffix("...").strip()
+
+
+def describe_config(cfg: Any) -> str:
+    """The resolved config as YAML (loadable back with --config), each field with its comment."""
+    out: list[str] = []
+
+    def walk(obj: Any, indent: str) -> None:
+        comments = field_comments(type(obj))
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            note = comments.get(f.name, "")
+            tail = f"  # {note}" if note else ""
+            if dataclasses.is_dataclass(value):
+                if not tail and type(value).__doc__ and not type(value).__doc__.startswith(type(value).__name__ + "("):
+                    tail = f"  # {type(value).__doc__.strip().splitlines()[0]}"
+                out.append(f"{indent}{f.name}:{tail}")
+                walk(value, indent + "  ")
+            else:
+                plain = to_dict(obj)[f.name]
+                out.append(f"{indent}{f.name}: {_scalar(plain)}{tail}")
+
+    walk(cfg, "")
+    return "\n".join(out) + "\n"
+
+
+# -- the resume rule ----------------------------------------------------------------------------
+
+def check_resume(cfg: Any, out_dir: str | Path, restart_hint: str) -> None:
+    """Refuse to resume OUT with settings the rule does not allow (cfg.resume_problems, from the
+    class's RESUMABLE keys), naming each changed key. Nothing to compare: nothing to refuse."""
+    saved_path = Path(out_dir) / CONFIG_FILENAME
+    if not saved_path.is_file():
+        return
+    saved = _apply_aliases(read_yaml_mapping(saved_path), getattr(type(cfg), "ALIASES", {}) or {},
+                           f"in {saved_path}")
+    problems = cfg.resume_problems(saved)
+    if problems:
+        raise ConfigError(
+            f"{out_dir} holds a run with other settings, so it cannot be resumed with these: "
+            f"{'; '.join(problems)}. A resume may change only run length, checkpointing, logging and "
+            f"service endpoints ({', '.join(type(cfg).RESUMABLE)}); use a new --out, "
+            f"or {restart_hint} to start this folder over")

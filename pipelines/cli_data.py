@@ -7,7 +7,14 @@ from pathlib import Path
 
 import typer
 
-from pipelines.cli_common import CONFIG_HELP, OVERRIDES_HELP, console, fail, resolve_config
+from pipelines.cli_common import (
+    CONFIG_HELP,
+    OVERRIDES_HELP,
+    PRINT_CONFIG_HELP,
+    console,
+    fail,
+    resolve_config,
+)
 
 app = typer.Typer(help="LongVideo-Reason data: build from videos (captions -> reasoning QA -> "
                   "filter -> splits) or import the released JSON.", no_args_is_help=True)
@@ -63,6 +70,7 @@ def build(
     videos: Path = typer.Option(..., "--videos", help="A folder of videos, a JSONL manifest ({\"path\", \"video_id\"} per line) or a `longrl synth` folder."),
     out: Path = typer.Option(..., "--out", help="Output folder: sft/ rl/ eval/ (datasets) + .parquet, rejects.jsonl, summary.json/.png, cache/."),
     config: Path = typer.Option(None, "--config", help=CONFIG_HELP),
+    print_config: bool = typer.Option(False, "--print-config", help=PRINT_CONFIG_HELP),
     annotator: str = typer.Option(None, "--annotator", help="llm (captioner + reasoner endpoints) or groundtruth (`longrl synth` videos: captions and QA from their event logs) [default llm]."),
     captioner_url: str = typer.Option(None, "--captioner-url", help="OpenAI-compatible base URL of the video captioner (e.g. http://host:8000/v1 from `vllm serve`)."),
     captioner_model: str = typer.Option(None, "--captioner-model", help="Captioner model name."),
@@ -77,7 +85,7 @@ def build(
     api_key_env: str = typer.Option(None, "--api-key-env", help="Environment variable holding the API key for every endpoint [default OPENAI_API_KEY]. Keys are never taken from the command line."),
     concurrency: int = typer.Option(None, "--concurrency", help="Requests in flight per endpoint [default 16]."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars or table."),
-    overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP + " Keys: see data_gen.build_config.BuildConfig, e.g. clip_s=20 filter.k=5 splits.eval=0.2."),
+    overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP + " Keys: --print-config lists them, e.g. clip_s=20 filter.k=5 splits.eval=0.2."),
 ) -> None:
     """Build the LongVideo-Reason dataset: cut videos into clips, caption them, have a reasoning
     model write question-answer pairs with chains of thought per category, validate them,
@@ -105,7 +113,7 @@ def build(
     if api_key_env:
         for ep in ("captioner", "reasoner", "rewriter", "filter.endpoint"):
             fixed[f"{ep}.api_key_env"] = api_key_env
-    cfg = resolve_config(BuildConfig, config, overrides, **fixed)
+    cfg = resolve_config(BuildConfig, config, overrides, print_config, **fixed)
     try:
         cfg.check()
     except ValueError as exc:

@@ -7,7 +7,15 @@ from pathlib import Path
 
 import typer
 
-from pipelines.cli_common import CONFIG_HELP, OVERRIDES_HELP, console, fail, resolve_config
+from pipelines.cli_common import (
+    CONFIG_HELP,
+    OVERRIDES_HELP,
+    PRINT_CONFIG_HELP,
+    console,
+    fail,
+    resolve_config,
+    resolve_model,
+)
 
 app = typer.Typer(help="Offline video-embedding caches for GRPO (zero vision-tower calls during RL).",
                   no_args_is_help=True)
@@ -18,13 +26,20 @@ def build(
     model: Path = typer.Option(..., "--model", help="Model folder whose (frozen) vision tower encodes the videos: the GRPO starting policy."),
     data: Path = typer.Option(..., "--data", help="Records whose videos to encode (same forms as `longrl train grpo --data`)."),
     out: Path = typer.Option(..., "--out", help="Cache folder (index.json, emb/<key>.safetensors). Building again on it adds missing videos only."),
-    config: Path = typer.Option(None, "--config", help=CONFIG_HELP + " The GRPO config: its data.* and video.sampling.* decide which frames are encoded."),
-    overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP + " Keys: those of training.grpo.config.GRPOConfig, e.g. video.sampling.num_frames=64."),
+    config: Path = typer.Option(None, "--config", help=CONFIG_HELP + " The GRPO config: its data.* and video.* decide which frames are encoded."),
+    print_config: bool = typer.Option(False, "--print-config", help=PRINT_CONFIG_HELP),
+    overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP + " Keys: those of `longrl train grpo` (--print-config), e.g. video.num_frames=64."),
 ) -> None:
     """Encode every unique video span of the records once with the model's vision tower and save the embeddings, keyed by file digest, clip span, frame sampling and pixel layout. Training with video.embeddings=offline checks the vision tower's fingerprint and each entry's shape; a video whose content or sampling changed finds no entry and is reported, never replaced. Unreadable videos are listed and skipped."""
     from training.grpo.config import GRPOConfig
 
-    cfg = resolve_config(GRPOConfig, config, overrides)
+    cfg = resolve_config(GRPOConfig, config, overrides, print_config)
+    from training.sft.config import video_sampling_problems
+
+    problems = video_sampling_problems(cfg.video, "video.")
+    if problems:
+        fail("; ".join(problems), 2)
+    model = resolve_model(model)
     from training.grpo.embed_cache import EmbedCacheError, build_cache
     from training.model_io import ModelFolderError, load_model
     from training.records import DataError, load_records

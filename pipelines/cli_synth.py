@@ -6,7 +6,14 @@ from pathlib import Path
 
 import typer
 
-from pipelines.cli_common import CONFIG_HELP, OVERRIDES_HELP, console, fail, resolve_config
+from pipelines.cli_common import (
+    CONFIG_HELP,
+    OVERRIDES_HELP,
+    PRINT_CONFIG_HELP,
+    console,
+    fail,
+    resolve_config,
+)
 
 
 def _size(text: str | None) -> tuple[int, int] | None:
@@ -28,7 +35,8 @@ def synth(
     seed: int = typer.Option(None, "--seed", help="Random seed; the same seed writes the same data [default 0]."),
     codec: str = typer.Option(None, "--codec", help="mp4v (opencv, fastest) or h264 (PyAV libx264) [default mp4v]."),
     config: Path = typer.Option(None, "--config", help=CONFIG_HELP),
-    overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP + " Keys: see data_gen.synth.SynthConfig."),
+    print_config: bool = typer.Option(False, "--print-config", help=PRINT_CONFIG_HELP),
+    overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP + " Keys: --print-config lists them."),
 ) -> None:
     """Render synthetic long videos (shapes that appear, move between named regions, change
     colour, grow large, push each other) with a ground-truth event log per video and verifiable
@@ -40,7 +48,7 @@ def synth(
 
     wh = _size(size)
     cfg = resolve_config(
-        SynthConfig, config, overrides, videos=videos, minutes=minutes, fps=fps, seed=seed,
+        SynthConfig, config, overrides, print_config, videos=videos, minutes=minutes, fps=fps, seed=seed,
         codec=codec, width=wh[0] if wh else None, height=wh[1] if wh else None,
     )
     try:

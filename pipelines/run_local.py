@@ -43,7 +43,7 @@ DEMO_PARAMS: dict[str, Any] = {
     "grpo_lr": 1e-5,
     "grpo_group_size": 4,
     "grpo_kl_coef": 0.01,
-    "grpo_overrides": ["rollout.prompts_per_step=2", "rollout.max_new_tokens=160", "video.sampling.max_pixels=12544",
+    "grpo_overrides": ["rollout.prompts_per_step=2", "rollout.max_new_tokens=160", "video.max_pixels=12544",
                        "save_every=0", "plots=true"],  # fmt: skip
     "ray_workers": 0,
     "gpus_per_worker": 1,

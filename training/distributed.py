@@ -209,7 +209,7 @@ def launch(fn: Callable[[dict], Any], config: dict, num_workers: int = 1, use_gp
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    started = False
+    started, was_connected = False, ray.is_initialized()
     if not ray.is_initialized():
         if os.environ.get("RAY_ADDRESS"):
             ray.init()
@@ -226,7 +226,37 @@ def launch(fn: Callable[[dict], Any], config: dict, num_workers: int = 1, use_gp
             torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
             run_config=RunConfig(name=name, storage_path=str(Path(storage_dir or ".").resolve())),
         )
-        trainer.fit()
+        _fit_interruptibly(trainer, ray, shutdown_on_interrupt=not was_connected)
     finally:
         if started:
             ray.shutdown()
+
+
+def _fit_interruptibly(trainer: Any, ray: Any, shutdown_on_interrupt: bool) -> None:
+    """`trainer.fit()` in a helper thread, so Ctrl-C reaches this (main) thread at once: Ray
+    Train's own SIGINT handler waits on its controller, which never answers while the job waits
+    for resources (e.g. GPUs that do not exist). On Ctrl-C the driver disconnects from Ray, which
+    ends the job's actors and workers (complete checkpoints stay; the same --out resumes)."""
+    import sys
+    import threading
+
+    outcome: dict[str, BaseException] = {}
+
+    def fit() -> None:
+        try:
+            trainer.fit()
+        except BaseException as exc:  # re-raised in the caller's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=fit, name="ray-train-fit", daemon=True)
+    thread.start()
+    try:
+        while thread.is_alive():
+            thread.join(0.5)
+    except KeyboardInterrupt:
+        print("interrupted: stopping the Ray Train workers", file=sys.stderr, flush=True)
+        if shutdown_on_interrupt:
+            ray.shutdown()
+        raise
+    if "error" in outcome:
+        raise outcome["error"]

@@ -32,13 +32,13 @@ class VideoSampling:
     processor config" (falling back to qwen-vl-utils' defaults). `total_pixels` (0 = off) caps the
     whole clip like qwen-vl-utils does, shrinking frames when there are many."""
 
-    num_frames: int = 16
-    fps: float = 0.0
-    min_frames: int = 4
-    max_frames: int = 768
-    min_pixels: int = 0
-    max_pixels: int = 0
-    total_pixels: int = 0
+    num_frames: int = 16  # frames per video, uniformly spaced (used when fps is 0)
+    fps: float = 0.0  # > 0: sample this many frames per second instead, within min/max_frames
+    min_frames: int = 4  # fps sampling: at least this many frames
+    max_frames: int = 768  # fps sampling: at most this many frames
+    min_pixels: int = 0  # per-frame pixel floor (0: the model folder's video processor config)
+    max_pixels: int = 0  # per-frame pixel cap (0: the model folder's video processor config)
+    total_pixels: int = 0  # cap on all frames' pixels together, shrinking frames (0: off)
 
 
 @dataclass

@@ -8,12 +8,14 @@ switches to DAPO.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import ClassVar
 
 from training.grpo.algorithms import LOSS_AGG_MODES
 from training.grpo.rewards import RewardConfig
 from training.precision import PRECISIONS, PrecisionError, check_trainable_weights_dtype
 from training.sequence_parallel.mesh import ParallelConfig
+from training.sft.config import resume_problems, video_sampling_problems
 from training.video_inputs import VideoSampling
 
 EMBEDDING_MODES = ("online", "offline", "pixels")
@@ -23,6 +25,8 @@ LAUNCHERS = ("auto", "local", "ray")
 
 @dataclass
 class DataConfig:
+    """Which records of --data are trained on."""
+
     split: str = "rl"  # split read from --data (a datasets folder, .parquet or .jsonl of QARecords)
     video_root: str = ""  # relative video paths resolve here; empty: the --data folder
     answer_types: list[str] = field(default_factory=list)  # keep only these; empty: all
@@ -32,20 +36,24 @@ class DataConfig:
 
 @dataclass
 class RolloutConfig:
+    """How rollouts are generated: engine, group size, budget, sampling."""
+
     engine: str = "hf"  # "hf" (transformers, CPU/GPU) or "vllm" (GPU, imported lazily)
     prompts_per_step: int = 8  # prompts sampled per step; each gets group_size rollouts
     group_size: int = 8  # G rollouts per prompt (GRPO group)
     max_new_tokens: int = 2048  # response budget (the reference's 2048)
-    temperature: float = 1.0
-    top_p: float = 1.0
+    temperature: float = 1.0  # sampling temperature of the rollouts (also applied to the scored log-probs)
+    top_p: float = 1.0  # nucleus sampling (1: off)
     generate_rows: int = 64  # rows per hf generate call (bounds rollout memory)
     vllm_gpu_memory_utilization: float = 0.5  # vllm: share of GPU memory for weights + KV cache
-    vllm_dtype: str = "bfloat16"
+    vllm_dtype: str = "bfloat16"  # vllm: weights dtype of the rollout engine
 
 
 @dataclass
-class VideoConfig:
-    sampling: VideoSampling = field(default_factory=VideoSampling)  # frames and pixel budget
+class VideoConfig(VideoSampling):
+    """Frames and pixel budget (the VideoSampling fields: video.num_frames, video.fps,
+    video.max_pixels, ... - the same keys as SFT's `video`), then how videos are embedded."""
+
     use_record_frames: bool = False  # a record's own num_frames / sample_fps override `sampling`
     # online: vision tower once per unique video per step; offline: read `embed_cache` (built by
     # `longrl embed-cache build`, needs freeze_vision); pixels: re-encode on every forward pass
@@ -55,11 +63,18 @@ class VideoConfig:
     freeze_vision: bool = True  # train the LLM only (vision tower + merger frozen)
     decoded_cache_mb: int = 2048  # decoded, patched videos kept in host memory across steps
 
+    @property
+    def sampling(self) -> VideoSampling:
+        """The frame sampling alone (what the video loaders and cache keys take)."""
+        return VideoSampling(**{f.name: getattr(self, f.name) for f in fields(VideoSampling)})
+
 
 @dataclass
 class AlgorithmConfig:
+    """The GRPO/DAPO objective: advantages, clipping, KL, batching of the update."""
+
     scale_adv_by_std: bool = True  # GRPO (r - mean) / std; False: Dr.GRPO r - mean
-    adv_eps: float = 1e-6
+    adv_eps: float = 1e-6  # added to the group std (a flat group gives advantage 0, not NaN)
     clip_low: float = 0.2  # ratio clip 1 - clip_low
     clip_high: float = 0.2  # ratio clip 1 + clip_high (DAPO clip-higher: 0.28)
     dual_clip: float | None = 3.0  # cap of the loss for negative advantages (null: off)
@@ -84,10 +99,12 @@ class AlgorithmConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-6
-    weight_decay: float = 1e-2
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
+    """AdamW and the learning-rate schedule."""
+
+    lr: float = 1e-6  # AdamW learning rate (the reference's 1e-6)
+    weight_decay: float = 1e-2  # AdamW decoupled weight decay
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW betas
+    eps: float = 1e-8  # AdamW epsilon
     max_grad_norm: float = 1.0  # 0: no clipping
     warmup_steps: int = 0  # linear warm-up (optimizer steps)
     min_lr_ratio: float = 1.0  # 1: constant after warm-up (the reference); < 1: cosine down to it
@@ -97,8 +114,19 @@ class OptimConfig:
 class GRPOConfig:
     """Everything `longrl train grpo` reads. See docs/grpo.md."""
 
-    steps: int = 100  # training steps (each: prompts_per_step x group_size rollouts)
-    seed: int = 0
+    # Spellings renamed for one convention across commands (old ones still load, with a note).
+    ALIASES: ClassVar[dict[str, str]] = {"steps": "max_steps", "video.sampling": "video"}
+    # What a resume may change (run length, checkpoints, logging, workers): anything else would
+    # silently continue a different experiment (docs/grpo.md "Resuming").
+    RESUMABLE: ClassVar[tuple[str, ...]] = (
+        "max_steps", "save_every", "keep_checkpoints", "resume", "plots", "progress", "num_workers",
+        "launcher", "cpus_per_worker", "device", "attn_implementation", "ref_offload",
+        "rollout.engine", "rollout.generate_rows", "rollout.vllm_gpu_memory_utilization",
+        "algorithm.logprob_rows", "algorithm.logprob_chunk", "algorithm.micro_batch_rows",
+        "video.decoded_cache_mb", "video.embeddings", "video.embed_cache", "parallel", "reward.judge")
+
+    max_steps: int = 100  # training steps (each: prompts_per_step x group_size rollouts)
+    seed: int = 0  # prompt order, rollout sampling
     # Trained weights stay float32 (bf16 weights swallow lr-1e-6 updates; training/precision.py);
     # bf16 is a compute setting: `precision`.
     dtype: str = "float32"
@@ -146,8 +174,12 @@ class GRPOConfig:
             problems.append("algorithm.old_logprobs must be 'trainer' or 'rollout'")
         if a.overlong_buffer < 0 or a.overlong_buffer > r.max_new_tokens:
             problems.append("algorithm.overlong_buffer must be in [0, rollout.max_new_tokens]")
-        if self.steps < 1 or r.prompts_per_step < 1 or a.micro_batch_rows < 1 or a.ppo_epochs < 1:
-            problems.append("steps, prompts_per_step, micro_batch_rows and ppo_epochs must be >= 1")
+        for key, value in (("max_steps", self.max_steps), ("rollout.prompts_per_step", r.prompts_per_step),
+                           ("algorithm.micro_batch_rows", a.micro_batch_rows), ("algorithm.ppo_epochs", a.ppo_epochs),
+                           ("rollout.max_new_tokens", r.max_new_tokens)):
+            if value < 1:
+                problems.append(f"{key} must be >= 1, got {value}")
+        problems += video_sampling_problems(v, "video.")
         if self.save_every < 0:
             problems.append(f"save_every must be >= 0 (0: only at the end), got {self.save_every}")
         if self.precision not in PRECISIONS:
@@ -189,6 +221,15 @@ class GRPOConfig:
             problems.append("ref_offload is for one process; multi-rank GRPO offloads the reference with "
                             "parallel.reference_cpu_offload=true")
         return problems
+
+    @property
+    def steps(self) -> int:
+        """Deprecated name of `max_steps` (read-only)."""
+        return self.max_steps
+
+    def resume_problems(self, saved: dict) -> list[str]:
+        """Keys that differ from the interrupted run's OUT/config.yaml and may not change."""
+        return resume_problems(self, saved, self.RESUMABLE)
 
     @property
     def multi_process(self) -> bool:

@@ -47,9 +47,9 @@ class JudgeConfig:
     max_concurrency: int = 16  # requests in flight at once
     max_attempts: int = 4  # tries per request (1 = no retry)
     backoff_s: float = 1.0  # wait before the first retry; doubles each retry, with jitter
-    backoff_max_s: float = 30.0
+    backoff_max_s: float = 30.0  # longest wait between retries
     timeout_s: float = 60.0  # per request
-    temperature: float = 0.0
+    temperature: float = 0.0  # judge sampling temperature (0: deterministic verdicts)
     max_tokens: int = 16  # a bare yes/no; reasoning judges need more
     cache_path: str = ""  # JSONL verdict cache; empty keeps the cache in memory only
     error_score: float = 0.0  # accuracy given to an answer the judge could not grade (recorded)

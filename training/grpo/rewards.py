@@ -71,7 +71,7 @@ class RewardConfig:
     # numeric answers: |pred - gold| <= max(abs_tol, rel_tol * |gold|); the defaults are the
     # evaluation's (common.answers), so reward and evaluation agree on what is close enough
     numeric_rel_tol: float = NUMERIC_REL_TOL
-    numeric_abs_tol: float = NUMERIC_ABS_TOL
+    numeric_abs_tol: float = NUMERIC_ABS_TOL  # numeric answers within this of the truth count as right
     error_score: float = 0.0  # score of a reward part whose function failed on an item
     judge: JudgeConfig = field(default_factory=JudgeConfig)
 

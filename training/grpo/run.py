@@ -48,10 +48,27 @@ def check_launch(cfg: GRPOConfig, environ: Mapping[str, str] = os.environ) -> GR
     return cfg
 
 
+def announce_resume(cfg: GRPOConfig, out_dir: str | Path) -> None:
+    """The resume rule (common.config.check_resume: only run length, checkpointing, logging and
+    endpoints may change), then "resuming from step N" on the console (rank 0)."""
+    import sys
+
+    from common.config import check_resume
+    from training.checkpoint import PREFIX, latest_checkpoint
+
+    found = latest_checkpoint(out_dir) if cfg.resume else None
+    if found is None:
+        return
+    check_resume(cfg, out_dir, "resume=false")
+    if os.environ.get("RANK", "0") == "0":
+        print(f"resuming from step {int(found.name[len(PREFIX):])} ({found})", file=sys.stderr, flush=True)
+
+
 def train_grpo(cfg: GRPOConfig, model_dir: str | Path, data_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
     """Run GRPO as `cfg` says (one process, or num_workers workers); returns OUT/summary.json's
     content. Started again on the same OUT, a run resumes from its newest complete checkpoint."""
     check_launch(cfg)
+    announce_resume(cfg, out_dir)
     if not cfg.multi_process:
         from training.grpo.trainer import GRPOTrainer
 

@@ -25,7 +25,13 @@ from training.checkpoint import export_model_folder
 from training.distributed import broadcast_object
 from training.grpo import algorithms as algo
 from training.grpo.logprobs import Rollout, rows_logprobs
-from training.grpo.metrics import MetricsLogger, PhaseTimer, rollout_metrics
+from training.grpo.metrics import (
+    MetricsLogger,
+    PhaseTimer,
+    answer_budget_warning,
+    rollout_metrics,
+    warn,
+)
 from training.grpo.rollout import RolloutPrompt, SamplingSettings
 from training.grpo.setup import TrainerSetup
 from training.grpo.update import UpdateInputs, policy_update
@@ -34,7 +40,7 @@ from training.prompts import SYSTEM_PROMPT, encode_example
 
 
 class GRPOTrainer(TrainerSetup):
-    """One controller: `train()` runs `train_step` until `cfg.steps`, checkpointing on the way.
+    """One controller: `train()` runs `train_step` until `cfg.max_steps`, checkpointing on the way.
     Built as `GRPOTrainer(cfg, model_dir, data_dir, out_dir, logprob_fn=..., on_step=...)`
     (setup.TrainerSetup); on a dp x sp job every rank runs this same loop."""
 
@@ -42,11 +48,14 @@ class GRPOTrainer(TrainerSetup):
         cfg, main = self.cfg, self.ctx.is_main
         stage = tracking.stage_run("grpo", config=self.global_cfg) if main else _InactiveRun()
         with stage as run:
-            logger = MetricsLogger(self.out, run if run.active else None, resume_step=self.step) if main else None
+            logger = MetricsLogger(self.out, run if run.active else None, resume_step=self.step,
+                                   total_steps=cfg.max_steps) if main else None
+            if main and (budget := answer_budget_warning(self.tokenizer, self.records, cfg.rollout.max_new_tokens)):
+                warn(budget)
             first = self.step + 1
             with _progress(cfg.progress and main) as bar:
-                task = bar.add_task("grpo", total=cfg.steps, completed=self.step)
-                while self.step < cfg.steps:
+                task = bar.add_task("grpo", total=cfg.max_steps, completed=self.step)
+                while self.step < cfg.max_steps:
                     self.step += 1
                     with self.precision.autocast():
                         metrics = self.train_step(self.step)
@@ -55,7 +64,7 @@ class GRPOTrainer(TrainerSetup):
                     bar.update(task, advance=1, description=(
                         f"grpo{self.layout_label()} reward {metrics.get('reward/total', 0):.3f} "
                         f"kl {metrics.get('actor/kl', 0):.4f} {metrics['time/step']:.1f}s/step"))
-                    if checkpoint_due(self.step, cfg.save_every, cfg.steps):
+                    if checkpoint_due(self.step, cfg.save_every, cfg.max_steps):
                         self.save_checkpoint()
                     if self.on_step is not None:
                         self.on_step(self.step, metrics)

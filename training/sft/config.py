@@ -7,6 +7,7 @@ OUT/config.yaml. Defaults suit a real run on GPUs; tests override the sizes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 from training.prompts import SYSTEM_PROMPT
 from training.video_inputs import VideoSampling
@@ -16,9 +17,64 @@ LAUNCHERS = ("auto", "local", "ray")
 RESUME_MODES = ("auto", "never")
 
 
+def video_sampling_problems(v: VideoSampling, prefix: str = "video.") -> list[str]:
+    """Frame-sampling values that cannot work, each naming its key and the fix (a bad value
+    must fail here, not as 'could not load videos' or a math error deep in the resize)."""
+    problems = []
+    if v.fps < 0:
+        problems.append(f"{prefix}fps must be >= 0 (0: use {prefix}num_frames), got {v.fps}")
+    if v.fps == 0 and v.num_frames < 1:
+        problems.append(f"{prefix}num_frames must be >= 1 (frames per video), got {v.num_frames}; "
+                        f"or sample by rate with {prefix}fps=1")
+    if v.min_frames < 1 or v.max_frames < v.min_frames:
+        problems.append(f"{prefix}min_frames must be >= 1 and <= {prefix}max_frames, "
+                        f"got {v.min_frames} and {v.max_frames}")
+    for name in ("min_pixels", "max_pixels", "total_pixels"):
+        if getattr(v, name) < 0:
+            problems.append(f"{prefix}{name} must be >= 0 (pixels per frame; 0: the model folder's "
+                            f"default), got {getattr(v, name)}")
+    if v.min_pixels > 0 and v.max_pixels > 0 and v.max_pixels < v.min_pixels:
+        problems.append(f"{prefix}max_pixels ({v.max_pixels}) is below {prefix}min_pixels ({v.min_pixels})")
+    return problems
+
+
+def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(data, dict):
+        return {prefix[:-1]: data}
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}": v})
+    return out
+
+
+def resume_problems(cfg: Any, saved: dict[str, Any], resumable: tuple[str, ...]) -> list[str]:
+    """The one resume rule (SFT, GRPO, and eval's settings): a resume may change the keys in
+    `resumable` (run length, checkpointing, logging, service endpoints); any other key that
+    differs from the interrupted run's saved config is listed as `key old -> new`."""
+    from common.config import to_dict
+
+    now, before = _flat(to_dict(cfg)), _flat(saved)
+    changed = []
+    for key in sorted(set(now) | set(before)):
+        if any(key == r or key.startswith(r + ".") for r in resumable):
+            continue
+        if now.get(key) != before.get(key):
+            changed.append(f"{key} {before.get(key)!r} -> {now.get(key)!r}")
+    return changed
+
+
 @dataclass
 class SFTConfig:
     """Settings of `longrl train sft`."""
+
+    # Spellings renamed for one convention across commands (old ones still load, with a note).
+    ALIASES: ClassVar[dict[str, str]] = {"steps": "max_steps", "video.sampling": "video"}
+    # What a resume may change (docs/sft.md "Resuming"): run length, checkpoints, logging and
+    # evaluation; anything else would silently continue a different experiment.
+    RESUMABLE: ClassVar[tuple[str, ...]] = (
+        "max_steps", "epochs", "save_every", "keep_last", "save_dtype", "resume", "eval_every",
+        "eval_max_examples", "eval_generate", "max_new_tokens", "log_every", "progress",
+        "mlflow_log_model", "scan_threads")
 
     # -- data -------------------------------------------------------------------------------
     split: str = "sft"  # split read from --data (datasets folder, .parquet, .jsonl or a synth folder)
@@ -39,9 +95,9 @@ class SFTConfig:
     warmup_ratio: float = 0.03  # warm-up share of all optimizer steps (when warmup_steps is 0)
     warmup_steps: int = 0  # explicit warm-up steps (overrides warmup_ratio when > 0)
     weight_decay: float = 0.0  # AdamW decoupled weight decay on matrices (not biases/norms)
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_eps: float = 1e-8
+    adam_beta1: float = 0.9  # AdamW beta1
+    adam_beta2: float = 0.999  # AdamW beta2
+    adam_eps: float = 1e-8  # AdamW epsilon
     max_grad_norm: float = 1.0  # clip the global gradient norm (<= 0: no clipping)
     epochs: int = 1  # passes over the data
     max_steps: int = 0  # stop after this many optimizer steps (0: run all epochs)
@@ -67,7 +123,7 @@ class SFTConfig:
     cpus_per_worker: int = 1  # CPUs per worker: Ray resources, and torch threads when training on CPU
 
     # -- checkpoints and evaluation ---------------------------------------------------------
-    save_every: int = 0  # checkpoint every N optimizer steps (0: only at the end)
+    save_every: int = 50  # checkpoint every N optimizer steps, and at the end (0: only at the end: Ctrl-C loses the run)
     keep_last: int = 2  # checkpoints kept (0: all)
     save_dtype: str = ""  # weights of saved folders: "" as trained, or "bfloat16"/"float16"
     resume: str = "auto"  # "auto": continue from OUT's newest checkpoint; "never"; or a checkpoint path
@@ -104,7 +160,18 @@ class SFTConfig:
             raise ValueError(f"max_bad_fraction {self.max_bad_fraction} must be within [0, 1]")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        for name in ("max_steps", "save_every", "keep_last", "warmup_steps", "eval_every", "max_examples"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0: {'no limit' if name.startswith('max') else 'off'}), "
+                                 f"got {getattr(self, name)}")
+        problems = video_sampling_problems(self.video, "video.")
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
+
+    def resume_problems(self, saved: dict) -> list[str]:
+        """Keys that differ from the interrupted run's OUT/config.yaml and may not change."""
+        return resume_problems(self, saved, self.RESUMABLE)
 
     @property
     def global_batch(self) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import resource
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -45,10 +46,14 @@ class SFTMetrics:
     """Writes metrics on the main worker; a no-op elsewhere."""
 
     def __init__(self, out_dir: Path, run, total_steps: int, first_step: int, active: bool,
-                 progress: bool) -> None:
+                 progress: bool, plain_lines: bool | None = None) -> None:
         self.out_dir, self.run, self.active = out_dir, run, active
+        self.total = total_steps
         self._progress = None
-        if active and progress:
+        # Where no progress bar is drawn (stdout not a terminal: pod logs, CI, `tee`), one plain
+        # line per logged step instead, as TRL/verl print.
+        self.plain_lines = (not sys.stdout.isatty()) if plain_lines is None else plain_lines
+        if active and progress and not self.plain_lines:
             from rich.progress import (
                 BarColumn,
                 MofNCompleteColumn,
@@ -70,6 +75,8 @@ class SFTMetrics:
         with (self.out_dir / METRICS_FILE).open("a") as f:
             f.write(json.dumps(row) + "\n")
         self.run.log_metrics({k: v for k, v in metrics.items() if isinstance(v, int | float)}, step=step)
+        if self.plain_lines:
+            print(step_line(step, self.total, metrics), flush=True)
         if self._progress is not None:
             if "loss" in metrics:
                 info = (f"loss {metrics['loss']:.4f}  lr {metrics['lr']:.2e}  "
@@ -86,6 +93,20 @@ class SFTMetrics:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+
+
+def step_line(step: int, total: int, metrics: dict[str, Any]) -> str:
+    """One plain line for a logged step (training or evaluation metrics)."""
+    def g(key: str, fmt: str) -> str:
+        v = metrics.get(key)
+        return format(v, fmt) if isinstance(v, int | float) and math.isfinite(v) else "-"
+
+    if "loss" not in metrics:  # an evaluation line
+        evals = "  ".join(f"{k[5:]} {g(k, '.4f')}" for k in sorted(metrics) if k.startswith("eval/"))
+        return f"sft step {step}/{total} | eval {evals}"
+    return (f"sft step {step}/{total} | loss {g('loss', '.4f')} | lr {g('lr', '.2e')} | "
+            f"grad_norm {g('grad_norm', '.3f')} | {g('tokens_per_s', '.0f')} tokens/s | "
+            f"{g('step_time_s', '.2f')} s/step")
 
 
 def plot_curves(rows: list[dict[str, Any]], path: Path) -> Path | None:

@@ -34,6 +34,23 @@ def sft_worker(config: dict[str, Any]) -> None:
         teardown(ctx)
 
 
+def _announce_resume(cfg: SFTConfig, out: Path) -> None:
+    """The resume rule (common.config.check_resume), then "resuming from step N" on the console."""
+    import sys
+
+    from common.config import check_resume
+    from training.checkpoint import PREFIX, latest_checkpoint
+
+    found = latest_checkpoint(out) if cfg.resume == "auto" else (
+        None if cfg.resume == "never" else Path(cfg.resume))
+    if found is None:
+        return
+    if cfg.resume == "auto":
+        check_resume(cfg, out, "resume=never")
+    step = found.name[len(PREFIX):]
+    print(f"resuming from step {int(step) if step.isdigit() else '?'} ({found})", file=sys.stderr, flush=True)
+
+
 def train_sft(cfg: SFTConfig, model_dir: str | Path, data_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
     """Run CoT-SFT with `cfg.num_workers` processes; returns the summary (also in OUT/summary.json).
 
@@ -47,6 +64,7 @@ def train_sft(cfg: SFTConfig, model_dir: str | Path, data_dir: str | Path, out_d
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     (out / SUMMARY_FILE).unlink(missing_ok=True)
+    _announce_resume(cfg, out)
     save_config(cfg, out)
     payload = {"cfg": to_dict(cfg), "model_dir": str(Path(model_dir).resolve()),
                "data_dir": str(Path(data_dir).resolve()), "out_dir": str(out)}
