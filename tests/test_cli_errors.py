@@ -1,0 +1,131 @@
+"""Bad input at the command line: one line naming the item and the fix, a non-zero exit code,
+nothing started (issue 16 points 3, 7, 8, 10 and issue 17 point 9)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from pipelines.cli import app
+
+runner = CliRunner()
+
+
+def _lines(result) -> list[str]:
+    """Output lines that are not deprecation notes."""
+    return [ln for ln in result.output.splitlines() if ln.strip() and not ln.startswith("note: ")]
+
+
+def _one_line_error(result, *needles: str) -> str:
+    lines = _lines(result)
+    assert result.exit_code not in (0, None), result.output
+    assert len(lines) == 1, result.output
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture
+def bad_yaml(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("max_steps: 3\nvideo:\n  num_frames: [4,\n  fps: 1\n")
+    return path
+
+
+COMMANDS = {
+    "train sft": ["train", "sft", "--model", "M", "--data", "D", "--out", "O"],
+    "train grpo": ["train", "grpo", "--model", "M", "--data", "D", "--out", "O"],
+    "embed-cache build": ["embed-cache", "build", "--model", "M", "--data", "D", "--out", "O"],
+    "data build": ["data", "build", "--videos", "V", "--out", "O"],
+    "synth": ["synth", "--out", "O"],
+    "eval": ["eval", "--model", "M", "--benchmark", "synth", "--data", "D", "--out", "O"],
+}
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_malformed_config_yaml_is_one_line_in_every_command(command, bad_yaml, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, [*COMMANDS[command], "--config", str(bad_yaml)])
+    _one_line_error(result, str(bad_yaml), "not valid YAML at line", "fix that line")
+    assert not (tmp_path / "O").exists()  # nothing started
+
+
+def test_malformed_cluster_config_yaml_is_one_line(bad_yaml, tmp_path):
+    result = runner.invoke(app, ["pipeline", "compile", "--out", str(tmp_path / "p.yaml"),
+                                 "--cluster-config", str(bad_yaml)])
+    _one_line_error(result, str(bad_yaml), "not valid YAML")
+
+
+@pytest.mark.parametrize(("command", "override", "needle"), [
+    ("train sft", "max_steps=-1", "max_steps must be >= 0"),
+    ("train grpo", "max_steps=-1", "max_steps must be >= 1"),
+    ("train grpo", "video.sampling.num_frames=0", "video.num_frames must be >= 1"),
+    ("train sft", "video.num_frames=0", "video.num_frames must be >= 1"),
+    ("train grpo", "video.max_pixels=-1", "video.max_pixels must be >= 0"),
+    ("train sft", "video.max_pixels=-1", "video.max_pixels must be >= 0"),
+    ("embed-cache build", "video.max_pixels=-1", "video.max_pixels must be >= 0"),
+    ("train grpo", "rollout.max_new_tokns=64", "did you mean rollout.max_new_tokens?"),
+    ("train sft", "lrr=0.1", "did you mean lr?"),
+])
+def test_bad_values_are_one_line_naming_the_key(command, override, needle, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, [*COMMANDS[command], override])
+    _one_line_error(result, needle)
+    assert result.exit_code == 2
+
+
+def test_gpus_without_cuda_are_refused_at_once(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    t0 = time.perf_counter()
+    result = runner.invoke(app, [*COMMANDS["train grpo"], "num_workers=2", "device=cuda"])
+    _one_line_error(result, "device=cuda asks for GPUs", "device=cpu")
+    result = runner.invoke(app, [*COMMANDS["train sft"], "use_gpu=true", "num_workers=2"])
+    _one_line_error(result, "use_gpu=true asks for GPUs", "use_gpu=auto")
+    assert time.perf_counter() - t0 < 10  # refused, not waiting in Ray for GPUs
+
+
+def test_sft_on_an_empty_data_folder_is_one_line(tiny_model_dir, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = runner.invoke(app, ["train", "sft", "--model", str(tiny_model_dir), "--data", str(empty),
+                                 "--out", str(tmp_path / "o"), "progress=false"])
+    _one_line_error(result, str(empty), "no split 'sft' found")
+    (empty / "sft.jsonl").write_text("")
+    result = runner.invoke(app, ["train", "sft", "--model", str(tiny_model_dir), "--data", str(empty),
+                                 "--out", str(tmp_path / "o"), "progress=false"])
+    _one_line_error(result, "sft.jsonl", "no usable records")
+
+
+def test_hub_id_offline_says_how_to_get_the_model(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    for command in ("train sft", "train grpo", "embed-cache build"):
+        args = [a if a != "M" else "Qwen/Qwen2.5-VL-7B-Instruct" for a in COMMANDS[command]]
+        result = runner.invoke(app, args)
+        _one_line_error(result, "--model Qwen/Qwen2.5-VL-7B-Instruct", "HF_HUB_OFFLINE=1",
+                        "hf download Qwen/Qwen2.5-VL-7B-Instruct --local-dir DIR")
+
+
+@pytest.mark.parametrize("command", ["train sft", "train grpo", "embed-cache build", "data build", "synth"])
+def test_print_config_is_the_resolved_config_and_loads_back(command, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    extra = ["max_steps=7", "video.num_frames=6"] if command.startswith(("train", "embed")) else []
+    result = runner.invoke(app, [*COMMANDS[command], "--print-config", *extra])
+    assert result.exit_code == 0, result.output
+    text = result.stdout
+    data = yaml.safe_load(text)
+    assert isinstance(data, dict) and "  # " in text
+    if extra:
+        assert data["max_steps"] == 7 and data["video"]["num_frames"] == 6
+        saved = tmp_path / "printed.yaml"
+        saved.write_text(text)
+        again = runner.invoke(app, [*COMMANDS[command], "--print-config", "--config", str(saved)])
+        assert yaml.safe_load(again.stdout) == data
+    assert not (tmp_path / "O").exists()  # printed, nothing run
