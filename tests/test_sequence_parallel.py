@@ -18,6 +18,7 @@ import torch.distributed as dist
 
 from tests.fixtures.sequence_parallel import (
     grpo_loss,
+    loss_anchors,
     make_video_batch,
     max_diff,
     param_grads,
@@ -25,7 +26,12 @@ from tests.fixtures.sequence_parallel import (
 )
 from training.linear_logprobs import linear_logprobs
 from training.mm_batch import encode_videos, rope_positions
-from training.sequence_parallel.layout import SequenceSplit, plan_heads, split_lengths
+from training.sequence_parallel.layout import (
+    SequenceSplit,
+    attention_layout,
+    plan_heads,
+    split_lengths,
+)
 from training.sequence_parallel.local_group import run_local_group
 from training.sequence_parallel.mesh import (
     ParallelConfig,
@@ -38,13 +44,21 @@ from training.tiny_model import TinyModelSpec, build_tiny_model
 
 TOL = 1e-5
 DEFAULT = TinyModelSpec(seed=3)  # 4 query heads / 2 KV heads
-ODD_HEADS = TinyModelSpec(seed=4, hidden_size=48, num_heads=3, num_kv_heads=1)
+ODD_HEADS = TinyModelSpec(seed=4, hidden_size=48, num_heads=3, num_kv_heads=1)  # SP 4: kv_gather (auto)
+UNEVEN_GQA = TinyModelSpec(seed=6, hidden_size=48, num_heads=6, num_kv_heads=2)  # SP 4: heads 2,2,1,1
 PADDED_ROWS = [(5, 2, 4, 4, 3, 6), (3, 1, 4, 8, 2, 10)]  # L = 23, rows of 22 and 23 tokens
 SINGLE_ROW = [(4, 3, 4, 4, 2, 7)]  # L = 25
 SCENARIOS = {
     "pixels_left_padded": dict(spec=DEFAULT, rows=PADDED_ROWS, cached=False, checkpointing=False),
     "cached_odd_heads": dict(spec=ODD_HEADS, rows=SINGLE_ROW, cached=True, checkpointing=False),
     "activation_checkpointing": dict(spec=DEFAULT, rows=SINGLE_ROW, cached=False, checkpointing=True),
+    # the padded-mask path (no packing) the varlen path replaces, kept exact
+    "padded_mask_path": dict(spec=DEFAULT, rows=PADDED_ROWS, cached=False, checkpointing=False, pack=False),
+    # context parallelism (KV all-gathered, blockwise attention with tiles smaller than a row)
+    "kv_gather_left_padded": dict(spec=DEFAULT, rows=PADDED_ROWS, cached=True, checkpointing=False,
+                                  layout="kv_gather", kv_block=5),
+    # query heads spanning two KV heads on one rank: only the KV heads read are sent
+    "uneven_gqa_heads": dict(spec=UNEVEN_GQA, rows=PADDED_ROWS, cached=True, checkpointing=False),
 }
 VISION_GRIDS = {"uneven": [(3, 4, 4), (1, 4, 8), (2, 8, 4)], "fewer_frames_than_ranks": [(1, 4, 4), (2, 4, 4)]}
 FSDP_ROWS = [PADDED_ROWS, [(4, 1, 4, 4, 3, 7)]]  # one batch per data-parallel replica
@@ -56,24 +70,27 @@ def _model(spec, tokenizer, train=True):
     return model
 
 
-def _score(lpm, model, batch, video_embeds, pos):
+def _score(lpm, model, batch, video_embeds, pos, anchors):
     kwargs = ({"video_embeds": video_embeds} if video_embeds is not None else
               {"pixel_values_videos": batch.pixel_values_videos, "video_grid_thw": batch.video_grid_thw})
     lp, ent = lpm(batch.input_ids, batch.attention_mask, pos, batch.loss_mask, with_entropy=True, **kwargs)
-    loss = grpo_loss(lp, batch.loss_mask)
+    loss = grpo_loss(lp, batch.loss_mask, anchors)
     loss.backward()
     return lp.detach(), ent, loss.detach()
 
 
-def _rank_main(rank: int, world: int, tokenizer, cached_embeds) -> dict:
+def _rank_main(rank: int, world: int, tokenizer, cached_embeds, anchors) -> dict:
     out = {}
     for name, sc in SCENARIOS.items():
         model = _model(sc["spec"], tokenizer)
         batch = make_video_batch(tokenizer, sc["rows"])
         state = init_parallel(sp_size=world)
-        cfg = ParallelConfig(sp_size=world, fsdp=False, activation_checkpointing=sc["checkpointing"])
+        cfg = ParallelConfig(sp_size=world, fsdp=False, activation_checkpointing=sc["checkpointing"],
+                             pack=sc.get("pack", True), attention_layout=sc.get("layout", "auto"),
+                             kv_block=sc.get("kv_block", 1024))
         lpm = build_log_prob_model(model, state, cfg)
-        lp, ent, loss = _score(lpm, model, batch, cached_embeds.get(name), rope_positions(model, batch))
+        lp, ent, loss = _score(lpm, model, batch, cached_embeds.get(name), rope_positions(model, batch),
+                               anchors[name])
         grads = param_grads(model)
         for g in grads.values():  # each SP rank holds a share; the mean over SP is the gradient
             dist.all_reduce(g)
@@ -85,17 +102,17 @@ def _rank_main(rank: int, world: int, tokenizer, cached_embeds) -> dict:
             pixels = torch.randn(sum(t * h * w for t, h, w in grids), 1176, generator=torch.Generator().manual_seed(5))
             out[f"vision_{name}"] = encode_videos_split(model, pixels, torch.tensor(grids), dist.group.WORLD, rank, world)
     if world == 4:
-        out["fsdp"] = {shard: _fsdp_rank(tokenizer, shard) for shard in ("dp_sp", "dp")}
+        out["fsdp"] = {shard: _fsdp_rank(tokenizer, shard, anchors["fsdp"]) for shard in ("dp_sp", "dp")}
     return out
 
 
-def _fsdp_rank(tokenizer, shard_over: str) -> dict:
+def _fsdp_rank(tokenizer, shard_over: str, anchors) -> dict:
     state = init_parallel(sp_size=2)
     model = _model(DEFAULT, tokenizer)
     original = {k: v.clone() for k, v in model.state_dict().items()}
     batch = make_video_batch(tokenizer, FSDP_ROWS[state.dp_rank], seed=state.dp_rank)
     lpm = build_log_prob_model(model, state, ParallelConfig(sp_size=2, shard_over=shard_over))
-    _, _, loss = _score(lpm, model, batch, None, rope_positions(model, batch))
+    _, _, loss = _score(lpm, model, batch, None, rope_positions(model, batch), anchors[state.dp_rank])
     state_dict = full_state_dict(lpm)
     # the frozen reference: sharded the same way, its shards offloaded to CPU memory
     ref = build_log_prob_model(_model(DEFAULT, tokenizer, train=False), state,
@@ -119,20 +136,23 @@ def _reference(tokenizer) -> dict:
             with torch.no_grad():
                 embeds = [e.clone() for e in encode_videos(model, batch.pixel_values_videos, batch.video_grid_thw)]
         lp = reference_logprobs(model, batch, embeds)
-        loss = grpo_loss(lp, batch.loss_mask)
+        anchors = loss_anchors(lp)
+        loss = grpo_loss(lp, batch.loss_mask, anchors)
         loss.backward()
-        out[name] = {"lp": lp.detach(), "loss": loss.detach(), "grads": param_grads(model), "embeds": embeds}
+        out[name] = {"lp": lp.detach(), "loss": loss.detach(), "grads": param_grads(model), "embeds": embeds,
+                     "anchors": anchors}
     model = _model(DEFAULT, tokenizer, train=False)
     with torch.no_grad():
         for name, grids in VISION_GRIDS.items():
             pixels = torch.randn(sum(t * h * w for t, h, w in grids), 1176, generator=torch.Generator().manual_seed(5))
             out[f"vision_{name}"] = encode_videos(model, pixels, torch.tensor(grids))
-    per_replica, out["fsdp_lp"] = [], []
+    per_replica, out["fsdp_lp"], out["fsdp_anchors"] = [], [], []
     for i, rows in enumerate(FSDP_ROWS):
         model = _model(DEFAULT, tokenizer)
         batch = make_video_batch(tokenizer, rows, seed=i)
         lp = reference_logprobs(model, batch)
-        grpo_loss(lp, batch.loss_mask).backward()
+        out["fsdp_anchors"].append(loss_anchors(lp, seed=i))
+        grpo_loss(lp, batch.loss_mask, out["fsdp_anchors"][-1]).backward()
         per_replica.append(param_grads(model))
         out["fsdp_lp"].append(lp.detach())
     out["fsdp_grads"] = {k: (per_replica[0][k] + per_replica[1][k]) / 2 for k in per_replica[0]}
@@ -149,7 +169,8 @@ def world(request, sp_tokenizer):
     ref = _reference(sp_tokenizer)
     if size not in _RUNS:
         cached = {name: ref[name]["embeds"] for name, sc in SCENARIOS.items() if sc["cached"]}
-        _RUNS[size] = run_local_group(_rank_main, size, sp_tokenizer, cached)
+        anchors = {name: ref[name]["anchors"] for name in SCENARIOS} | {"fsdp": ref["fsdp_anchors"]}
+        _RUNS[size] = run_local_group(_rank_main, size, sp_tokenizer, cached, anchors)
     return size, _RUNS[size], ref
 
 
@@ -226,21 +247,26 @@ def test_sequence_split_is_balanced_without_padding():
 
 
 @pytest.mark.parametrize(
-    ("heads", "kv", "sp", "kv_repeat", "padded", "padded_kv"),
+    ("heads", "kv", "sp", "q_counts", "kv_counts"),
     [
-        (4, 2, 2, 1, 4, 2),  # divides: plain Ulysses
-        (4, 2, 4, 2, 4, 4),  # KV heads replicated 2x
-        (16, 2, 8, 4, 16, 8),  # Qwen2.5-VL-3B at SP 8
-        (28, 4, 4, 1, 28, 4),  # Qwen2.5-VL-7B at SP 4
-        (28, 4, 8, 7, 32, 32),  # Qwen2.5-VL-7B at SP 8: heads padded 28 -> 32
-        (3, 1, 2, 3, 4, 4),  # odd test model
+        (4, 2, 2, [2, 2], [1, 1]),  # divides: plain Ulysses
+        (4, 2, 4, [1] * 4, [1] * 4),  # a KV head to each of the two ranks that read it
+        (16, 2, 8, [2] * 8, [1] * 8),  # Qwen2.5-VL-3B at SP 8
+        (28, 4, 4, [7] * 4, [1] * 4),  # Qwen2.5-VL-7B at SP 4
+        (28, 4, 8, [4, 4, 4, 4, 3, 3, 3, 3], [1, 2, 1, 2, 1, 2, 1, 1]),  # 7B at SP 8: 11 KV heads sent, not 32
+        (3, 1, 2, [2, 1], [1, 1]),  # odd test model
     ],
 )
-def test_head_plans(heads, kv, sp, kv_repeat, padded, padded_kv):
+def test_head_plans(heads, kv, sp, q_counts, kv_counts):
     plan = plan_heads(heads, kv, sp)
-    assert (plan.kv_repeat, plan.padded_heads, plan.padded_kv_heads) == (kv_repeat, padded, padded_kv)
-    assert plan.padded_heads % sp == 0 and plan.padded_kv_heads % sp == 0
-    assert plan.local_heads % plan.local_kv_heads == 0
+    assert plan.q_counts() == q_counts and plan.kv_counts() == kv_counts
+    for rank in range(sp):  # every query head is computed once, against the KV head it reads
+        (q0, _), (k0, _) = plan.q_ranges[rank], plan.kv_ranges[rank]
+        for lo, hi, j in plan.runs(rank):
+            assert all((q0 + i) // (heads // kv) == k0 + j for i in range(lo, hi))
+    assert attention_layout("auto", heads, sp) == "ulysses" and attention_layout("auto", heads, heads + 1) == "kv_gather"
+    with pytest.raises(ValueError, match="kv_gather"):
+        plan_heads(heads, kv, heads + 1)
 
 
 def test_split_frames_is_contiguous_and_balanced():
@@ -314,3 +340,70 @@ def test_video_positions_come_from_token_types_not_token_ids(sp_tokenizer):
     with pytest.raises(ValueError, match="row 0: video embedding of shape"):
         lpm(batch.input_ids, batch.attention_mask, pos, batch.loss_mask, video_embeds=[embeds[0][:-1]],
             video_mask=video)
+
+
+def test_vision_windows_batched_equal_transformers_sdpa_tower():
+    """Grids of 16 x 20 patches: several 8 x 8 windows per frame and smaller edge windows; the
+    batched varlen tower equals transformers' own SDPA tower (a Python loop over windows), with
+    gradients, and calls SDPA once per window length instead of once per window."""
+    from unittest import mock
+
+    import torch.nn.functional as F
+
+    from training.sequence_parallel.attention import use_varlen_vision_attention
+
+    spec = TinyModelSpec(seed=7, vision_depth=2, vision_fullatt_blocks=[1])
+    model, _ = build_tiny_model(spec)
+    grids = torch.tensor([[2, 16, 20], [1, 12, 8]])
+    pixels = torch.randn(int((grids[:, 0] * grids[:, 1] * grids[:, 2]).sum()), 1176,
+                         generator=torch.Generator().manual_seed(1))
+
+    def run():
+        model.zero_grad()
+        calls = []
+        real = F.scaled_dot_product_attention
+        with mock.patch.object(F, "scaled_dot_product_attention", side_effect=lambda *a, **k: calls.append(1) or real(*a, **k)):
+            out = torch.cat(encode_videos(model, pixels, grids))
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        return out.detach(), {k: p.grad.clone() for k, p in model.model.visual.named_parameters()}, len(calls)
+
+    plain, plain_grads, plain_calls = run()
+    use_varlen_vision_attention(model)
+    got, grads, calls = run()
+    assert (got - plain).abs().max().item() <= TOL
+    assert max((grads[k] - plain_grads[k]).abs().max().item() for k in grads) <= TOL
+    assert calls < plain_calls / 3, (calls, plain_calls)
+
+
+def test_block_attention_and_packed_rows_equal_masked_sdpa():
+    """The kv_gather kernel (tiles of 3 keys, GQA, segments) and the packed causal kernel against
+    one SDPA call with an explicit mask, values and gradients."""
+    from training.sequence_parallel.varlen import (
+        PackedRows,
+        causal_varlen_attention,
+        gathered_kv_attention,
+    )
+
+    g = torch.Generator().manual_seed(0)
+    rows = PackedRows((5, 9, 4))
+    q = torch.randn(1, 4, rows.total, 8, generator=g, requires_grad=True)
+    k = torch.randn(1, 2, rows.total, 8, generator=g, requires_grad=True)
+    v = torch.randn(1, 2, rows.total, 8, generator=g, requires_grad=True)
+    up = torch.randn(1, rows.total, 4, 8, generator=g)
+    seg = rows.segment_ids("cpu")
+    pos = torch.arange(rows.total)
+    mask = (seg[:, None] == seg[None, :]) & (pos[None, :] <= pos[:, None])
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1), attn_mask=mask).transpose(1, 2)
+
+    def grads(out):
+        q.grad = k.grad = v.grad = None
+        (out * up).sum().backward()
+        return [t.grad.clone() for t in (q, k, v)]
+
+    want = grads(expected)
+    for out in (causal_varlen_attention(q, k, v, rows, None),
+                torch.cat([gathered_kv_attention(q[:, :, s:e], k, v, rows, s, None, block=3)
+                           for s, e in ((0, 7), (7, 11), (11, 18))], dim=1)):
+        assert (out - expected).abs().max().item() <= TOL
+        assert all((a - b).abs().max().item() <= TOL for a, b in zip(grads(out), want, strict=True))

@@ -1,8 +1,10 @@
 """Autograd-aware collectives for Ulysses sequence parallelism (gloo on CPU, NCCL on GPU).
 
-- `seq_to_heads` / `heads_to_seq`: the two all-to-alls around attention. Slices may differ in
-  length by a token (no padding), so they use `all_to_all_single` with per-rank split sizes;
-  the backward of an all-to-all is the all-to-all with the split sizes swapped.
+- `seq_to_heads` / `heads_to_seq`: the two all-to-alls around Ulysses attention. Slices may
+  differ in length by a token and head groups by a head (no padding), so they use
+  `all_to_all_single` with per-rank split sizes; the backward of an all-to-all is the all-to-all
+  with the split sizes swapped. KV heads go only to the ranks whose query heads read them.
+- `gather_sequence`: the KV all-gather of the kv_gather (context-parallel) layout.
 - `gather_rows`: all-gather of per-rank row blocks of different lengths (response log-probs,
   video embeddings). Forward pads each block to the longest and uses one `all_gather_single`;
   backward reduce-scatters (sums) the gradients of every rank's copy, the adjoint of a gather.
@@ -10,6 +12,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +28,8 @@ class SPContext:
     group: dist.ProcessGroup
     rank: int
     split: SequenceSplit
+    layout: str = "ulysses"  # or "kv_gather" (layout.attention_layout)
+    kv_block: int = 1024  # kv_gather: keys per attention tile
 
     @property
     def size(self) -> int:
@@ -46,29 +51,41 @@ class _AllToAll(torch.autograd.Function):
         return back, None, None, None
 
 
-def seq_to_heads(x: torch.Tensor, sp: SPContext) -> torch.Tensor:
-    """[B, H, L_local, D] (all heads, this rank's positions) -> [B, H/sp, L, D] (this rank's
-    head group, every position in rank order)."""
-    b, h, n, d = x.shape
-    hl = h // sp.size
-    send_blocks = x.reshape(b, sp.size, hl, n, d).transpose(0, 1).reshape(-1)
-    send = [b * hl * n * d] * sp.size
-    recv = [b * hl * m * d for m in sp.split.lengths]
+def seq_to_heads(x: torch.Tensor, sp: SPContext, ranges: Sequence[tuple[int, int]]) -> torch.Tensor:
+    """[B, H, L_local, D] (all heads, this rank's positions) -> [B, h_r, L, D]: rank r gets heads
+    ranges[r] (ranges may differ in size and overlap: a KV head read by two ranks goes to both)
+    for every position, in rank order."""
+    b, _, n, d = x.shape
+    send_blocks = torch.cat([x[:, s:e].reshape(-1) for s, e in ranges])
+    send = [b * (e - s) * n * d for s, e in ranges]
+    mine = ranges[sp.rank][1] - ranges[sp.rank][0]
+    recv = [b * mine * m * d for m in sp.split.lengths]
     got = _AllToAll.apply(send_blocks, send, recv, sp.group)
-    parts = [p.view(b, hl, m, d) for p, m in zip(got.split(recv), sp.split.lengths, strict=True)]
+    parts = [p.view(b, mine, m, d) for p, m in zip(got.split(recv), sp.split.lengths, strict=True)]
     return torch.cat(parts, dim=2)
 
 
-def heads_to_seq(y: torch.Tensor, sp: SPContext) -> torch.Tensor:
-    """[B, L, H/sp, D] (attention output of this rank's head group) -> [B, L_local, H, D]."""
+def heads_to_seq(y: torch.Tensor, sp: SPContext, ranges: Sequence[tuple[int, int]]) -> torch.Tensor:
+    """[B, L, h_mine, D] (attention output of this rank's query heads) -> [B, L_local, H, D];
+    `ranges` are the query-head ranges of seq_to_heads (contiguous, covering all heads)."""
     b, _, hl, d = y.shape
     n = sp.split.lengths[sp.rank]
     parts = y.split(list(sp.split.lengths), dim=1)
     send_blocks = torch.cat([p.reshape(-1) for p in parts])
     send = [b * m * hl * d for m in sp.split.lengths]
-    recv = [b * n * hl * d] * sp.size
+    counts = [e - s for s, e in ranges]
+    recv = [b * n * h * d for h in counts]
     got = _AllToAll.apply(send_blocks, send, recv, sp.group)
-    return got.view(sp.size, b, n, hl, d).permute(1, 2, 0, 3, 4).reshape(b, n, sp.size * hl, d)
+    blocks = [p.view(b, n, h, d) for p, h in zip(got.split(recv), counts, strict=True)]
+    return torch.cat(blocks, dim=2)
+
+
+def gather_sequence(x: torch.Tensor, sp: SPContext) -> torch.Tensor:
+    """[B, H, L_local, D] -> [B, H, L, D]: every rank's positions, all-gathered (backward: the
+    gradients of every rank's copy summed onto the owner, as gather_rows)."""
+    flat = x.permute(2, 0, 1, 3).contiguous()  # positions first
+    full = gather_rows(flat, list(sp.split.lengths), sp.rank, sp.group)
+    return full.permute(1, 2, 0, 3)
 
 
 class _GatherRows(torch.autograd.Function):

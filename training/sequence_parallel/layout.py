@@ -8,24 +8,22 @@ at most one token (the first L % sp ranks hold one more). Nothing is padded: the
 per-rank split sizes. The reference instead left-pads every rank's text part to the longest one
 (~80 % padding at 32 frames, SP 4).
 
-Heads: Ulysses gives each rank a 1/sp share of the query heads (and of the key/value heads) for the
-whole sequence. When the head counts do not divide sp we keep exact results by
-- replicating KV heads (smallest factor r with sp | Hkv*r and Hkv*r | Hq), which keeps GQA and costs
-  only extra KV traffic, when sp divides the query heads;
-- otherwise padding the query heads to the next multiple of sp with all-zero heads (KV expanded to
-  one per query head, padded the same way) whose outputs are dropped; attention compute grows by
-  Hq_padded / Hq (e.g. 28 heads at SP 8: 32/28 = 1.14x).
-A ring/hybrid layout would avoid that overhead when sp is far above the head count; it is not
-needed for the Qwen2.5-VL family at SP <= 8 (16 to 64 query heads) and is not implemented.
+Heads: Ulysses gives each rank a share of the query heads for the whole sequence. Query heads are
+split into contiguous ranges whose sizes differ by at most one (28 heads at SP 8: 4,4,4,4,3,3,3,3;
+no zero heads are padded in, none computed), and each rank receives only the KV heads its query
+heads read (GQA: query head i reads KV head i // (Hq / Hkv)): at most 2 for Qwen2.5-VL-7B at SP 8,
+against one per query head (4 per rank) when query heads were padded. A rank whose query heads
+span two KV heads runs the kernel once per KV head (`HeadPlan.runs`).
+
+When SP exceeds the query-head count Ulysses would leave ranks without heads; `attention_layout`
+then picks "kv_gather" (context parallelism: every rank keeps its positions and all heads, the
+few KV heads are all-gathered over the sequence, attention runs blockwise; attention.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-
-import torch
-import torch.nn.functional as F
 
 
 def split_lengths(total: int, parts: int) -> tuple[int, ...]:
@@ -63,54 +61,72 @@ class SequenceSplit:
 
 @dataclass(frozen=True)
 class HeadPlan:
-    """How query and key/value heads are made divisible by the sequence-parallel size."""
+    """Which query heads each rank computes and which KV heads it must receive (Ulysses)."""
 
     num_heads: int  # query heads of the model
     num_kv_heads: int
     sp_size: int
-    kv_repeat: int  # each KV head repeated this many times (interleaved, like repeat_kv)
-    padded_heads: int  # query heads after padding (multiple of sp_size)
-    padded_kv_heads: int  # KV heads after repetition and padding (multiple of sp_size)
+    q_ranges: tuple[tuple[int, int], ...]  # per rank: query heads [start, end)
+    kv_ranges: tuple[tuple[int, int], ...]  # per rank: KV heads [start, end) its query heads read
 
     @property
-    def local_heads(self) -> int:
-        return self.padded_heads // self.sp_size
+    def group(self) -> int:
+        return self.num_heads // self.num_kv_heads
+
+    def q_counts(self) -> list[int]:
+        return [e - s for s, e in self.q_ranges]
+
+    def kv_counts(self) -> list[int]:
+        return [e - s for s, e in self.kv_ranges]
 
     @property
-    def local_kv_heads(self) -> int:
-        return self.padded_kv_heads // self.sp_size
+    def kv_heads_sent(self) -> int:
+        """KV heads summed over ranks (= num_kv_heads when nothing is replicated)."""
+        return sum(self.kv_counts())
 
-    @property
-    def compute_overhead(self) -> float:
-        """Attention compute relative to the unpadded head count."""
-        return self.padded_heads / self.num_heads
+    def runs(self, rank: int) -> list[tuple[int, int, int]]:
+        """(local q start, local q end, local KV head) for each KV head this rank's query heads
+        read, in order: one kernel call per run (or one GQA call when `uniform`)."""
+        (q0, q1), (k0, k1) = self.q_ranges[rank], self.kv_ranges[rank]
+        out = []
+        for j in range(k0, k1):
+            lo, hi = max(q0, j * self.group), min(q1, (j + 1) * self.group)
+            out.append((lo - q0, hi - q0, j - k0))
+        return out
 
-    def prepare(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor):
-        """Apply the plan to [B, heads, L, D] projections (autograd-safe)."""
-        if self.kv_repeat > 1:
-            key = key.repeat_interleave(self.kv_repeat, dim=1)
-            value = value.repeat_interleave(self.kv_repeat, dim=1)
-        return (
-            _pad_heads(query, self.padded_heads),
-            _pad_heads(key, self.padded_kv_heads),
-            _pad_heads(value, self.padded_kv_heads),
-        )
-
-
-def _pad_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
-    missing = heads - x.shape[1]
-    return F.pad(x, (0, 0, 0, 0, 0, missing)) if missing else x
+    def uniform(self, rank: int) -> bool:
+        """True when the rank's heads form whole GQA groups of equal size (one kernel call)."""
+        return len({hi - lo for lo, hi, _ in self.runs(rank)}) == 1
 
 
 @lru_cache(maxsize=64)
 def plan_heads(num_heads: int, num_kv_heads: int, sp_size: int) -> HeadPlan:
-    """The cheapest exact layout of (num_heads, num_kv_heads) over sp_size ranks."""
+    """Query heads split in contiguous near-equal ranges; each rank gets the KV heads they read."""
     if num_heads % num_kv_heads:
         raise ValueError(f"{num_heads} query heads are not a multiple of {num_kv_heads} KV heads")
-    if num_heads % sp_size == 0:
-        for repeat in range(1, num_heads // num_kv_heads + 1):
-            kv = num_kv_heads * repeat
-            if kv % sp_size == 0 and num_heads % kv == 0:
-                return HeadPlan(num_heads, num_kv_heads, sp_size, repeat, num_heads, kv)
-    padded = -(-num_heads // sp_size) * sp_size
-    return HeadPlan(num_heads, num_kv_heads, sp_size, num_heads // num_kv_heads, padded, padded)
+    if sp_size > num_heads:
+        raise ValueError(f"Ulysses cannot split {num_heads} query heads over {sp_size} ranks; "
+                         "use the kv_gather layout (parallel.attention_layout)")
+    group = num_heads // num_kv_heads
+    q_ranges, start = [], 0
+    for n in split_lengths(num_heads, sp_size):
+        q_ranges.append((start, start + n))
+        start += n
+    kv_ranges = tuple((s // group, (e - 1) // group + 1) for s, e in q_ranges)
+    return HeadPlan(num_heads, num_kv_heads, sp_size, tuple(q_ranges), kv_ranges)
+
+
+LAYOUTS = ("auto", "ulysses", "kv_gather")
+
+
+def attention_layout(requested: str, num_heads: int, sp_size: int) -> str:
+    """"ulysses" (heads split over ranks) or "kv_gather" (positions kept, KV all-gathered);
+    "auto" picks Ulysses while every rank gets at least one query head."""
+    if requested not in LAYOUTS:
+        raise ValueError(f"attention layout {requested!r} is not one of {', '.join(LAYOUTS)}")
+    if requested == "auto":
+        return "ulysses" if sp_size <= num_heads else "kv_gather"
+    if requested == "ulysses" and sp_size > num_heads:
+        raise ValueError(f"Ulysses cannot split {num_heads} query heads over {sp_size} ranks; "
+                         "set parallel.attention_layout=kv_gather (or auto)")
+    return requested

@@ -41,6 +41,9 @@ class ParallelConfig:
     vocab_chunk: int = 32768  # log-prob tiles: vocabulary entries per tile
     reference_cpu_offload: bool = False  # keep the frozen reference model's shards in CPU memory
     param_dtype: Literal["float32", "bfloat16"] = "float32"  # FSDP compute dtype (grads reduced in fp32)
+    pack: bool = True  # rows packed end to end with varlen attention (no [B, 1, L, L] mask, no padding compute)
+    attention_layout: Literal["auto", "ulysses", "kv_gather"] = "auto"  # auto: Ulysses up to SP = query heads
+    kv_block: int = 1024  # kv_gather layout: keys per attention tile
 
 
 @dataclass
@@ -144,7 +147,8 @@ def build_log_prob_model(model: torch.nn.Module, state: ParallelState, cfg: Para
         model.requires_grad_(False)
         model.eval()
     lpm = LogProbModel(model, state.sp_group if state.sp_size > 1 else None,
-                       cfg.token_chunk, cfg.vocab_chunk, cfg.attention)
+                       cfg.token_chunk, cfg.vocab_chunk, cfg.attention, pack=cfg.pack,
+                       layout=cfg.attention_layout, kv_block=cfg.kv_block)
     if cfg.fsdp and state.distributed:
         shard_log_prob_model(lpm, state, cfg, offload=cfg.reference_cpu_offload and not trainable)
     return lpm

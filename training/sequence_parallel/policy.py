@@ -32,9 +32,15 @@ import torch.distributed as dist
 
 from training.linear_logprobs import linear_logprobs
 from training.mm_batch import base_model, embed_with_video, encode_videos
-from training.sequence_parallel.attention import full_sequence_masks, use_ulysses_attention
+from training.sequence_parallel.attention import (
+    check_no_sliding_layers,
+    full_sequence_masks,
+    use_ulysses_attention,
+    use_varlen_vision_attention,
+)
 from training.sequence_parallel.comm import SPContext, gather_rows
-from training.sequence_parallel.layout import SequenceSplit
+from training.sequence_parallel.layout import SequenceSplit, attention_layout
+from training.sequence_parallel.varlen import PackedRows
 from training.sequence_parallel.vision import encode_videos_split
 
 
@@ -42,14 +48,24 @@ class LogProbModel(torch.nn.Module):
     """A Qwen2.5-VL model that returns per-token log-probs (and entropy) of scored tokens."""
 
     def __init__(self, model: torch.nn.Module, sp_group: dist.ProcessGroup | None = None,
-                 token_chunk: int = 2048, vocab_chunk: int = 32768, attention: str | None = None):
+                 token_chunk: int = 2048, vocab_chunk: int = 32768, attention: str | None = None,
+                 pack: bool = True, layout: str = "auto", kv_block: int = 1024,
+                 vision_attention: str | None = "varlen"):
         super().__init__()
         self.model = model
         self.sp_group = sp_group
         self.sp_size = dist.get_world_size(sp_group) if sp_group is not None else 1
         self.sp_rank = dist.get_rank(sp_group) if sp_group is not None else 0
         self.token_chunk, self.vocab_chunk = token_chunk, vocab_chunk
+        self.pack = pack  # rows packed end to end (varlen attention), never a [B, 1, L, L] mask
+        text = model.config.text_config
+        self.layout = attention_layout(layout, text.num_attention_heads, self.sp_size)
+        if self.layout == "kv_gather" and not pack:
+            raise ValueError("parallel.attention_layout=kv_gather needs packed rows (parallel.pack=true)")
+        self.kv_block = kv_block
         use_ulysses_attention(model, attention)
+        if vision_attention == "varlen":
+            use_varlen_vision_attention(model)
 
     @property
     def split_active(self) -> bool:
@@ -91,40 +107,85 @@ class LogProbModel(torch.nn.Module):
         inner = base_model(self.model)
         if video_mask is None:  # callers holding a Batch pass mm_batch.video_positions(batch)
             video_mask = input_ids == inner.config.video_token_id
+        if self.pack:
+            return self._forward_packed(input_ids, attention_mask, position_ids, score_mask, video_embeds,
+                                        video_mask, temperature, with_entropy)
         embeds = embed_with_video(self.model, input_ids, video_embeds, video_mask)
         masks = full_sequence_masks(inner.language_model, embeds, attention_mask)
-
         split = SequenceSplit.even(length, self.sp_size)
         start, end = split.bounds(self.sp_rank)
-        extra = {}
-        if self.split_active:
-            extra["sequence_parallel"] = SPContext(self.sp_group, self.sp_rank, split)
-        hidden = inner.language_model(
-            inputs_embeds=embeds[:, start:end], position_ids=position_ids[:, :, start:end],
-            attention_mask=masks, use_cache=False, **extra,
-        ).last_hidden_state
-
+        hidden = self._language_model(embeds[:, start:end], position_ids[:, :, start:end], masks, split, None)
         # Hidden state at position p predicts token p + 1: this rank scores tokens start+1..end.
         scored = score_mask[:, 1:] > 0
         rows, cols = scored[:, start:end].nonzero(as_tuple=True)
         targets = input_ids[:, 1:][:, start:end][rows, cols]
-        weight = self.model.get_output_embeddings().weight
-        lp, ent = linear_logprobs(hidden[rows, cols], weight, targets, temperature,
-                                  self.token_chunk, self.vocab_chunk, with_entropy)
+        lp, ent = self._score(hidden[rows, cols], targets, temperature, with_entropy)
         if self.split_active:
             counts = [int(scored[:, s:e].sum()) for s, e in map(split.bounds, range(self.sp_size))]
-            lp = gather_rows(lp, counts, self.sp_rank, self.sp_group)
-            if ent is not None:
-                ent = gather_rows(ent, counts, self.sp_rank, self.sp_group)
+            lp, ent = self._gather(lp, counts), self._gather(ent, counts)
             # gathered rows come rank by rank, each rank's in row-major order of its slice
             order = [scored[:, s:e].nonzero() + torch.tensor([0, s], device=scored.device)
                      for s, e in map(split.bounds, range(self.sp_size))]
             rows, cols = torch.cat(order).unbind(1)
-        out = torch.zeros((b, length), dtype=torch.float32, device=input_ids.device)
-        out = out.index_put((rows, cols + 1), lp)
-        ent_out = None
-        if ent is not None:
-            ent_out = torch.zeros_like(out).index_put((rows, cols + 1), ent)
+        return self._scatter(b, length, rows, cols + 1, lp, ent, input_ids.device)
+
+    def _forward_packed(self, input_ids, attention_mask, position_ids, score_mask, video_embeds, video_mask,
+                        temperature, with_entropy):
+        """The rows packed end to end (padding dropped), split over the SP ranks as one sequence."""
+        b, length = input_ids.shape
+        inner = base_model(self.model)
+        check_no_sliding_layers(inner.language_model)
+        valid = attention_mask.bool()
+        rows_idx, cols_idx = valid.nonzero(as_tuple=True)  # packed order: row by row
+        packed = PackedRows(tuple(int(n) for n in valid.sum(1).tolist()))
+        if len(video_embeds) == b:  # name the row whose embedding does not fit
+            for i, ve in enumerate(video_embeds):
+                n = int(video_mask[i].sum())
+                if ve.shape[0] != n:
+                    raise ValueError(f"row {i}: video embedding of shape {tuple(ve.shape)} does not fit "
+                                     f"{n} video tokens")
+        packed_embeds = [ve for ve in video_embeds if ve.shape[0]]
+        embeds = embed_with_video(self.model, input_ids[valid][None], [torch.cat(packed_embeds)] if packed_embeds
+                                  else [video_embeds[0][:0]], video_mask[valid][None])
+        pos = position_ids[:, valid][:, None]  # [3, 1, T]
+        # packed token i predicts packed token i + 1 of the same row
+        nxt = (cols_idx + 1).clamp(max=length - 1)
+        scored = (score_mask[rows_idx, nxt] > 0) & (cols_idx + 1 < length)
+        targets = input_ids[rows_idx, nxt]
+        split = SequenceSplit.even(packed.total, self.sp_size)
+        start, end = split.bounds(self.sp_rank)
+        hidden = self._language_model(embeds[:, start:end], pos[:, :, start:end], {"full_attention": None},
+                                      split, packed)[0]
+        local = scored[start:end].nonzero(as_tuple=True)[0]
+        lp, ent = self._score(hidden[local], targets[start:end][local], temperature, with_entropy)
+        if self.split_active:
+            counts = [int(scored[s:e].sum()) for s, e in map(split.bounds, range(self.sp_size))]
+            lp, ent = self._gather(lp, counts), self._gather(ent, counts)
+        where = scored.nonzero(as_tuple=True)[0]  # rank by rank = ascending packed order
+        return self._scatter(b, length, rows_idx[where], cols_idx[where] + 1, lp, ent, input_ids.device)
+
+    def _language_model(self, embeds, position_ids, masks, split: SequenceSplit, packed: PackedRows | None):
+        extra = {}
+        if self.split_active:
+            extra["sequence_parallel"] = SPContext(self.sp_group, self.sp_rank, split, self.layout, self.kv_block)
+        if packed is not None:
+            extra["packed_rows"] = packed
+        return base_model(self.model).language_model(
+            inputs_embeds=embeds, position_ids=position_ids, attention_mask=masks, use_cache=False, **extra,
+        ).last_hidden_state
+
+    def _score(self, hidden, targets, temperature, with_entropy):
+        weight = self.model.get_output_embeddings().weight
+        return linear_logprobs(hidden, weight, targets, temperature, self.token_chunk, self.vocab_chunk,
+                               with_entropy)
+
+    def _gather(self, x: torch.Tensor | None, counts: list[int]) -> torch.Tensor | None:
+        return None if x is None else gather_rows(x, counts, self.sp_rank, self.sp_group)
+
+    @staticmethod
+    def _scatter(b, length, rows, cols, lp, ent, device):
+        out = torch.zeros((b, length), dtype=torch.float32, device=device).index_put((rows, cols), lp)
+        ent_out = None if ent is None else torch.zeros_like(out).index_put((rows, cols), ent)
         return out, ent_out
 
     def generate(self, *args, **kwargs):
