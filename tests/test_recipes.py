@@ -74,3 +74,18 @@ def test_cluster_example_compiles(tmp_path):
     path = compile_pipeline(tmp_path / "p.yaml", cfg)
     text = path.read_text()
     assert "longrl-data" in text and "NVIDIA-H100-80GB-HBM3" in text
+
+
+def test_runbook_names_existing_recipes_and_docs():
+    import re
+
+    root = RECIPES.parent
+    text = (root / "docs" / "cluster.md").read_text()
+    named = set(re.findall(r"recipes/[\w.{},/-]+\.yaml", text))
+    assert len(named) >= 5
+    for name in named:
+        for expanded in ([name.replace("{3b,7b}", s) for s in ("3b", "7b")] if "{" in name else [name]):
+            assert (root / expanded).is_file(), expanded
+    for link in re.findall(r"\]\(([\w.]+\.md)(?:#[\w-]+)?\)", text):
+        assert (root / "docs" / link).is_file(), link
+    assert "ESTIMATES, not measured" in text  # memory figures are labelled as estimates
