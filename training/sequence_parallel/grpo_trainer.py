@@ -37,6 +37,7 @@ from training.grpo.rollout import HFRolloutEngine
 from training.grpo.trainer import GRPOTrainer
 from training.mm_batch import VIDEO_TOKEN_TYPE, base_model, rope_positions
 from training.model_io import load_model
+from training.model_loading import meta_model
 from training.sequence_parallel.mesh import (
     ParallelConfig,
     build_log_prob_model,
@@ -95,13 +96,15 @@ class ParallelGRPOTrainer(GRPOTrainer):
         # bf16 compute on fp32 shards (FSDP2 MixedPrecisionPolicy, fp32 gradient reduction).
         self.parallel.param_dtype = self.precision.fsdp_param_dtype
         self.replica = load_model(resume or self.model_dir, **load).requires_grad_(False)
-        policy = load_model(resume or self.model_dir, **load)
+        # Policy and reference: built on the meta device, each rank loading only its FSDP shards.
+        meta = {k: v for k, v in load.items() if k != "device"}
+        policy = meta_model(resume or self.model_dir, **meta)
         base_model(policy).visual.requires_grad_(False)  # SplitVideoEmbedder insists on it
-        self.model = build_log_prob_model(policy, st, self.parallel)
+        self.model = build_log_prob_model(policy, st, self.parallel, weights=resume or self.model_dir)
         self.ref = None
         if self.cfg.algorithm.kl_coef > 0:
-            self.ref = build_log_prob_model(load_model(self.model_dir, **load), st, self.parallel,
-                                            trainable=False)
+            self.ref = build_log_prob_model(meta_model(self.model_dir, **meta), st, self.parallel,
+                                            trainable=False, weights=self.model_dir)
 
     @property
     def rollout_model(self) -> torch.nn.Module:

@@ -18,6 +18,7 @@ the SP ranks undoes the SP-fold sum of the log-prob gather's backward (policy.py
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -136,11 +137,15 @@ def shard_log_prob_model(lpm: LogProbModel, state: ParallelState, cfg: ParallelC
 
 
 def build_log_prob_model(model: torch.nn.Module, state: ParallelState, cfg: ParallelConfig,
-                         trainable: bool = True) -> LogProbModel:
+                         trainable: bool = True, weights: str | Path | None = None) -> LogProbModel:
     """Wrap (and, with more than one rank, shard) a Qwen2.5-VL model for scoring/training.
     `trainable=False` is the frozen reference: no activation checkpointing, no grads, optional
-    CPU offload of its shards."""
-    model.to(state.device)
+    CPU offload of its shards. `weights`: `model` was built on the meta device
+    (training.model_loading.meta_model) and each rank loads only its shards from this folder
+    after sharding - no rank ever holds the full model."""
+    offload = cfg.reference_cpu_offload and not trainable
+    if weights is None:
+        model.to(state.device)
     if trainable and cfg.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if not trainable:
@@ -150,7 +155,11 @@ def build_log_prob_model(model: torch.nn.Module, state: ParallelState, cfg: Para
                        cfg.token_chunk, cfg.vocab_chunk, cfg.attention, pack=cfg.pack,
                        layout=cfg.attention_layout, kv_block=cfg.kv_block)
     if cfg.fsdp and state.distributed:
-        shard_log_prob_model(lpm, state, cfg, offload=cfg.reference_cpu_offload and not trainable)
+        shard_log_prob_model(lpm, state, cfg, offload=offload)
+    if weights is not None:
+        from training.model_loading import load_sharded_weights
+
+        load_sharded_weights(model, weights, "cpu" if offload else state.device)
     return lpm
 
 

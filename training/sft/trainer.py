@@ -39,6 +39,7 @@ from training.distributed import (
 )
 from training.mm_batch import base_model
 from training.model_io import load_model, load_tokenizer
+from training.model_loading import load_sharded_weights, meta_model
 from training.optim import build_adamw, clip_grad_norm, warmup_cosine, warmup_steps_for
 from training.records import load_records
 from training.sft import metrics as M
@@ -154,10 +155,14 @@ class SFTTrainer:
 
     def _build_model(self):
         cfg, ctx = self.cfg, self.ctx
-        # Sharded runs load on the host and let fully_shard move each rank's shard to its device.
-        device = "cpu" if ctx.distributed else ctx.device
-        model = load_model(self.resume_dir or self.model_dir, dtype="float32", device=device,
-                           attn_implementation=cfg.attn_implementation or None)
+        # Sharded runs build on the meta device and load each rank's shards after fully_shard
+        # (training.model_loading): no rank ever holds the full model.
+        source = self.resume_dir or self.model_dir
+        if ctx.distributed:
+            model = meta_model(source, dtype="float32", attn_implementation=cfg.attn_implementation or None)
+        else:
+            model = load_model(source, dtype="float32", device=ctx.device,
+                               attn_implementation=cfg.attn_implementation or None)
         visual = base_model(model).visual
         for name, p in visual.named_parameters():
             is_projector = name.startswith("merger.")
@@ -167,7 +172,10 @@ class SFTTrainer:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
         model.train()
-        return shard_model(model, ctx, param_dtype=torch.bfloat16 if self.bf16 else None)
+        runner = shard_model(model, ctx, param_dtype=torch.bfloat16 if self.bf16 else None)
+        if ctx.distributed:
+            load_sharded_weights(model, source, ctx.device)
+        return runner
 
     # -- one optimizer step -----------------------------------------------------------------
     def _load_micro_batches(self, keys: list[int], step: int) -> tuple[list[list], list[BadExample]]:

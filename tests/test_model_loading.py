@@ -1,0 +1,65 @@
+"""Loading under FSDP2 (training.model_loading): each rank keeps 1/world of the parameters and ends
+with exactly the folder's weights (2 gloo processes)."""
+
+from __future__ import annotations
+
+import torch
+
+from training.model_io import load_model
+from training.sequence_parallel.local_group import run_local_group
+from training.tiny_model import TinyModelSpec, write_tiny_model_folder
+
+SPEC = TinyModelSpec(seed=11, hidden_size=128, intermediate_size=384, num_layers=4, num_heads=4, num_kv_heads=2,
+                     vision_depth=2, vision_hidden_size=64, vision_intermediate_size=128)
+
+
+def peak_torch_cpu_bytes(fn):
+    """(fn's result, peak of torch's live CPU allocations during fn, above the start) from the
+    profiler's allocation events: an independent measurement, not the loader's own accounting."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        result = fn()
+    # "[memory]" events are the allocator's own (op events repeat their children's bytes)
+    events = sorted((e for e in prof.events() if e.name == "[memory]" and e.cpu_memory_usage),
+                    key=lambda e: e.time_range.start)
+    live = peak = 0
+    for e in events:
+        live += e.cpu_memory_usage
+        peak = max(peak, live)
+    return result, peak
+
+
+def _rank(rank: int, world: int, folder, mode: str):
+    from training.model_loading import meta_model
+    from training.sequence_parallel.mesh import (
+        ParallelConfig,
+        build_log_prob_model,
+        full_state_dict,
+        init_parallel,
+    )
+
+    state = init_parallel(sp_size=1)
+
+    def load():
+        if mode == "meta":
+            return build_log_prob_model(meta_model(folder), state, ParallelConfig(), weights=folder)
+        return build_log_prob_model(load_model(folder), state, ParallelConfig())  # full model, then sharded
+
+    lpm, peak = peak_torch_cpu_bytes(load)
+    local = sum(p.to_local().numel() * p.element_size() for p in lpm.parameters())
+    return {"peak": peak, "local": local, "state": full_state_dict(lpm)}
+
+
+def test_fsdp_loading_holds_a_shard_per_rank_and_the_exact_weights(tmp_path):
+    folder = write_tiny_model_folder(tmp_path / "m", SPEC)
+    expected = load_model(folder).state_dict()
+    full_bytes = sum(v.numel() * v.element_size() for v in load_model(folder).parameters())
+    meta = run_local_group(_rank, 2, folder, "meta")
+    plain = run_local_group(_rank, 2, folder, "plain")
+    for rank, res in enumerate(meta):
+        assert all(torch.equal(res["state"][k], v) for k, v in expected.items()), rank
+        assert res["local"] <= 0.55 * full_bytes
+    # Not yet asserted: the profiler's peak of torch CPU allocations during the meta load is still
+    # ~1.0x the full parameter bytes (measured; cause not found yet) - the ~1/world target is open.
+    assert all(res["peak"] >= 0.95 * full_bytes for res in plain), [r["peak"] / full_bytes for r in plain]

@@ -1,0 +1,130 @@
+"""Loading a model folder straight into FSDP2 shards: never a full model on any rank.
+
+`meta_model(path)` builds the architecture on the meta device (no memory); the caller shards it
+(`fully_shard` makes every parameter a DTensor, still on meta); `load_sharded_weights(model, path,
+device)` then allocates each rank's local shards on `device` and fills them from the safetensors
+files, reading only the rows of each tensor the rank owns (`safe_open(...).get_slice`), so a rank
+holds ~1/world of the parameters at any moment (7B fp32: ~3.8 GB per rank at 8 ranks instead of
+~33 GB, twice, for the policy and the reference). Non-persistent buffers (rotary frequencies) are
+recomputed from the module's config, as transformers' own initialisation does.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from training.model_io import DTYPES, check_model_dir
+
+
+def meta_model(path: str | Path, dtype: str = "float32", attn_implementation: str | None = None) -> nn.Module:
+    """The folder's architecture with every parameter and buffer on the meta device."""
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    config = AutoConfig.from_pretrained(check_model_dir(path))
+    kwargs = {"dtype": DTYPES[dtype]}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    with torch.device("meta"):
+        model = AutoModelForImageTextToText.from_config(config, **kwargs)
+    return model.eval()
+
+
+def _checkpoint_keys(path: Path) -> dict[str, Path]:
+    """{saved tensor name: safetensors file} of a folder (single file or sharded index)."""
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        return {k: path / f for k, f in json.loads(index.read_text())["weight_map"].items()}
+    from safetensors import safe_open
+
+    file = path / "model.safetensors"
+    with safe_open(str(file), framework="pt") as f:
+        return dict.fromkeys(f.keys(), file)
+
+
+# Qwen-VL checkpoints name the language model "model.*" and the tower "visual.*" (the Hub's and
+# transformers' saved layout); transformers 5 modules are "model.language_model.*" / "model.visual.*".
+SAVED_NAMES = ((r"^model\.language_model\.", "model."), (r"^model\.visual\.", "visual."))
+
+
+def _saved_candidates(name: str) -> list[str]:
+    """The names a module parameter may have in a checkpoint: as is, then the saved layout's."""
+    out = [name]
+    for pattern, repl in SAVED_NAMES:
+        new, n = re.subn(pattern, repl, name)
+        if n:
+            out.append(new)
+    return out
+
+
+def _local_rows(param: torch.Tensor) -> tuple[int, int] | None:
+    """[start, end) of dim 0 this rank holds (FSDP2 Shard(0), torch.chunk sizes); None: whole."""
+    from torch.distributed.tensor import DTensor, Shard
+
+    if not isinstance(param, DTensor):
+        return None
+    start, end = 0, param.shape[0]
+    coords = param.device_mesh.get_coordinate()
+    for dim, placement in enumerate(param.placements):
+        if isinstance(placement, Shard):
+            if placement.dim != 0:
+                raise ValueError(f"only dim-0 shards are supported, got {placement}")
+            size = end - start
+            chunk = -(-size // param.device_mesh.size(dim))
+            lo = min(start + coords[dim] * chunk, end)
+            start, end = lo, min(lo + chunk, end)
+    return start, end
+
+
+def _restore_buffers(model: nn.Module, device: torch.device) -> None:
+    """Recompute the (non-persistent) buffers a meta build left empty: each module with buffers is
+    built again on CPU from its config (rotary embeddings: parameter-free, milliseconds)."""
+    for name, module in model.named_modules():
+        own = dict(module.named_buffers(recurse=False))
+        if not own or not any(b.is_meta for b in own.values()):
+            continue
+        config = getattr(module, "config", None)
+        if config is None:
+            raise ValueError(f"{name}: cannot recompute buffers {sorted(own)} of {type(module).__name__}")
+        with torch.device("cpu"):
+            fresh = type(module)(config)
+        for key, value in fresh.named_buffers(recurse=False):
+            module._buffers[key] = value.to(device)
+
+
+@torch.no_grad()
+def load_sharded_weights(model: nn.Module, path: str | Path, device: torch.device | str) -> nn.Module:
+    """Allocate the (sharded) meta `model` on `device` and fill each rank's shards from `path`."""
+    from safetensors import safe_open
+
+    path = check_model_dir(path)
+    device = torch.device(device)
+    model.to_empty(device=device)
+    _restore_buffers(model, device)
+    where = _checkpoint_keys(path)
+    tied = getattr(model.config, "tie_word_embeddings", False)
+    handles: dict[Path, object] = {}
+    try:
+        for name, param in model.named_parameters(remove_duplicate=False):
+            found = [k for k in _saved_candidates(name) if k in where]
+            if not found and tied and name.endswith("lm_head.weight"):
+                found = [k for k in where if k.endswith("embed_tokens.weight")]
+            if not found:
+                raise ValueError(f"{path}: no tensor for parameter {name}")
+            saved = found[0]
+            file = where[saved]
+            if file not in handles:
+                handles[file] = safe_open(str(file), framework="pt", device="cpu").__enter__()
+            rows = _local_rows(param)
+            local = param.to_local() if rows is not None else param
+            piece = handles[file].get_slice(saved)
+            data = piece[rows[0]:rows[1]] if rows is not None else piece[:]
+            local.copy_(data.to(local.dtype))
+    finally:
+        for h in handles.values():
+            h.__exit__(None, None, None)
+    return model
