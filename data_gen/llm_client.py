@@ -1,26 +1,31 @@
 """Concurrent chat requests to an OpenAI-compatible endpoint (vLLM, transformers serve, OpenAI).
 
 One `ChatEndpoint` per model: the `openai` async client, a semaphore bounding the requests in
-flight, a per-request timeout, and retries with exponential backoff and jitter on timeouts,
-connection errors, 429 and 5xx (and on 200 replies that are not a usable chat completion). A
-429's Retry-After is honoured. Other errors (400, 401, 404) are not retried. The API key comes
-from an environment variable only and is registered for log redaction; it is never stored.
+flight, and the shared retry policy of common/retry.py: an overall deadline per attempt (a
+trickling reply is cut off), retries with exponential backoff and jitter on timeouts,
+connection errors, 429 and 5xx and on 200 replies that are not a usable chat completion or
+carry no text; a Retry-After is honoured up to a cap and counted. Other errors (400, 401, 404)
+are not retried. The API key comes from an environment variable only and is registered for log
+redaction; it is never stored.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from common.retry import (
+    MalformedReply,
+    RequestFailed,
+    RetryPolicy,
+    call_with_retry,
+    chat_text,
+    with_deadline,
+)
 from common.secrets import api_key_from_env, redact
-
-
-class RequestFailed(RuntimeError):
-    """A request that failed for good (retries spent or a non-retryable error)."""
 
 
 @dataclass
@@ -31,6 +36,8 @@ class RequestStats:
     ok: int = 0
     retries: int = 0
     failed: int = 0  # requests that failed for good
+    retry_after: int = 0  # waits that followed a server's Retry-After
+    retry_after_capped: int = 0  # ... of which asked for more than retry_after_max_s
     seconds: float = 0.0  # wall time spent inside successful requests
     errors: dict[str, int] = field(default_factory=dict)
 
@@ -41,40 +48,19 @@ class RequestStats:
 @dataclass
 class ClientSettings:
     concurrency: int = 16  # requests in flight per endpoint
-    timeout_s: float = 120.0  # per HTTP attempt
+    timeout_s: float = 120.0  # overall deadline per HTTP attempt (send -> whole reply read)
     max_retries: int = 4  # after the first attempt
     backoff_s: float = 1.0  # first backoff; doubles per retry, with jitter
     backoff_max_s: float = 30.0
+    retry_after_max_s: float = 60.0  # a server's Retry-After is honoured up to this (counted)
+
+    def policy(self) -> RetryPolicy:
+        return RetryPolicy(max_attempts=self.max_retries + 1, deadline_s=self.timeout_s,
+                           backoff_s=self.backoff_s, backoff_max_s=self.backoff_max_s,
+                           retry_after_max_s=self.retry_after_max_s)
 
 
-def _retryable(exc: BaseException) -> str | None:
-    """Short name of a transient error, or None when retrying cannot help."""
-    import openai
-
-    if isinstance(exc, openai.APITimeoutError | asyncio.TimeoutError):
-        return "timeout"
-    if isinstance(exc, openai.RateLimitError):
-        return "429"
-    if isinstance(exc, openai.APIStatusError):
-        return str(exc.status_code) if exc.status_code >= 500 else None
-    if isinstance(exc, openai.APIConnectionError):
-        return "connection"
-    if isinstance(exc, MalformedReply | json.JSONDecodeError):  # HTTP 200 with a broken body
-        return "malformed"
-    return None
-
-
-class MalformedReply(ValueError):
-    pass
-
-
-def _retry_after(exc: BaseException) -> float | None:
-    response = getattr(exc, "response", None)
-    value = response.headers.get("retry-after") if response is not None else None
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None
+__all__ = ["ChatEndpoint", "ClientSettings", "MalformedReply", "RequestFailed", "RequestStats"]
 
 
 class ChatEndpoint:
@@ -105,35 +91,25 @@ class ChatEndpoint:
     async def chat(self, messages: list[dict[str, Any]], temperature: float = 0.0,
                    max_tokens: int | None = None, seed: int | None = None, **extra: Any) -> str:
         s = self.settings
-        last = ""
-        for attempt in range(s.max_retries + 1):
-            async with self._semaphore():
+
+        async def attempt() -> str:
+            async with self._semaphore():  # held for the attempt only, not the backoff
                 self.stats.requests += 1
                 t0 = time.perf_counter()
-                try:
-                    resp = await self._client.chat.completions.create(
-                        model=self.model, messages=messages, temperature=temperature,
-                        max_tokens=max_tokens, seed=seed, **extra)
-                    text = _content(resp)
-                    self.stats.ok += 1
-                    self.stats.seconds += time.perf_counter() - t0
-                    return text
-                except Exception as exc:  # sorted below: transient -> retry, else fail
-                    kind = _retryable(exc)
-                    last = redact(f"{type(exc).__name__}: {exc}")
-                    self.stats.count_error(kind or type(exc).__name__)
-                    if kind is None:
-                        self.stats.failed += 1
-                        raise RequestFailed(f"{self.name}: {last}") from exc
-                    wait = _retry_after(exc)
-            if attempt == s.max_retries:
-                break
-            self.stats.retries += 1
-            if wait is None:
-                wait = min(s.backoff_max_s, s.backoff_s * 2**attempt) * (0.5 + self._rng.random() / 2)
-            await asyncio.sleep(wait)
-        self.stats.failed += 1
-        raise RequestFailed(f"{self.name}: gave up after {s.max_retries + 1} attempts ({last})")
+                resp = await with_deadline(self._client.chat.completions.create(
+                    model=self.model, messages=messages, temperature=temperature,
+                    max_tokens=max_tokens, seed=seed, **extra), s.timeout_s)
+                text = chat_text(resp)
+                self.stats.ok += 1
+                self.stats.seconds += time.perf_counter() - t0
+                return text
+
+        try:
+            return await call_with_retry(attempt, s.policy(), self.stats, self._rng,
+                                         name=self.name, redact=redact)
+        except RequestFailed:
+            self.stats.failed += 1
+            raise
 
     async def aclose(self) -> None:
         await self._client.close()
@@ -151,14 +127,3 @@ def _http_client(concurrency: int):
     n = max(1, concurrency)
     return openai.DefaultAsyncHttpxClient(
         limits=httpx_mod.Limits(max_connections=n + 8, max_keepalive_connections=n + 8))
-
-
-def _content(resp: Any) -> str:
-    """The first choice's text; anything else is a malformed reply (retried)."""
-    try:
-        text = resp.choices[0].message.content
-    except (AttributeError, IndexError, TypeError) as exc:
-        raise MalformedReply(f"not a chat completion: {str(resp)[:200]}") from exc
-    if not isinstance(text, str):
-        raise MalformedReply("chat completion without text content")
-    return text

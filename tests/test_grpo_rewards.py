@@ -141,10 +141,10 @@ def test_judge_retries_transient_errors_with_backoff(judge_server):
     ("429", 3, "RateLimitError"),
     ("400", 1, "refused the request"),  # a bad request is not retried
     ("maybe", 1, "not yes/no"),  # a reply that is neither yes nor no
-    ("empty", 1, "not yes/no"),
+    ("empty", 3, "failed after 3"),  # no text: retried like a malformed body
     ("malformed", 3, "failed after 3"),
     ("drop", 3, "failed after 3"),
-    ("timeout:0.6", 3, "Timeout"),
+    ("timeout:0.6", 3, "deadline"),
 ])
 def test_judge_failure_is_a_recorded_error_score(judge_server, fault, calls, match):
     if fault == "maybe":

@@ -4,8 +4,9 @@ One call per training step judges every open-ended rollout of the step at once: 
 (question, reference, answer) triples are asked once, requests run concurrently under a bound
 (asyncio + the async `openai` client), verdicts are cached (in memory and, if `cache_path` is
 set, in a JSONL file that survives restarts), transient failures (connection, timeout, 429,
-5xx) are retried with exponential backoff, and a call that still fails - or a reply that is
-neither yes nor no - becomes a recorded error verdict. It never raises into the trainer and never
+5xx, a 200 that is not a chat completion or has no text) are retried under the shared policy of
+common/retry.py (overall deadline per attempt, backoff, Retry-After honoured up to a cap), and a
+call that still fails - or a reply that is neither yes nor no - becomes a recorded error verdict. It never raises into the trainer and never
 turns a failure into a silent right or wrong (the reference made one blocking call per sample
 inside the rollout and crashed on the first failure).
 """
@@ -24,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from common.answers import strip_think
+from common.jsonl import read_jsonl
+from common.retry import RequestFailed, RetryPolicy, call_with_retry, chat_text, with_deadline
 from common.secrets import api_key_from_env, redact
 
 PROMPT_VERSION = "judge-v1"
@@ -48,7 +51,8 @@ class JudgeConfig:
     max_attempts: int = 4  # tries per request (1 = no retry)
     backoff_s: float = 1.0  # wait before the first retry; doubles each retry, with jitter
     backoff_max_s: float = 30.0  # longest wait between retries
-    timeout_s: float = 60.0  # per request
+    timeout_s: float = 60.0  # overall deadline per attempt (send -> whole reply read)
+    retry_after_max_s: float = 60.0  # a server's Retry-After is honoured up to this (counted)
     temperature: float = 0.0  # judge sampling temperature (0: deterministic verdicts)
     max_tokens: int = 16  # a bare yes/no; reasoning judges need more
     cache_path: str = ""  # JSONL verdict cache; empty keeps the cache in memory only
@@ -71,8 +75,14 @@ class JudgeStats:
     cache_hits: int = 0
     calls: int = 0  # HTTP requests made (retries included)
     retries: int = 0
+    failed_calls: int = 0  # HTTP attempts that failed (transient or not)
+    retry_after: int = 0  # retry waits that followed a server's Retry-After
+    retry_after_capped: int = 0  # ... of which asked for more than retry_after_max_s
     errors: int = 0
     seconds: float = 0.0
+
+    def count_error(self, kind: str) -> None:
+        self.failed_calls += 1
 
     def as_metrics(self, prefix: str = "judge/") -> dict[str, float]:
         return {prefix + k: float(v) for k, v in self.__dict__.items()}
@@ -105,13 +115,14 @@ class LLMJudge:
     cfg: JudgeConfig
     cache: dict[str, bool] = field(default_factory=dict)
     last_stats: JudgeStats = field(default_factory=JudgeStats)
+    _rng: random.Random = field(default_factory=random.Random, repr=False)
 
     def __post_init__(self) -> None:
         if self.cfg.cache_path and Path(self.cfg.cache_path).is_file():
-            for line in Path(self.cfg.cache_path).read_text().splitlines():
-                if line.strip():
-                    row = json.loads(line)
-                    self.cache[row["key"]] = bool(row["correct"])
+            # A torn last line (killed mid-append) is dropped and cut off; damage elsewhere
+            # raises naming the file and line.
+            for row in read_jsonl(self.cfg.cache_path, repair=True):
+                self.cache[row["key"]] = bool(row["correct"])
 
     @property
     def configured(self) -> bool:
@@ -168,41 +179,42 @@ class LLMJudge:
 
     async def _one(self, client: Any, sem: asyncio.Semaphore, item: JudgeItem,
                    stats: JudgeStats) -> Verdict:
-        import openai
-
         messages = [{"role": "system", "content": SYSTEM_PROMPT},
                     {"role": "user", "content": USER_TEMPLATE.format(
                         question=item.question, reference=item.reference, answer=item.answer)}]
-        last_error = ""
-        for attempt in range(1, max(1, self.cfg.max_attempts) + 1):
-            if attempt > 1:
-                stats.retries += 1
-                wait = min(self.cfg.backoff_max_s, self.cfg.backoff_s * 2 ** (attempt - 2))
-                await asyncio.sleep(wait * (0.5 + random.random() / 2))
-            try:
-                async with sem:
-                    stats.calls += 1
-                    resp = await client.chat.completions.create(
-                        model=self.cfg.model, messages=messages,
-                        temperature=self.cfg.temperature, max_tokens=self.cfg.max_tokens)
-                reply = (resp.choices[0].message.content or "") if resp.choices else ""
-            except (openai.APIConnectionError, openai.APITimeoutError, openai.RateLimitError,
-                    openai.InternalServerError) as exc:
-                last_error = f"{type(exc).__name__}: {exc}"
-                continue
-            except openai.APIStatusError as exc:  # 4xx other than 429: retrying will not help
-                return Verdict(None, redact(f"judge refused the request: {type(exc).__name__} "
-                                            f"{exc.status_code}: {exc}"), attempts=attempt)
-            except Exception as exc:  # malformed response bodies and the like
-                last_error = f"{type(exc).__name__}: {exc}"
-                continue
-            verdict = parse_verdict(reply)
-            if verdict is None:
-                return Verdict(None, redact(f"judge reply is not yes/no: {reply[:200]!r}"),
-                               attempts=attempt, reply=reply)
-            return Verdict(verdict, attempts=attempt, reply=reply)
-        return Verdict(None, redact(f"judge failed after {self.cfg.max_attempts} attempt(s): "
-                                    f"{last_error}"), attempts=self.cfg.max_attempts)
+        tries = 0
+
+        async def attempt() -> str:
+            nonlocal tries
+            async with sem:  # held for the attempt only, not the backoff
+                tries += 1
+                stats.calls += 1
+                resp = await with_deadline(client.chat.completions.create(
+                    model=self.cfg.model, messages=messages,
+                    temperature=self.cfg.temperature, max_tokens=self.cfg.max_tokens),
+                    self.cfg.timeout_s)
+            return chat_text(resp)
+
+        try:
+            reply = await call_with_retry(attempt, self.policy(), stats, self._rng, name="judge",
+                                          redact=redact)
+        except RequestFailed as exc:
+            if exc.kind is None:  # 4xx other than 429: retrying will not help
+                return Verdict(None, redact(f"judge refused the request: {exc.last}"),
+                               attempts=tries)
+            return Verdict(None, redact(f"judge failed after {tries} attempt(s): {exc.last}"),
+                           attempts=tries)
+        verdict = parse_verdict(reply)
+        if verdict is None:
+            return Verdict(None, redact(f"judge reply is not yes/no: {reply[:200]!r}"),
+                           attempts=tries, reply=reply)
+        return Verdict(verdict, attempts=tries, reply=reply)
+
+    def policy(self) -> RetryPolicy:
+        c = self.cfg
+        return RetryPolicy(max_attempts=max(1, c.max_attempts), deadline_s=c.timeout_s,
+                           backoff_s=c.backoff_s, backoff_max_s=c.backoff_max_s,
+                           retry_after_max_s=c.retry_after_max_s)
 
     def _remember(self, verdicts: dict[str, Verdict]) -> None:
         for k, v in verdicts.items():
