@@ -80,13 +80,19 @@ def _local_rows(param: torch.Tensor) -> tuple[int, int] | None:
     return start, end
 
 
-def _restore_buffers(model: nn.Module, device: torch.device) -> None:
-    """Recompute the (non-persistent) buffers a meta build left empty: each module with buffers is
+def _meta_buffer_modules(model: nn.Module) -> list[str]:
+    """Names of the modules holding buffers still on the meta device. Taken before `to_empty`,
+    which turns them into uninitialised memory that no longer reads as meta."""
+    return [name for name, module in model.named_modules()
+            if any(b.is_meta for b in module.buffers(recurse=False))]
+
+
+def _restore_buffers(model: nn.Module, names: list[str], device: torch.device) -> None:
+    """Recompute the (non-persistent) buffers a meta build left empty: each module in `names` is
     built again on CPU from its config (rotary embeddings: parameter-free, milliseconds)."""
-    for name, module in model.named_modules():
+    for name in names:
+        module = model.get_submodule(name)
         own = dict(module.named_buffers(recurse=False))
-        if not own or not any(b.is_meta for b in own.values()):
-            continue
         config = getattr(module, "config", None)
         if config is None:
             raise ValueError(f"{name}: cannot recompute buffers {sorted(own)} of {type(module).__name__}")
@@ -103,8 +109,9 @@ def load_sharded_weights(model: nn.Module, path: str | Path, device: torch.devic
 
     path = check_model_dir(path)
     device = torch.device(device)
+    meta_buffers = _meta_buffer_modules(model)
     model.to_empty(device=device)
-    _restore_buffers(model, device)
+    _restore_buffers(model, meta_buffers, device)
     where = _checkpoint_keys(path)
     tied = getattr(model.config, "tie_word_embeddings", False)
     handles: dict[Path, object] = {}
