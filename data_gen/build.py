@@ -324,16 +324,24 @@ class Build:
             if self.cfg.rewrite:
                 records = await self._timed("rewrite", self.rewrite(records))
             kept = await self._timed("filter", self.filter(records))
-        except BuildError:
-            from data_gen.build_report import write_reports
+        except Exception as exc:
+            from data_gen.build_report import write_failed_summary, write_reports
 
+            self.times["total"] = round(time.perf_counter() - t0, 3)
             write_reports(self.out, self.rejects)  # the reasons are the useful part of a failure
+            write_failed_summary(self, exc)  # and the request counters
             raise
         finally:
             for ep in self.endpoints.values():
                 await ep.aclose()
         self.times["total"] = round(time.perf_counter() - t0, 3)
-        return self.finish(items, generated, kept)
+        try:
+            return self.finish(items, generated, kept)
+        except Exception as exc:
+            from data_gen.build_report import write_failed_summary
+
+            write_failed_summary(self, exc)
+            raise
 
     def finish(self, items: list[VideoItem], generated: list[QARecord], kept: list[QARecord]) -> BuildResult:
         from data_gen.build_report import summarise, write_reports

@@ -24,6 +24,25 @@ def write_reports(out: Path, rejects: list[Reject]) -> None:
     os.replace(tmp, out / "rejects.jsonl")
 
 
+def write_failed_summary(build: Build, error: BaseException) -> None:
+    """summary.json of a build that failed: the error, request counters per endpoint, cache
+    counters and times, so a failed run can be diagnosed (how many requests, which errors)."""
+    summary = {
+        "status": "failed",
+        "error": f"{type(error).__name__}: {error}",
+        "videos": {"found": build.counts.get("videos_found", 0)},
+        "clips": build.counts.get("clips", 0),
+        "rejects": len(build.rejects),
+        "requests": {name: asdict(ep.stats) for name, ep in build.endpoints.items()},
+        "cache": asdict(build.cache.stats),
+        "seconds": build.times,
+    }
+    build.out.mkdir(parents=True, exist_ok=True)
+    tmp = build.out / ".summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=1))
+    os.replace(tmp, build.out / "summary.json")
+
+
 def summarise(build: Build, items: list[VideoItem], generated: list[QARecord], kept: list[QARecord],
               counts: dict[str, int]) -> dict[str, Any]:
     from common.config import save_config
@@ -40,6 +59,7 @@ def summarise(build: Build, items: list[VideoItem], generated: list[QARecord], k
             "kept": sum(r.category == cat for r in kept),
         }
     summary = {
+        "status": "ok",
         "videos": {"found": build.counts.get("videos_found", 0), "usable": len(items),
                    "rejected": video_rejects, "with_questions": len({r.video_id for r in kept})},
         "clips": build.counts.get("clips", 0),

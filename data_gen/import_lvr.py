@@ -21,6 +21,7 @@ import json
 import re
 from pathlib import Path
 
+from common.jsonl import JsonlError, read_jsonl
 from data_gen.qa_format import generator_json
 from data_gen.schema import QARecord, RecordError, question_id
 from data_gen.sources import Reject, probe
@@ -38,11 +39,20 @@ class ImportError_(ValueError):  # noqa: N801 - `ImportError` is a builtin
 
 
 def read_rows(path: Path) -> list[dict]:
-    text = path.read_text()
+    if not path.is_file():
+        raise ImportError_(f"{path}: no such file (give the released train.jsonl/test.jsonl or a JSON list)")
     if path.suffix == ".jsonl":
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-    data = json.loads(text)
-    if not isinstance(data, list):
+        try:
+            return read_jsonl(path, torn_ok=False)
+        except JsonlError as exc:
+            raise ImportError_(str(exc)) from None
+    text = path.read_text(errors="replace")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ImportError_(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}); expected a JSON list "
+                           "of rows or a .jsonl file") from None
+    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
         raise ImportError_(f"{path}: expected a JSON list of rows or a .jsonl file")
     return data
 

@@ -9,11 +9,11 @@ left out; a load with none left is an error. Relative video paths are resolved a
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.jsonl import JsonlError, read_jsonl
 from data_gen.schema import QARecord, RecordError
 
 
@@ -31,7 +31,10 @@ def _rows_from(path: Path) -> list[dict[str, Any]]:
 
         return pq.read_table(path).to_pylist()
     if path.suffix == ".jsonl":
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        try:  # input data: a broken line anywhere (also the last) is named, not dropped
+            return read_jsonl(path, torn_ok=False)
+        except JsonlError as exc:
+            raise DataError(str(exc)) from None
     raise DataError(f"{path}: not a datasets folder, .parquet or .jsonl file")
 
 

@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from common.jsonl import read_jsonl
+
 METRICS_FILE = "metrics.jsonl"
 CURVE_FILE = "loss_curve.png"
 
@@ -33,7 +35,7 @@ def read_metrics(out_dir: Path) -> list[dict[str, Any]]:
     path = out_dir / METRICS_FILE
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_jsonl(path, repair=True)  # a torn last line (killed mid-write) is dropped
 
 
 def truncate_metrics(out_dir: Path, last_step: int) -> None:
