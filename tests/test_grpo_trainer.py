@@ -134,8 +134,9 @@ def test_vision_calls_per_mode_and_offline_cache_equivalence(tiny_model_dir, col
     g = 3  # rollout.group_size; each prompt has its own video
     assert results["online"][0]["vision_calls_per_video"] == 1.0
     assert results["offline"][0]["vision_calls_per_video"] == 0.0
-    # pixels: rollout once per prompt, then old-policy, reference and update passes per row
-    assert results["pixels"][0]["vision_calls_per_video"] == 1 + 3 * g
+    # pixels: rollout once per prompt, then reference and update passes per row (the on-policy
+    # default skips the old-policy pass: test_grpo_fast_paths)
+    assert results["pixels"][0]["vision_calls_per_video"] == 1 + 2 * g
     (m_on, w_on), (m_off, w_off) = results["online"], results["offline"]
     assert m_on["reward/total"] == m_off["reward/total"]
     assert all(torch.equal(w_on[k], w_off[k]) for k in w_on)  # same embeddings, same update

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from common.jsonl import read_jsonl
 from training.grpo.logprobs import Rollout
 
 PHASES = ("encode", "rollout", "reward", "logprob", "update")
@@ -96,7 +97,7 @@ def _mean(xs: Sequence[float]) -> float:
 
 
 def rollout_metrics(rows: Sequence[Rollout], rollout_lps: Sequence[torch.Tensor],
-                    trainer_lps: Sequence[torch.Tensor]) -> dict[str, float]:
+                    trainer_lps: Sequence[torch.Tensor] | None) -> dict[str, float]:
     """Reward (total, parts), accuracy by category, lengths, rollout-vs-trainer log-prob gap."""
     out: dict[str, float] = {}
     totals = [r.reward.total for r in rows if r.reward]
@@ -121,7 +122,8 @@ def rollout_metrics(rows: Sequence[Rollout], rollout_lps: Sequence[torch.Tensor]
     out["response/length_max"] = float(max(lengths, default=0))
     out["response/truncated_share"] = _mean([0.0 if r.response.finished else 1.0 for r in rows])
     diffs = [(torch.tensor(r.response.logprobs) - t).abs() for r, t in
-             zip(rows, trainer_lps, strict=True) if len(r.response.logprobs)]
+             zip(rows, trainer_lps or [None] * len(rows), strict=True)
+             if t is not None and len(r.response.logprobs)]  # None: no trainer pass to compare
     if diffs:
         flat = torch.cat(diffs)
         out["rollout/logprob_diff_max"] = float(flat.max())
@@ -146,9 +148,8 @@ class MetricsLogger:
         for name in STEP_FILES:  # lines of steps after the checkpoint are redone, not repeated
             path = self.out / name
             if path.is_file():
-                kept = [line for line in path.read_text().splitlines()
-                        if line.strip() and json.loads(line)["step"] <= resume_step]
-                path.write_text("".join(line + "\n" for line in kept))
+                kept = [r for r in read_jsonl(path, repair=True) if r.get("step", 0) <= resume_step]
+                path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         row = {"step": step, **{k: (v if math.isfinite(v) else None) for k, v in metrics.items()}}

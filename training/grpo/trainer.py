@@ -34,7 +34,7 @@ from training.grpo.metrics import (
 )
 from training.grpo.rollout import RolloutPrompt, SamplingSettings
 from training.grpo.setup import TrainerSetup
-from training.grpo.update import UpdateInputs, policy_update
+from training.grpo.update import UpdateInputs, old_pass_is_redundant, policy_update
 from training.grpo.video_cache import StepVideo
 from training.prompts import SYSTEM_PROMPT, encode_example
 
@@ -100,19 +100,25 @@ class GRPOTrainer(TrainerSetup):
             return {**extra, **timer.metrics(), "time/step": time.perf_counter() - t0, "skipped": 1.0}
 
         # 5. old-policy (= rollout weights) and reference log-probs, same inputs as the rollout.
+        # The old-policy pass is skipped when it is provably the update's own first forward pass
+        # (update.old_pass_is_redundant) and when the engine's log-probs are asked for.
         lp_args = dict(pad_id=self.tokenizer.pad_token_id, micro_rows=alg.logprob_rows,
                        with_pixels=False, temperature=cfg.rollout.temperature,
                        chunk_size=alg.logprob_chunk, logprob_fn=self.logprob_fn)
+        rollout_lps = [torch.tensor(r.response.logprobs) for r in rows]
+        skip_old = alg.old_logprobs == "rollout" or old_pass_is_redundant(alg, len(rows), self.model)
         with timer("logprob"):
-            trainer_lps, _ = rows_logprobs(self.model, self.embedder.row_embeds, rows, **lp_args)
+            trainer_lps = None
+            if not skip_old:
+                trainer_lps, _ = rows_logprobs(self.model, self.embedder.row_embeds, rows, **lp_args)
             ref_lps = None
             if self.ref is not None:
                 ref_embed = ((lambda vids: [v.ref_embeds for v in vids]) if self.ref_embedder
                              else self.embedder.row_embeds)
                 with self._ref_on_device():
                     ref_lps, _ = rows_logprobs(self.ref, ref_embed, rows, **lp_args)
-        old_lps = trainer_lps if alg.old_logprobs == "trainer" else \
-            [torch.tensor(r.response.logprobs) for r in rows]
+        # None: the update takes its own detached log-probs as the old ones.
+        old_lps = rollout_lps if alg.old_logprobs == "rollout" else trainer_lps
 
         # 6. rewards (+ overlong penalty, + KL in the reward) -> group advantages.
         rewards = torch.tensor([r.reward.total for r in rows])
@@ -123,7 +129,7 @@ class GRPOTrainer(TrainerSetup):
             rewards = rewards + pen
             for r, p in zip(rows, pen.tolist(), strict=True):
                 r.extras["overlong_penalty"] = p
-        kl_metrics = self._kl_metrics(rows, old_lps, ref_lps)
+        kl_metrics = self._kl_metrics(rows, old_lps, ref_lps) if old_lps is not None else None
         if ref_lps is not None and alg.kl_in_reward:
             for i, (o, f) in enumerate(zip(old_lps, ref_lps, strict=True)):
                 kl = algo.kl_estimate(o, f, alg.kl_kind).sum()
@@ -136,19 +142,25 @@ class GRPOTrainer(TrainerSetup):
 
         # 7. policy update(s); the rollout engine gets the new weights.
         with timer("update"):
+            upd_in = UpdateInputs(rows, adv, old_lps, None if alg.kl_in_reward else ref_lps, weight)
             upd = policy_update(
-                self.model, self.optimizer, self.scheduler,
-                UpdateInputs(rows, adv, old_lps, None if alg.kl_in_reward else ref_lps, weight),
+                self.model, self.optimizer, self.scheduler, upd_in,
                 alg, embed_rows=self.embedder.row_embeds, pad_id=self.tokenizer.pad_token_id,
                 temperature=cfg.rollout.temperature, max_new_tokens=cfg.rollout.max_new_tokens,
                 max_grad_norm=cfg.optim.max_grad_norm, logprob_fn=self.logprob_fn)
             self.engine.sync_weights(self.model)
 
-        # 8. metrics.
+        # 8. metrics. Without the old pass, the update's first forward pass is the trainer's
+        # view of the rollout weights when it ran before any optimizer step.
+        one_pass = alg.ppo_epochs == 1 and (alg.mini_batch_rows <= 0 or alg.mini_batch_rows >= len(rows))
+        if trainer_lps is None and one_pass:
+            trainer_lps = upd_in.first_logprobs
+        if kl_metrics is None:
+            kl_metrics = self._kl_metrics(rows, upd_in.first_logprobs, ref_lps)
         step_s = time.perf_counter() - t0
         tokens = sum(r.num_tokens for r in rows)
         calls = self.embedder.calls + (self.ref_embedder.calls if self.ref_embedder else 0)
-        out = {**rollout_metrics(rows, [torch.tensor(r.response.logprobs) for r in rows], trainer_lps),
+        out = {**rollout_metrics(rows, rollout_lps, trainer_lps),
                **kl_metrics, **upd, **extra, **timer.metrics(),
                "advantage/abs_mean": float(adv.abs().mean()),
                "vision_calls_per_video": calls / max(self.embedder.unique, 1),
@@ -246,7 +258,7 @@ class GRPOTrainer(TrainerSetup):
         if ref_lps is None:
             return {}
         kls = torch.cat([algo.kl_estimate(o, f, self.cfg.algorithm.kl_kind) for o, f in
-                         zip(old_lps, ref_lps, strict=True)])
+                         zip(old_lps, ref_lps, strict=True) if o is not None] or [torch.zeros(0)])
         return {"actor/kl": float(kls.mean()) if kls.numel() else 0.0}
 
     def _record_errors(self, step: int, rows: list[Rollout]) -> None:

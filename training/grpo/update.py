@@ -11,7 +11,7 @@ import torch
 
 from training.grpo.algorithms import aggregate_loss, kl_loss, ppo_clip_loss
 from training.grpo.config import AlgorithmConfig
-from training.grpo.logprobs import LogprobFn, Rollout, rows_batch, scatter_rows
+from training.grpo.logprobs import LogprobFn, Rollout, gather_rows, rows_batch, scatter_rows
 from training.optim import clip_grad_norm
 
 
@@ -19,9 +19,35 @@ from training.optim import clip_grad_norm
 class UpdateInputs:
     rows: Sequence[Rollout]
     advantages: torch.Tensor  # [N]
-    old_logprobs: Sequence[torch.Tensor]  # per row
+    # Per row; None: the update's own detached log-probs (see `old_pass_is_redundant`).
+    old_logprobs: Sequence[torch.Tensor] | None
     ref_logprobs: Sequence[torch.Tensor] | None  # per row (KL as a loss)
     row_weight: torch.Tensor  # [N] 1 to train on the row, 0 to leave it out (e.g. truncated)
+    # Filled by policy_update: per row, the detached log-probs of its first-epoch forward pass
+    # (the rollout policy when there is one mini-batch), for metrics when the old pass is skipped.
+    first_logprobs: list[torch.Tensor | None] | None = None
+
+
+def old_pass_is_redundant(cfg: AlgorithmConfig, num_rows: int, model) -> bool:
+    """True when a separate old-policy pass would only reproduce the update's own forward pass:
+    one PPO epoch, one mini-batch (so every row is scored before the only optimizer step), the
+    old log-probs taken from the trainer (not the rollout engine), no KL in the reward (which
+    needs the old log-probs before the advantages exist), and no dropout (train and eval mode
+    then compute the same function). The update then uses its own detached log-probs as the
+    old ones: the ratio is exactly 1, as it is up to float noise with the separate pass."""
+    one_mini = cfg.mini_batch_rows <= 0 or cfg.mini_batch_rows >= num_rows
+    return (cfg.ppo_epochs == 1 and one_mini and cfg.old_logprobs == "trainer"
+            and not cfg.kl_in_reward and not has_dropout(model))
+
+
+def has_dropout(model) -> bool:
+    """Any active dropout: a Dropout module with p > 0 or an attention dropout in the config."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0:
+            return True
+    configs = [getattr(model, "config", None)]
+    configs += [getattr(configs[0], k, None) for k in ("text_config", "vision_config")]
+    return any(float(getattr(c, "attention_dropout", 0.0) or 0.0) > 0 for c in configs if c is not None)
 
 
 class _Mean:
@@ -51,6 +77,10 @@ def policy_update(model, optimizer, scheduler, inputs: UpdateInputs, cfg: Algori
     stats = _Mean()
     grad_norms: list[float] = []
     skipped = 0
+    if inputs.old_logprobs is None and not (cfg.ppo_epochs == 1 and mini >= n):
+        raise ValueError("old log-probs may come from the update itself only with one epoch and one mini-batch")
+    first: list[torch.Tensor | None] = [None] * n
+    inputs.first_logprobs = first
     model.train()
     for _epoch in range(cfg.ppo_epochs):
         for m0 in range(0, n, mini):
@@ -66,12 +96,16 @@ def policy_update(model, optimizer, scheduler, inputs: UpdateInputs, cfg: Algori
             for s in range(0, len(idx), cfg.micro_batch_rows):
                 part = idx[s:s + cfg.micro_batch_rows]
                 chunk = [rows[i] for i in part]
-                batch = rows_batch(chunk, pad_id, False, device)
+                batch = rows_batch(chunk, pad_id, False, device, model)
                 mask = batch.loss_mask * inputs.row_weight[part].to(device)[:, None]
                 logp, ent = logprob_fn(model, batch, embed_rows([r.video for r in chunk], grad=True),
                                        temperature=temperature, chunk_size=cfg.logprob_chunk,
                                        with_entropy=True)
-                old = scatter_rows([inputs.old_logprobs[i] for i in part], batch.loss_mask)
+                if _epoch == 0:
+                    for i, v in zip(part, gather_rows(logp.detach(), batch.loss_mask), strict=True):
+                        first[i] = v.cpu()
+                old = (logp.detach() if inputs.old_logprobs is None else
+                       scatter_rows([inputs.old_logprobs[i] for i in part], batch.loss_mask))
                 pl = ppo_clip_loss(logp, old, inputs.advantages[part].to(device), mask,
                                    clip_low=cfg.clip_low, clip_high=cfg.clip_high,
                                    dual_clip=cfg.dual_clip, agg=cfg.loss_agg, **norms)  # type: ignore[arg-type]
