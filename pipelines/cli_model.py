@@ -19,6 +19,7 @@ def tiny(
     hidden_size: int = typer.Option(64, help="Text hidden size."),
     layers: int = typer.Option(2, help="Text decoder layers."),
     vision_depth: int = typer.Option(2, help="Vision transformer blocks."),
+    arch: str = typer.Option("qwen2_5_vl", "--arch", help="Model family: qwen2_5_vl or qwen2_vl (docs/models.md)."),
 ) -> None:
     """Write a randomly initialised Qwen2.5-VL-architecture model folder (transformers'
     Qwen2_5_VLForConditionalGeneration, a BPE tokenizer trained on the spot with Qwen's special
@@ -26,9 +27,9 @@ def tiny(
     Qwen2.5-VL-*-Instruct folder."""
     from training.tiny_model import TinyModelSpec, write_tiny_model_folder
 
-    spec = TinyModelSpec(seed=seed, hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+    spec = TinyModelSpec(seed=seed, arch=arch, hidden_size=hidden_size, intermediate_size=2 * hidden_size,
                          num_layers=layers, vision_depth=vision_depth,
                          vision_fullatt_blocks=[vision_depth - 1])
     path = write_tiny_model_folder(out, spec)
     n = sum(f.stat().st_size for f in path.iterdir())
-    console.print(f"[green]wrote[/green] tiny Qwen2.5-VL model to {path} ({n / 1e6:.1f} MB, seed {seed})")
+    console.print(f"[green]wrote[/green] tiny {arch} model to {path} ({n / 1e6:.1f} MB, seed {seed})")

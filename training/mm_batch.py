@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from training.linear_logprobs import linear_logprobs
+from training.models import family_of
 from training.positions import mrope_positions
 from training.prompts import EncodedExample
 from training.video_inputs import VideoPatches
@@ -37,6 +38,9 @@ class Batch:
     # Videos per row, in row order, when a row may hold several videos (or none); None means one
     # video per row, so video_grid_thw[i] belongs to row i.
     video_counts: tuple[int, ...] | None = None
+    # 3-D positions [3, B, L] computed once per row per step (training.grpo.logprobs) and reused
+    # by every pass over the row; None: rope_positions computes them.
+    position_ids: torch.Tensor | None = None
 
     @property
     def size(self) -> int:
@@ -140,10 +144,14 @@ def rope_positions(model, batch: Batch) -> torch.Tensor:
     `get_rope_index` (which continues text after a video at a different position)."""
     inner = base_model(model)
     inner.rope_deltas = None  # stale deltas from an earlier generate must not leak in
+    if batch.position_ids is not None:
+        return batch.position_ids.to(batch.input_ids.device)
     vision = model.config.vision_config
     grids, secs = row_video_grids(batch)
+    scaled = family_of(model.config).temporal_scaling  # Qwen2-VL: time position = patch index
     return mrope_positions(batch.mm_token_type_ids, batch.attention_mask, grids, int(vision.spatial_merge_size),
-                           secs, getattr(vision, "tokens_per_second", 1.0)).to(batch.input_ids.device)
+                           secs if scaled else None, getattr(vision, "tokens_per_second", 1.0)
+                           ).to(batch.input_ids.device)
 
 
 def encode_videos(model, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> list[torch.Tensor]:

@@ -41,6 +41,7 @@ class TinyModelSpec:
     """Shape of a tiny Qwen2.5-VL. Defaults build in milliseconds (~0.2 M parameters)."""
 
     seed: int = 0
+    arch: str = "qwen2_5_vl"  # model family (training.models): qwen2_5_vl or qwen2_vl
     vocab_size: int = 1024  # BPE vocabulary trained on the spot (special tokens included)
     hidden_size: int = 64
     intermediate_size: int = 128
@@ -164,10 +165,42 @@ def build_tiny_model(spec: TinyModelSpec, tokenizer=None):
         vision_end_token_id=ids["<|vision_end|>"],
         tie_word_embeddings=False,
     )
+    if spec.arch == "qwen2_vl":
+        config = _qwen2_vl_config(config)
+    elif spec.arch != "qwen2_5_vl":
+        from training.models import supported
+
+        raise ValueError(f"arch {spec.arch!r} has no tiny model; supported: {supported()}")
     torch.manual_seed(spec.seed)
-    model = Qwen2_5_VLForConditionalGeneration(config)
+    model = (Qwen2_5_VLForConditionalGeneration(config) if spec.arch == "qwen2_5_vl" else
+             _qwen2_vl_model(config))
     model.eval()
     return model, tokenizer
+
+
+def _qwen2_vl_config(q25):
+    """The Qwen2-VL config with the same text model, special tokens and patching as a tiny
+    Qwen2.5-VL config (Qwen2-VL's vision tower: full attention, `embed_dim` wide, `hidden_size`
+    out to the LLM, no tokens_per_second)."""
+    from transformers import Qwen2VLConfig
+
+    v = q25.vision_config
+    return Qwen2VLConfig(
+        text_config=q25.text_config.to_dict(),
+        vision_config={"depth": v.depth, "embed_dim": v.hidden_size, "hidden_size": q25.text_config.hidden_size,
+                       "num_heads": v.num_heads, "mlp_ratio": max(1, v.intermediate_size // v.hidden_size),
+                       "patch_size": v.patch_size, "spatial_merge_size": v.spatial_merge_size,
+                       "temporal_patch_size": v.temporal_patch_size},
+        image_token_id=q25.image_token_id, video_token_id=q25.video_token_id,
+        vision_start_token_id=q25.vision_start_token_id, vision_end_token_id=q25.vision_end_token_id,
+        tie_word_embeddings=False,
+    )
+
+
+def _qwen2_vl_model(config):
+    from transformers import Qwen2VLForConditionalGeneration
+
+    return Qwen2VLForConditionalGeneration(config)
 
 
 def processor_configs(spec: TinyModelSpec) -> dict[str, dict]:
@@ -182,7 +215,7 @@ def processor_configs(spec: TinyModelSpec) -> dict[str, dict]:
         "rescale_factor": 1 / 255,
         "do_normalize": True,
         "do_convert_rgb": True,
-        "processor_class": "Qwen2_5_VLProcessor",
+        "processor_class": "Qwen2VLProcessor" if spec.arch == "qwen2_vl" else "Qwen2_5_VLProcessor",
     }
     image = {**common, "image_processor_type": "Qwen2VLImageProcessor",
              "min_pixels": 28 * 28 * 4, "max_pixels": 112 * 112}
