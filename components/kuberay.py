@@ -6,7 +6,12 @@ The pipeline's GRPO/SFT step runs this when `ray_workers > 0`: the step's own po
 in the step's pod and in every Ray pod, so the job's command line uses the same paths.
 
 The job name is derived from the pipeline run and task, so a retried step finds the job it
-started before and waits for it instead of starting a second one.
+started before and waits for it if it is still running (a FAILED/STOPPED one is deleted and
+started again). The RayJob is owned by the step's pod (ownerReferences: deleting the run's pods
+deletes it) and deleted when the step is terminated (SIGTERM: a cancelled run) or times out.
+
+Every pod KubeRay creates for the job (head, workers and the K8sJobMode submitter, whose default
+template has no security context) gets the Pod Security `restricted` context below.
 """
 
 from __future__ import annotations
@@ -31,8 +36,8 @@ class RayJobFailed(RuntimeError):
 class RayJobConfig:
     """Shape of the Ray cluster a RayJob brings up (KubeRay v1 API)."""
 
-    namespace: str = "longrl"
-    image: str = "ghcr.io/longrl/longrl-gpu:0.1.0"
+    namespace: str = ""  # "": the step pod's own namespace ($POD_NAMESPACE), where PVC and secrets are
+    image: str = "ghcr.io/longrl/longrl-gpu:0.1.0"  # the pipeline passes its GPU image (LONGRL_GPU_IMAGE)
     ray_version: str = "2.60.0"
     workers: int = 2  # GPU worker pods (one per node)
     gpus_per_worker: int = 8
@@ -41,7 +46,7 @@ class RayJobConfig:
     worker_memory: str = "512Gi"
     head_cpu: str = "4"
     head_memory: str = "16Gi"
-    node_selector: dict[str, str] = field(default_factory=lambda: {"nvidia.com/gpu.present": "true"})
+    node_selector: dict[str, str] = field(default_factory=dict)  # GPU workers; the pipeline passes its own
     tolerations: list[dict[str, str]] = field(
         default_factory=lambda: [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     )
@@ -53,6 +58,12 @@ class RayJobConfig:
     run_as_user: int = 10001  # the longrl images' user
     active_deadline_s: int = 7 * 24 * 3600
     ttl_after_finished_s: int = 3600
+    submitter_backoff_limit: int = 2  # retries of the submitter Job (KubeRay >= 1.2 reads it)
+    submitter_cpu: str = "500m"
+    submitter_memory: str = "512Mi"
+    # Fail when the job has not started (jobStatus still empty/PENDING) this long after creation:
+    # an unschedulable worker or a rejected submitter pod must not hold the step for days.
+    start_timeout_s: int = 3600
 
 
 def job_name(*parts: str, max_len: int = 47) -> str:
@@ -104,29 +115,63 @@ def _pod_template(cfg: RayJobConfig, name: str, cpu: str, memory: str, gpus: int
             {"name": "tmp", "emptyDir": {}},
         ],
     }
-    if gpus:
+    if gpus and cfg.node_selector:
         spec["nodeSelector"] = dict(cfg.node_selector)
+    if gpus and cfg.tolerations:
         spec["tolerations"] = [dict(t) for t in cfg.tolerations]
     return {"metadata": {"labels": {"app.kubernetes.io/part-of": "longrl"}}, "spec": spec}
 
 
+def submitter_template(cfg: RayJobConfig) -> dict[str, Any]:
+    """The K8sJobMode submitter pod (`ray job submit` against the head). KubeRay's default one
+    has no security context, which a `restricted` namespace rejects: the job would never start.
+    KubeRay >= 1.1 takes the container's command from the operator when it is left out."""
+    container = {
+        "name": "ray-job-submitter",
+        "image": cfg.image,
+        "imagePullPolicy": "IfNotPresent",
+        "resources": {"requests": {"cpu": cfg.submitter_cpu, "memory": cfg.submitter_memory},
+                      "limits": {"cpu": cfg.submitter_cpu, "memory": cfg.submitter_memory}},  # fmt: skip
+        "securityContext": _security_context(cfg),
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+    }
+    spec = {
+        "restartPolicy": "Never",
+        "serviceAccountName": cfg.service_account,
+        "automountServiceAccountToken": False,
+        "securityContext": {"runAsNonRoot": True, "runAsUser": cfg.run_as_user,
+                            "seccompProfile": {"type": "RuntimeDefault"}},  # fmt: skip
+        "containers": [container],
+        "volumes": [{"name": "tmp", "emptyDir": {}}],
+    }
+    return {"metadata": {"labels": {"app.kubernetes.io/part-of": "longrl"}}, "spec": spec}
+
+
 def build_rayjob(cfg: RayJobConfig, name: str, entrypoint: list[str],
-                 env: dict[str, str] | None = None, labels: dict[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
+                 env: dict[str, str] | None = None, labels: dict[str, str] | None = None,
+                 owner: dict[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
     """The RayJob object: a head (no GPU) and one worker group of `cfg.workers` GPU pods; the
-    entrypoint runs on the head through the Ray job submission API (KubeRay's K8sJobMode)."""
+    entrypoint runs on the head through the Ray job submission API (KubeRay's K8sJobMode).
+    `owner` ({"name", "uid"} of the step's pod) makes the pod its owner for garbage collection."""
     env_list = _env_list(cfg, env)
+    meta: dict[str, Any] = {"name": name, "namespace": cfg.namespace,
+                            "labels": {"app.kubernetes.io/part-of": "longrl", **(labels or {})}}  # fmt: skip
+    if owner and owner.get("name") and owner.get("uid"):
+        meta["ownerReferences"] = [{"apiVersion": "v1", "kind": "Pod", "name": owner["name"], "uid": owner["uid"],
+                                    "blockOwnerDeletion": False}]  # fmt: skip
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "RayJob",
-        "metadata": {"name": name, "namespace": cfg.namespace,
-                     "labels": {"app.kubernetes.io/part-of": "longrl", **(labels or {})}},  # fmt: skip
+        "metadata": meta,
         "spec": {
             "entrypoint": shlex.join(entrypoint),
             "submissionMode": "K8sJobMode",
             "shutdownAfterJobFinishes": True,
             "ttlSecondsAfterFinished": cfg.ttl_after_finished_s,
             "activeDeadlineSeconds": cfg.active_deadline_s,
-            "backoffLimit": 0,
+            "backoffLimit": 0,  # a failed job fails the step; KFP's retry policy decides (KubeRay >= 1.2)
+            "submitterPodTemplate": submitter_template(cfg),
+            "submitterConfig": {"backoffLimit": cfg.submitter_backoff_limit},
             "rayClusterSpec": ray_cluster_spec(cfg, env_list),
         },
     }
@@ -178,25 +223,55 @@ def _status_line(status: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
+def _create_or_adopt(api: Any, body: dict[str, Any], log: Callable[[str], None],
+                     sleep: Callable[[float], None], poll_s: float) -> None:
+    """Create the job; on 409 (a retried step) adopt it if it is running or succeeded, or delete
+    a FAILED/STOPPED one and create it afresh (adopting it would fail the retry at once)."""
+    from kubernetes.client.exceptions import ApiException
+
+    ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    workers = body["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["replicas"]
+    for _attempt in range(30):
+        try:
+            api.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, body)
+            log(f"rayjob {ns}/{name}: created ({workers} workers)")
+            return
+        except ApiException as exc:
+            if exc.status != 409:
+                raise RayJobFailed(f"rayjob {ns}/{name}: create failed: HTTP {exc.status} {exc.reason}") from exc
+        try:
+            old = api.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
+        except ApiException as exc:
+            if exc.status == 404:  # deleted meanwhile: create again
+                continue
+            raise
+        status = (old.get("status") or {}).get("jobStatus", "")
+        if status in ("FAILED", "STOPPED") or (old.get("status") or {}).get("jobDeploymentStatus") in FAILED_DEPLOYMENT_STATUS:
+            if not (old.get("metadata") or {}).get("deletionTimestamp"):
+                log(f"rayjob {ns}/{name}: a previous attempt ended {status or 'Failed'}; deleting it and starting again")
+                api.delete_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
+            sleep(poll_s)
+            continue
+        log(f"rayjob {ns}/{name}: exists (retried step, job {status or 'starting'}); waiting for it")
+        return
+    raise RayJobFailed(f"rayjob {ns}/{name}: the failed previous job was not deleted in time")
+
+
 def run_rayjob(api_client: Any, body: dict[str, Any], poll_s: float = 10.0, timeout_s: float = 7 * 24 * 3600,
-               log: Callable[[str], None] = print, sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:  # fmt: skip
+               log: Callable[[str], None] = print, sleep: Callable[[float], None] = time.sleep,
+               start_timeout_s: float | None = None) -> dict[str, Any]:  # fmt: skip
     """Create `body` (or adopt the job of that name if a retried step already created it), poll
     its status until it ends and print every change. Returns the final status; raises
-    RayJobFailed when the job fails, is stopped, or runs past `timeout_s` (then it is deleted so
-    no GPU stays held)."""
+    RayJobFailed when the job fails, is stopped, has not started after `start_timeout_s`, or runs
+    past `timeout_s` (then it is deleted so no GPU stays held)."""
     from kubernetes.client import CustomObjectsApi
     from kubernetes.client.exceptions import ApiException
 
     api = CustomObjectsApi(api_client)
     ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
-    try:
-        api.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, body)
-        log(f"rayjob {ns}/{name}: created ({body['spec']['rayClusterSpec']['workerGroupSpecs'][0]['replicas']} workers)")
-    except ApiException as exc:
-        if exc.status != 409:
-            raise RayJobFailed(f"rayjob {ns}/{name}: create failed: HTTP {exc.status} {exc.reason}") from exc
-        log(f"rayjob {ns}/{name}: exists (retried step); waiting for it")
-    deadline = time.monotonic() + timeout_s
+    _create_or_adopt(api, body, log, sleep, poll_s)
+    started_at = time.monotonic()
+    deadline = started_at + timeout_s
     last = None
     while True:
         try:
@@ -223,7 +298,25 @@ def run_rayjob(api_client: Any, body: dict[str, Any], poll_s: float = 10.0, time
         if time.monotonic() > deadline:
             api.delete_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
             raise RayJobFailed(f"rayjob {ns}/{name}: not finished after {timeout_s:.0f} s; deleted")
+        if (start_timeout_s is not None and job_status in ("", "PENDING")
+                and time.monotonic() - started_at > start_timeout_s):  # fmt: skip
+            api.delete_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
+            raise RayJobFailed(f"rayjob {ns}/{name}: job not started after {start_timeout_s:.0f} s "
+                               f"({line}; unschedulable workers or a rejected submitter pod?); deleted")  # fmt: skip
         sleep(poll_s)
+
+
+def delete_rayjob(api_client: Any, namespace: str, name: str, log: Callable[[str], None] = print) -> None:
+    """Delete the job (and, through KubeRay, its Ray cluster); a missing job is fine."""
+    from kubernetes.client import CustomObjectsApi
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        CustomObjectsApi(api_client).delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        log(f"rayjob {namespace}/{name}: deleted")
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
 
 
 def in_cluster_api_client() -> Any:
@@ -256,7 +349,7 @@ _CHECKOV_SKIPS = {
 def template_manifests() -> dict[str, str]:
     import yaml
 
-    cfg = RayJobConfig(secret_env={"OPENAI_API_KEY": "longrl-llm-api:api-key",
+    cfg = RayJobConfig(namespace="longrl", secret_env={"OPENAI_API_KEY": "longrl-llm-api:api-key",
                                    "MLFLOW_TRACKING_PASSWORD": "longrl-mlflow-client:password"})  # fmt: skip
     cluster = build_raycluster(cfg, "longrl-grpo")
     cluster["metadata"]["annotations"] = dict(_CHECKOV_SKIPS)

@@ -86,9 +86,13 @@ def train_stage(stage: str, model_in: Path, data_in: Path, out_artifact: Any, me
 
 def _run_on_ray(stage: str, entrypoint: list[str], env: dict[str, str], kfp_run_id: str, workers: int,
                 gpus_per_worker: int, rayjob_config_json: str, paths: list[Path], api_client: Any) -> None:  # fmt: skip
+    import os
+    import signal
+
     from components.kuberay import (
         RayJobConfig,
         build_rayjob,
+        delete_rayjob,
         in_cluster_api_client,
         job_name,
         run_rayjob,
@@ -96,10 +100,29 @@ def _run_on_ray(stage: str, entrypoint: list[str], env: dict[str, str], kfp_run_
 
     cfg = RayJobConfig(**json.loads(rayjob_config_json or "{}"))
     cfg.workers, cfg.gpus_per_worker = workers, gpus_per_worker
+    # The job lives where the step pod runs (its PVC and secrets are there): the downward API's
+    # namespace wins over the compiled default.
+    cfg.namespace = os.environ.get("POD_NAMESPACE") or cfg.namespace or "default"
     off_volume = [str(p) for p in paths if not Path(p).resolve().is_relative_to(cfg.mount_path)]
     if off_volume:  # the Ray pods mount only the shared volume
         raise StepError(f"{stage} on Ray: {off_volume} are not on the shared volume {cfg.mount_path}; "
                         "set runs_root under it and keep the base model and videos there")  # fmt: skip
-    body = build_rayjob(cfg, job_name(kfp_run_id, stage), entrypoint, env=env,
+    owner = {"name": os.environ.get("POD_NAME", ""), "uid": os.environ.get("POD_UID", "")}
+    body = build_rayjob(cfg, job_name(kfp_run_id, stage), entrypoint, env=env, owner=owner,
                         labels={"longrl/stage": stage, "pipeline/runid": job_name(kfp_run_id)})  # fmt: skip
-    run_rayjob(api_client or in_cluster_api_client(), body, log=lambda line: print(line, flush=True))
+    client = api_client or in_cluster_api_client()
+    name = body["metadata"]["name"]
+
+    def on_term(signum: int, _frame: Any) -> None:  # a cancelled run / pod timeout: free the GPUs
+        delete_rayjob(client, cfg.namespace, name, log=lambda line: print(line, flush=True))
+        raise SystemExit(128 + signum)
+
+    import threading
+
+    main = threading.current_thread() is threading.main_thread()  # signal handlers: main thread only
+    previous = signal.signal(signal.SIGTERM, on_term) if main else None
+    try:
+        run_rayjob(client, body, log=lambda line: print(line, flush=True), start_timeout_s=cfg.start_timeout_s)
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)

@@ -11,17 +11,57 @@ import json
 from dataclasses import asdict
 from typing import Any
 
-from kfp import dsl, kubernetes
+from kfp import dsl
 
+from components.images import GPU_IMAGE
 from components.ops_data import build_data, prepare_model, prepare_videos
 from components.ops_eval import evaluate_models, resolve_champion
 from components.ops_registry import register_and_promote
 from components.ops_tracking import finish_tracking, start_tracking
-from components.ops_train import grpo, sft
+from components.ops_train import grpo, sft, train_step_gpus
 from pipelines.cluster import ClusterConfig, apply_common, apply_gpu
 
 PIPELINE_NAME = "long-video-reasoning"
-KFP_RUN_LABEL = "metadata.labels['pipeline/runid']"  # KFP labels every pod with its run id
+
+# Shown in the KFP UI beside each run parameter (KFP reads the pipeline docstring's Args).
+PARAM_DOCS: dict[str, str] = {
+    "base_model": "Hugging Face model folder on the shared volume, or tiny[:seed] for a random tiny model.",
+    "registered_model": "MLflow registered model that receives the new version.",
+    "video_source": "A folder of videos on the shared volume, or 'synth' for procedural videos.",
+    "synth_videos": "Number of synthetic videos (video_source=synth).",
+    "synth_minutes": "Length of each synthetic video in minutes.",
+    "synth_fps": "Frame rate of the synthetic videos.",
+    "synth_seed": "Seed of the synthetic videos.",
+    "data_annotator": "llm (captioner + reasoner endpoints) or groundtruth (synthetic videos only).",
+    "captioner_url": "OpenAI-compatible endpoint of the clip captioner.",
+    "captioner_model": "Served model name of the captioner.",
+    "reasoner_url": "OpenAI-compatible endpoint of the reasoning-QA writer.",
+    "reasoner_model": "Served model name of the reasoner.",
+    "data_overrides": "Data-generation config overrides, key=value strings.",
+    "frames": "Frames per video for training and evaluation.",
+    "run_sft": "Run CoT-SFT on the base model.",
+    "sft_max_steps": "SFT optimizer steps (0: the stage's epochs).",
+    "sft_lr": "SFT learning rate.",
+    "sft_overrides": "SFT config overrides, key=value strings.",
+    "run_grpo": "Run GRPO (after SFT when run_sft, else from the base model).",
+    "grpo_steps": "GRPO steps.",
+    "grpo_lr": "GRPO learning rate (bf16: 1e-6 is the reference).",
+    "grpo_group_size": "Rollouts per prompt (G).",
+    "grpo_kl_coef": "KL loss coefficient.",
+    "grpo_overrides": "GRPO config overrides, key=value strings.",
+    "ray_workers": "0: train in the step's pod; >0: a KubeRay RayJob on this many GPU nodes (the step pod then requests no GPU).",
+    "gpus_per_worker": "GPUs per Ray worker node.",
+    "eval_benchmarks": "Comma-separated benchmarks to evaluate.",
+    "eval_limit": "Samples per benchmark (0: all).",
+    "eval_overrides": "Evaluation config overrides, key=value strings.",
+    "eval_max_error_rate": "Largest fraction of failed samples for an evaluation to count as succeeded.",
+    "gate_metric": "Metric the promotion gate compares (benchmark/metric).",
+    "gate_min_margin": "The candidate must beat the champion by more than this to be promoted.",
+    "auto_promote": "Move @champion when the gate passes (else register as @challenger only).",
+    "mlflow_tracking_uri": "MLflow tracking server ('' runs without tracking).",
+    "mlflow_experiment": "MLflow experiment of the pipeline's runs.",
+    "runs_root": "Folder on the shared volume for heavy outputs ('': inside KFP artifacts).",
+}
 
 
 def _cached(task: Any, on: bool) -> Any:
@@ -31,17 +71,14 @@ def _cached(task: Any, on: bool) -> Any:
 
 def build_pipeline(cluster: ClusterConfig | None = None) -> Any:
     cfg = cluster or ClusterConfig()
-    rayjob_json = json.dumps(cfg.rayjob)
+    rayjob_json = json.dumps(cfg.rayjob_config(GPU_IMAGE))
 
-    def cpu(task: Any, cache: bool) -> Any:
-        kubernetes.use_field_path_as_env(task, env_name="KFP_RUN_ID", field_path=KFP_RUN_LABEL)
-        return _cached(apply_common(task, cfg), cache)
+    def cpu(task: Any, cache: bool, kind: str = "light") -> Any:
+        return _cached(apply_common(task, cfg, kind), cache)
 
-    def gpu(task: Any, gpus: int, cache: bool) -> Any:
-        kubernetes.use_field_path_as_env(task, env_name="KFP_RUN_ID", field_path=KFP_RUN_LABEL)
-        return _cached(apply_gpu(task, cfg, gpus), cache)
+    def gpu(task: Any, gpus: int, cache: bool, kind: str, shape: Any = None) -> Any:
+        return _cached(apply_gpu(task, cfg, gpus, kind, shape), cache)
 
-    @dsl.pipeline(name=PIPELINE_NAME, description=__doc__.split("\n\n")[0])
     def long_video_reasoning(
         base_model: str = "/mnt/data/models/Qwen2.5-VL-7B-Instruct",  # HF folder on the volume, or tiny[:seed]
         registered_model: str = "longrl-video-reasoner",
@@ -82,40 +119,45 @@ def build_pipeline(cluster: ClusterConfig | None = None) -> Any:
     ) -> None:
         run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
         exit_task = cpu(finish_tracking(kfp_run_id=run_id, mlflow_tracking_uri=mlflow_tracking_uri,
-                                        experiment=mlflow_experiment), cache=False)  # fmt: skip
+                                        experiment=mlflow_experiment), cache=False, kind="tracking")  # fmt: skip
         with dsl.ExitHandler(exit_task, name="tracked-run"):
             params = {"base_model": base_model, "video_source": video_source, "frames": frames,
                       "run_sft": run_sft, "run_grpo": run_grpo, "ray_workers": ray_workers}  # fmt: skip
             start = cpu(start_tracking(kfp_run_id=run_id, kfp_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
                                        mlflow_tracking_uri=mlflow_tracking_uri, experiment=mlflow_experiment,
-                                       params_json=json.dumps({k: str(v) for k, v in params.items()})), cache=False)  # fmt: skip
+                                       params_json=json.dumps({k: str(v) for k, v in params.items()})), cache=False,
+                        kind="tracking")  # fmt: skip
             parent = start.output
             videos = cpu(prepare_videos(source=video_source, synth_videos=synth_videos, synth_minutes=synth_minutes,
-                                        synth_fps=synth_fps, synth_seed=synth_seed, runs_root=runs_root), cache=True)  # fmt: skip
-            base = cpu(prepare_model(model=base_model), cache=True)
+                                        synth_fps=synth_fps, synth_seed=synth_seed, runs_root=runs_root), cache=True,
+                         kind="inputs")  # fmt: skip
+            base = cpu(prepare_model(model=base_model), cache=True, kind="inputs")
             data = cpu(build_data(videos=videos.outputs["videos"], annotator=data_annotator,
                                   captioner_url=captioner_url, captioner_model=captioner_model,
                                   reasoner_url=reasoner_url, reasoner_model=reasoner_model,
                                   overrides=data_overrides, runs_root=runs_root,
                                   mlflow_tracking_uri=mlflow_tracking_uri, mlflow_experiment=mlflow_experiment),
-                       cache=True)  # fmt: skip
+                       cache=True, kind="data")  # fmt: skip
             data.after(start)  # its MLflow run nests under the parent, which must exist first
             champion = cpu(resolve_champion(model_name=registered_model, mlflow_tracking_uri=mlflow_tracking_uri),
-                           cache=False)  # fmt: skip
+                           cache=False, kind="registry")  # fmt: skip
             champion.after(start)
             dataset = data.outputs["dataset"]
             common = {"runs_root": runs_root, "kfp_run_id": run_id, "mlflow_tracking_uri": mlflow_tracking_uri,
                       "mlflow_parent_run_id": parent, "ray_workers": ray_workers,
                       "gpus_per_worker": gpus_per_worker, "rayjob_config_json": rayjob_json}  # fmt: skip
 
+            shape = cpu(train_step_gpus(ray_workers=ray_workers, gpus=cfg.train_gpus), cache=True, kind="inputs")
+
             def train_sft(model: Any) -> Any:
                 return gpu(sft(model=model, data=dataset, frames=frames, max_steps=sft_max_steps, lr=sft_lr,
-                               overrides=sft_overrides, **common), cfg.train_gpus, cache=False)  # fmt: skip
+                               overrides=sft_overrides, pod_gpus=shape.output, **common), cfg.train_gpus, cache=False, kind="train",
+                           shape=shape)  # fmt: skip
 
             def train_grpo(model: Any) -> Any:
                 return gpu(grpo(model=model, data=dataset, frames=frames, steps=grpo_steps, lr=grpo_lr,
                                 group_size=grpo_group_size, kl_coef=grpo_kl_coef, overrides=grpo_overrides,
-                                **common), cfg.train_gpus, cache=False)  # fmt: skip
+                                pod_gpus=shape.output, **common), cfg.train_gpus, cache=False, kind="train", shape=shape)  # fmt: skip
 
             def evaluate_and_promote(model: Any) -> None:
                 ev = gpu(evaluate_models(candidate=model, base=base.outputs["base_model"], data=dataset,
@@ -123,14 +165,14 @@ def build_pipeline(cluster: ClusterConfig | None = None) -> Any:
                                          frames=frames, limit=eval_limit, overrides=eval_overrides,
                                          max_error_rate=eval_max_error_rate, shared_volume=cfg.shared_volume,
                                          mlflow_tracking_uri=mlflow_tracking_uri, mlflow_experiment=mlflow_experiment),
-                         cfg.eval_gpus, cache=True)  # fmt: skip
+                         cfg.eval_gpus, cache=True, kind="eval")  # fmt: skip
                 ev.after(start)
                 cpu(register_and_promote(candidate=model, comparison=ev.outputs["comparison"], data=dataset,
                                          model_name=registered_model, base_model=base_model, gate_metric=gate_metric,
                                          gate_min_margin=gate_min_margin, auto_promote=auto_promote,
                                          shared_volume=cfg.shared_volume, kfp_run_id=run_id,
                                          mlflow_tracking_uri=mlflow_tracking_uri, mlflow_parent_run_id=parent),
-                    cache=False)  # fmt: skip
+                    cache=False, kind="registry")  # fmt: skip
 
             base_model_artifact = base.outputs["base_model"]
             with dsl.If(run_sft == True, name="sft"):  # noqa: E712 - a KFP condition, not Python
@@ -142,7 +184,15 @@ def build_pipeline(cluster: ClusterConfig | None = None) -> Any:
             with dsl.Elif(run_grpo == True, name="grpo-only"):  # noqa: E712
                 evaluate_and_promote(train_grpo(base_model_artifact).outputs["trained"])
 
-    return long_video_reasoning
+    long_video_reasoning.__doc__ = pipeline_docstring()
+    return dsl.pipeline(name=PIPELINE_NAME, description=__doc__.split("\n\n")[0])(long_video_reasoning)
+
+
+def pipeline_docstring() -> str:
+    """Google-style Args (KFP turns them into the parameters' descriptions in the UI)."""
+    lines = [__doc__.split("\n\n")[0], "", "Args:"]
+    lines += [f"    {name}: {text}" for name, text in PARAM_DOCS.items()]
+    return "\n".join(lines) + "\n"
 
 
 def cluster_config_dict(cfg: ClusterConfig) -> dict[str, Any]:

@@ -21,7 +21,7 @@ def _api_client(url: str):
 
 
 def _body(workers: int = 2) -> dict:
-    cfg = RayJobConfig(workers=workers, gpus_per_worker=8, secret_env={"OPENAI_API_KEY": "longrl-llm-api:api-key"})
+    cfg = RayJobConfig(namespace="longrl", workers=workers, gpus_per_worker=8, secret_env={"OPENAI_API_KEY": "longrl-llm-api:api-key"})
     return build_rayjob(cfg, job_name("kfp-run-ABC_123", "grpo"), ["longrl", "train", "grpo", "--out", "/mnt/data/o x"],
                         env={"MLFLOW_RUN_ID": "r1"})  # fmt: skip
 
@@ -115,7 +115,7 @@ def test_retried_step_adopts_existing_job(scripted_server):
     server = scripted_server(handler)
     lines: list[str] = []
     run_rayjob(_api_client(server.url), _body(), poll_s=0, log=lines.append, sleep=lambda s: None)
-    assert "exists (retried step)" in lines[0] and state["created"] is None
+    assert "exists (retried step, job SUCCEEDED)" in lines[0] and state["created"] is None
 
 
 def test_timeout_deletes_the_job(scripted_server):
