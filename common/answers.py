@@ -29,7 +29,10 @@ and the difficulty filter also accept an unclosed <answer> or a bare reply
   7. `option_text`: the text contains exactly one option's text (the most specific when one
      option's text contains another's: "a dark red ball" is not also "a red ball").
   Otherwise no answer: `empty`, `not_an_option` (a bare letter beyond the options),
-  `ambiguous_options` or `no_option_found`.
+  `ambiguous_options` or `no_option_found`. An answer that names the letter it would take
+  together with another option as alternatives ("B or D", "(A) and (C)", "A/C", "either B or
+  C") is `hedged`: no answer, never one of the two guessed (rules 2-4 and 6; a statement that
+  picks one after weighing two, "A or B? The answer is B", is not hedged).
 - `parse_number`: the first number after "the answer/total/count/result is", else the last
   number, else the last run of number words. "3.5" is never cut at the point, "1,000" is 1000,
   a lone "3,5" is 3.5 (decimal comma: one or two digits after the comma), "7/2" is 3.5, "$12",
@@ -174,6 +177,30 @@ def options_in_text(text: str, options: Sequence[str]) -> list[int]:
     return [i for i in found if not any(j != i and texts[i] in texts[j] for j in found)]
 
 
+_JOIN = r"\s*[\)\]]?\s*(?:,|/|&|\bor\b|\band\b|\bor maybe\b|\bor possibly\b)\s*(?:(?:option|choice)\s*)?[\(\[]?\s*"
+_JOINED_AFTER = re.compile(_JOIN + r"([A-Za-z])(?![A-Za-z0-9'])")
+_JOINED_BEFORE = re.compile(r"(?<![A-Za-z0-9'])([A-Za-z])" + _JOIN + r"$")
+
+
+def _hedged(s: str, start: int, end: int, letter: str, letters: str, options: Sequence[str]) -> Parsed | None:
+    """`hedged` when the letter read at s[start:end] is joined to another option letter as an
+    alternative ("B or D", "(A) and (C)", "A/C"); None otherwise."""
+    after = _JOINED_AFTER.match(s, end)
+    cands = []
+    if after:
+        cands.append((after.group(1), after.start(1), after.end(1)))
+    before = _JOINED_BEFORE.search(s[:start].rstrip("([ \t"))
+    if before:
+        cands.append((before.group(1), before.start(1), before.end(1)))
+    for other, a, b in cands:
+        up = other.upper()
+        if up != letter and up in letters and (other.isupper() or bool(_END_OR_PUNCT.match(s[b:]))) \
+                and _is_option_mention(s, a, b, options, stated=True):
+            pair = " and ".join(sorted({letter, up}))
+            return Parsed(None, "hedged", f"names {pair} as alternatives; not guessed")
+    return None
+
+
 def read_choice(text: str | None, options: Sequence[str]) -> Parsed:
     """One option letter by the rules in the module docstring, or None with the reason."""
     if not options:
@@ -190,31 +217,35 @@ def read_choice(text: str | None, options: Sequence[str]) -> Parsed:
         return Parsed(bare_letter, "bare")
     lead = _LEADING.match(s)
     if lead:
-        letter = next(g for g in lead.groups() if g)
+        g = next(i for i in range(1, 5) if lead.group(i))
+        letter = lead.group(g)
         if letter in letters:
-            return Parsed(letter, "leading")
+            return _hedged(s, lead.start(g), lead.end(g), letter, letters, options) or Parsed(letter, "leading")
     stated = [
-        m.group(3).upper()
-        for m in _ANSWER_IS.finditer(s)
+        m for m in _ANSWER_IS.finditer(s)
         if (m.group(3).isupper() or m.group(1) or m.group(2))
         and _is_option_mention(s, m.start(3), m.end(3), options, stated=True)
+        and m.group(3).upper() in letters
     ]
-    stated = [c for c in stated if c in letters]
     if stated:
-        return Parsed(stated[-1], "answer_is")
-    bracketed = [m.group(1) for m in _BRACKETED.finditer(s) if m.group(1) in letters]
+        m = stated[-1]
+        letter = m.group(3).upper()
+        return _hedged(s, m.start(3), m.end(3), letter, letters, options) or Parsed(letter, "answer_is")
+    bracketed = [m for m in _BRACKETED.finditer(s) if m.group(1) in letters]
     if bracketed:
-        return Parsed(bracketed[-1], "bracketed")
+        m = bracketed[-1]
+        return _hedged(s, m.start(1), m.end(1), m.group(1), letters, options) or Parsed(m.group(1), "bracketed")
     norm = normalize_text(s)
     exact = [i for i, o in enumerate(options) if normalize_text(o) and normalize_text(o) == norm]
     if len(exact) == 1:
         return Parsed(letters[exact[0]], "option_text")
     refs = [
-        m.group(1) for m in _LETTER_REF.finditer(s)
+        m for m in _LETTER_REF.finditer(s)
         if m.group(1) in letters and _is_option_mention(s, m.start(1), m.end(1), options)
     ]  # fmt: skip
     if refs:
-        return Parsed(refs[-1], "last_letter")
+        m = refs[-1]
+        return _hedged(s, m.start(1), m.end(1), m.group(1), letters, options) or Parsed(m.group(1), "last_letter")
     contained = options_in_text(s, options)
     if len(contained) == 1:
         return Parsed(letters[contained[0]], "option_text")

@@ -36,7 +36,8 @@ MC_TABLE = [  # (answer inside <answer>, correct for gold "B")
     ("Looking at the frames, (A) is unlikely and (B) fits best", True), ("answer: b", True),
     ("A", False), ("a red ball", False), ("a dark red ball", False), ("The answer is A red ball", False),
     ("option a", False), ("E", False), ("a red ball or a blue cube", False), ("B or maybe C", False),
-    ("(A) or (B)", False),
+    ("(A) or (B)", False), ("(B) and (C)", False), ("B/D", False), ("It could be B or D.", False),
+    ("either B or A", False),  # hedged: two options offered, none guessed
     ("I cannot tell from the video.", False), ("A man walks in.", False), ("", False),
 ]  # fmt: skip
 

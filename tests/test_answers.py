@@ -50,7 +50,7 @@ def test_strict_span_is_outside_the_reasoning_lenient_span_falls_back():
     ("I think the answer is D because", "D"),
     ("E", None),  # not an option
     ("a red ball or a blue cube", None),  # ambiguous
-    ("(A) or (B)", "A"),  # leading letter form
+    ("(A) or (B)", None),  # hedged: two options offered (was read as A: issue 14.6)
     ("no idea", None), ("", None), (None, None),
 ])  # fmt: skip
 def test_parse_choice(text, letter):
@@ -116,3 +116,33 @@ def test_format_number_is_canonical():
     assert [format_number(v) for v in (12.0, 3.5, -2.25, 1250.0, 0.25)] == [
         "12", "3.5", "-2.25", "1250", "0.25"
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize("text,pair", [
+    ("It could be B or D.", "B and D"),
+    ("(A) and (C)", "A and C"),
+    ("A/C", "A and C"),
+    ("either B or C", "B and C"),
+    ("The answer is B or D", "B and D"),
+    ("Answer: (B) or (C)", "B and C"),
+    ("B, D", "B and D"),
+    ("Options A and C are both plausible", "A and C"),
+])
+def test_hedged_answers_are_not_guessed(text, pair):
+    """Two options offered as alternatives: no answer (was the last letter: D, or the first: A)."""
+    got = read_choice(text, OPTIONS)
+    assert (got.value, got.rule) == (None, "hedged"), text
+    assert pair in got.detail
+
+
+@pytest.mark.parametrize("text,letter,rule", [
+    ("A or B? The answer is B.", "B", "answer_is"),  # weighed two, then stated one
+    ("Between A and B, the answer is B", "B", "answer_is"),
+    ("The answer is A, because the ball", "A", "answer_is"),
+    ("The answer is C. A and B are wrong.", "C", "answer_is"),
+    ("B. a blue cube", "B", "leading"),
+    ("A man walks. Answer: C", "C", "answer_is"),
+])
+def test_a_stated_choice_next_to_other_letters_is_not_hedged(text, letter, rule):
+    assert (read_choice(text, OPTIONS).value, read_choice(text, OPTIONS).rule) == (letter, rule), text
+
