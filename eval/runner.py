@@ -37,6 +37,7 @@ from eval.filters import FilterContext, apply_chain
 from eval.metrics import compute_metrics
 from eval.store import PredictionStore
 from eval.task import EvalItem, TaskSpec, get_task, select_subtitles
+from training.grpo.judge import PROMPT_VERSION as JUDGE_PROMPT_VERSION
 from training.grpo.judge import JudgeItem, LLMJudge
 
 NO_JUDGE = (
@@ -168,6 +169,16 @@ def _subtitles(p: Prepared, cfg: EvalConfig, task: TaskSpec) -> str | None:
     return select_subtitles(p.item.subtitles, p.timestamps_s)
 
 
+def judges_used(records: list[dict[str, Any]]) -> dict[str, int]:
+    """{"model (prompt version)": open-ended verdicts it gave} - which judge graded this run."""
+    out: Counter[str] = Counter()
+    for r in records:
+        j = r.get("judge") or {}
+        if r["answer_type"] == "open_ended" and j.get("model") and j.get("verdict") is not None:
+            out[f"{j['model']} ({j.get('prompt_version', JUDGE_PROMPT_VERSION)})"] += 1
+    return dict(out)
+
+
 def judge_open_ended(
     records: list[dict[str, Any]], items: dict[str, EvalItem], cfg: EvalConfig, bench_dir: Path
 ) -> int:
@@ -175,19 +186,27 @@ def judge_open_ended(
     ungraded because no judge was configured then). With no judge configured they are
     "ungraded" (or "judge_error" with `cfg.require_judge`). Returns the number of records
     changed; records are updated in place."""
+    jcfg = dataclasses.replace(
+        cfg.judge, cache_path=cfg.judge.cache_path or str(bench_dir / "judge_cache.jsonl")
+    )
+    configured = bool(jcfg.base_url and jcfg.model)
+
+    def stale(r: dict[str, Any]) -> bool:  # graded by another judge (model or prompt) than now
+        j = r.get("judge") or {}
+        return configured and r.get("correct") is not None and (
+            j.get("model"), j.get("prompt_version", JUDGE_PROMPT_VERSION)
+        ) != (jcfg.model, JUDGE_PROMPT_VERSION)
+
     todo = [
         r
         for r in records
         if r["answer_type"] == "open_ended"
         and r["status"] in ("answered", "judge_error", "ungraded")
-        and r.get("correct") is None
+        and (r.get("correct") is None or stale(r))
     ]
     if not todo:
         return 0
-    jcfg = dataclasses.replace(
-        cfg.judge, cache_path=cfg.judge.cache_path or str(bench_dir / "judge_cache.jsonl")
-    )
-    if not (jcfg.base_url and jcfg.model):
+    if not configured:
         changed = 0
         for r in todo:
             error = NO_JUDGE if cfg.require_judge else None
@@ -203,6 +222,7 @@ def judge_open_ended(
     for r, v in zip(todo, verdicts, strict=True):
         r["judge"] = {
             "model": jcfg.model,
+            "prompt_version": JUDGE_PROMPT_VERSION,
             "verdict": v.correct,
             "error": v.error,
             "cached": v.cached,
@@ -270,6 +290,7 @@ def evaluate_benchmark(
         resumed=resumed,
         generated=len(runnable),
         generation_seconds=round(gen_s, 3),
+        judges=judges_used(records),
         extraction_rules=dict(
             Counter(r.get("extraction_rule") for r in records if r.get("extraction_rule"))
         ),

@@ -104,3 +104,32 @@ def test_judge_failure_is_recorded_then_retried_on_resume(
         and p["judge"]["cached"] is True
         and len(judge_server.requests) == calls
     )
+
+
+def test_another_judge_regrades_and_metrics_name_the_judge(
+    tiny_model_dir, make_benchmark, judge_server, tmp_path, monkeypatch
+) -> None:
+    """Re-running with another judge model re-asks that judge about every open-ended answer
+    (the old verdicts are not kept silently) without regenerating; metrics.json names the judge
+    that graded; an unchanged judge asks nothing."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    data, out = make_benchmark("longvideo_reason"), tmp_path / "out"
+    judge_server.respond = lambda req, n: Reply("Yes." if req["model"] == "judge-test" else "No.")
+    assert _run(tiny_model_dir, data, out, judge_server).exit_code == 0
+    (p,), preds = _open_pred(out)
+    assert p["correct"] is True and p["judge"]["model"] == "judge-test"
+    m = json.loads((out / "longvideo_reason" / "metrics.json").read_text())
+    assert m["judges"] == {"judge-test (judge-v1)": 1}
+    raw_before, calls = {q["qid"]: q["raw_output"] for q in preds}, len(judge_server.requests)
+
+    assert _run(tiny_model_dir, data, out, judge_server).exit_code == 0  # same judge: nothing asked
+    assert len(judge_server.requests) == calls
+
+    r = _run(tiny_model_dir, data, out, judge_server, "--set", "judge.model=judge-strict")
+    assert r.exit_code == 0, r.output
+    (p,), preds = _open_pred(out)
+    assert p["correct"] is False and p["judge"]["model"] == "judge-strict"
+    assert judge_server.requests[-1]["model"] == "judge-strict" and len(judge_server.requests) == calls + 1
+    assert {q["qid"]: q["raw_output"] for q in preds} == raw_before  # nothing regenerated
+    m = json.loads((out / "longvideo_reason" / "metrics.json").read_text())
+    assert m["judges"] == {"judge-strict (judge-v1)": 1} and m["generated"] == 0
