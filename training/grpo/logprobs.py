@@ -107,7 +107,9 @@ def batch_positions(model, rows: Sequence[Rollout], batch: Batch) -> torch.Tenso
     computing (and caching) them for rows that have none yet."""
     missing = [i for i, r in enumerate(rows) if r.positions is None]
     if missing:
-        fresh = rope_positions(model, batch)
+        # a wrapper without a config (the sequence-parallel LogProbModel) holds the HF model as .model
+        hf = model if hasattr(model, "config") else model.model
+        fresh = rope_positions(hf, batch)
         for i in missing:
             rows[i].positions = fresh[:, i, batch.attention_mask[i].bool()].cpu()
     B, L = batch.input_ids.shape
