@@ -17,8 +17,9 @@ question is right only if all its shuffled tries are) are first reduced to one u
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -193,3 +194,21 @@ def compute_metrics(
     result["score"] = score
     result["score_ci95"] = ci
     return result
+
+
+def sorted_values(values: Iterable[str]) -> list[str]:
+    """Breakdown values in reading order: numerically when every one is a number (duration
+    groups "15", "60", "600", "3600"), as text otherwise."""
+    values = list(values)
+
+    def number(v: str) -> float | None:
+        try:
+            x = float(v)
+        except (TypeError, ValueError):
+            return None
+        return x if math.isfinite(x) else None
+
+    nums = [number(v) for v in values]
+    if values and all(n is not None for n in nums):
+        return [v for _, v in sorted(zip(nums, values, strict=True), key=lambda t: (t[0], t[1]))]
+    return sorted(values, key=str)
