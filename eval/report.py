@@ -9,8 +9,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from eval.metrics import sorted_values
+
 PLOT = "accuracy.png"
 SUMMARY = "summary.json"
+SUMMARY_PLOT = "summary.png"
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -28,12 +31,18 @@ def _fmt(acc: float | None, ci: list[float] | None) -> str:
     return text
 
 
+def breakdown_panels(metrics: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(breakdown key, {value: summary}) in display order: the values of a key numerically when
+    all are numbers (duration groups 15, 60, 600, 3600 - not "15", "3600", "60", "600"), as text
+    otherwise; the overall numbers alone when there is no breakdown."""
+    breakdown = metrics.get("breakdown") or {}
+    panels = [(k, {n: v[n] for n in sorted_values(v)}) for k, v in breakdown.items() if v]
+    return panels or [("overall", {"all": metrics["overall"]})]
+
+
 def plot_benchmark(metrics: Mapping[str, Any], path: Path) -> Path | None:
     """Bar chart of accuracy by each breakdown key (one panel per key) with 95 % intervals."""
-    breakdown = metrics.get("breakdown") or {}
-    panels = [(k, v) for k, v in breakdown.items() if v]
-    if not panels:
-        panels = [("overall", {"all": metrics["overall"]})]
+    panels = breakdown_panels(metrics)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -100,6 +109,50 @@ def plot_summary(summary: Mapping[str, Any], path: Path) -> Path | None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def merge_summary(
+    previous: Mapping[str, Any] | None, current: Mapping[str, Any], out_dir: Path | None = None
+) -> dict[str, Any]:
+    """The summary of an --out folder after a run: the benchmarks of `previous` (what
+    summary.json held) are kept, in their order, those `current` ran replace theirs in place,
+    new ones come after. With `out_dir`, a kept benchmark whose OUT/<name>/metrics.json is gone
+    is dropped. Each entry names the model that produced it (`model`); the top-level `model` is
+    that model, or every model joined by ", " when the benchmarks come from several."""
+    cur_model = current.get("model", "")
+    merged: dict[str, Any] = {}
+    if previous and isinstance(previous.get("benchmarks"), Mapping):
+        for name, entry in previous["benchmarks"].items():
+            if out_dir is not None and not (Path(out_dir) / name / "metrics.json").is_file():
+                continue
+            merged[name] = {"model": previous.get("model", ""), **entry}
+    for name, entry in current["benchmarks"].items():
+        merged[name] = {"model": cur_model, **entry}
+    models = list(dict.fromkeys(e["model"] for e in merged.values())) or [cur_model]
+    return {
+        **{k: v for k, v in current.items() if k != "benchmarks"},
+        "model": ", ".join(str(m) for m in models),
+        "benchmarks": merged,
+    }
+
+
+def write_summary(out_dir: Path, summary: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge `summary` into OUT/summary.json (see `merge_summary`; an unreadable old file is
+    replaced), write it and summary.png, and return the merged summary."""
+    out_dir = Path(out_dir)
+    previous = None
+    if (out_dir / SUMMARY).is_file():
+        try:
+            previous = json.loads((out_dir / SUMMARY).read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            previous = None
+        if not isinstance(previous, Mapping):
+            previous = None
+    merged = merge_summary(previous, summary, out_dir)
+    write_json(out_dir / SUMMARY, merged)
+    if plot_summary(merged, out_dir / SUMMARY_PLOT) is None:
+        (out_dir / SUMMARY_PLOT).unlink(missing_ok=True)  # no score left: no stale chart
+    return merged
 
 
 def console_table(summary: Mapping[str, Any]) -> Any:
