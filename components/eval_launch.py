@@ -97,7 +97,7 @@ def markdown(result: dict[str, Any]) -> str:
             if not p or p["difference"] is None:
                 deltas.append("n/a")
             else:
-                deltas.append(f"{100 * p['difference']:+.1f} (n={p['n']}, p={p['mcnemar_p']:.3g})")
+                deltas.append(f"{100 * p['difference']:+.1f} (n={p['n']}, p={p['p_value']:.3g})")
         lines.append(f"| {bench} | " + " | ".join(row) + " | " + " | ".join(deltas) + " |")
     lines.append("")
     for role in roles:

@@ -369,7 +369,6 @@ def evaluate(cfg: EvalConfig, console: Any = None) -> dict[str, Any]:
                 for k, m in per_benchmark.items()
             },
         }
-        report.write_json(out / report.SUMMARY, summary)
-        report.plot_summary(summary, out / "summary.png")
+        report.write_summary(out, summary)  # merged with benchmarks of earlier commands into OUT
         report.log_to_mlflow(run, out, summary, per_benchmark)
     return summary

@@ -152,7 +152,7 @@ def compare(
         "A - B (95% CI)",
         "wins",
         "losses",
-        "McNemar p",
+        "p (headline test)",
         "excluded",
     ):
         table.add_column(col, justify="left" if col == "benchmark" else "right")
@@ -169,7 +169,7 @@ def compare(
             f"{100 * r['difference']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]",
             str(r["wins"]),
             str(r["losses"]),
-            f"{r['mcnemar_p']:.3g}",
+            f"{r['p_value']:.3g} {r.get('test', '')}".strip(),
             str(r["excluded"]),
         )
     console.print(table)
