@@ -24,20 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.answers import strip_think
 from common.jsonl import read_jsonl
 from common.retry import RequestFailed, RetryPolicy, call_with_retry, chat_text, with_deadline
 from common.secrets import api_key_from_env, redact
+from training.grpo.judge_prompts import DEFAULT, JudgePrompt, get_prompt
 
-PROMPT_VERSION = "judge-v1"
-SYSTEM_PROMPT = (
-    "You grade answers to questions about a video. You see the question, a reference answer "
-    "and a model's answer. Decide whether the model's answer is broadly similar in meaning to "
-    "the reference answer (wording may differ; extra detail is fine if it does not contradict "
-    "the reference). Reply with exactly one word: yes or no."
-)
-USER_TEMPLATE = "Question: {question}\nReference answer: {reference}\nModel answer: {answer}\n" \
-    "Is the model answer broadly similar to the reference answer? Reply yes or no."
+# The default prompt (kept importable under these names: GRPO rewards and older callers).
+PROMPT_VERSION = DEFAULT.version
+SYSTEM_PROMPT = DEFAULT.system
+USER_TEMPLATE = DEFAULT.user
 
 
 @dataclass
@@ -54,7 +49,11 @@ class JudgeConfig:
     timeout_s: float = 60.0  # overall deadline per attempt (send -> whole reply read)
     retry_after_max_s: float = 60.0  # a server's Retry-After is honoured up to this (counted)
     temperature: float = 0.0  # judge sampling temperature (0: deterministic verdicts)
-    max_tokens: int = 16  # a bare yes/no; reasoning judges need more
+    max_tokens: int = 16  # a bare yes/no; reasoning judges need more (a prompt may raise it)
+    # named, versioned judge prompt (training.grpo.judge_prompts): default | activitynet_qa_lmms
+    # | auto (eval: the benchmark's own protocol, e.g. activitynet_qa_lmms for ActivityNet-QA;
+    # training: default)
+    prompt: str = "auto"
     cache_path: str = ""  # JSONL verdict cache; empty keeps the cache in memory only
     error_score: float = 0.0  # accuracy given to an answer the judge could not grade (recorded)
 
@@ -66,6 +65,7 @@ class Verdict:
     cached: bool = False
     attempts: int = 0
     reply: str = ""
+    score: float | None = None  # 0-5, when the prompt's protocol gives one
 
 
 @dataclass
@@ -94,16 +94,14 @@ class JudgeItem:
     reference: str
     answer: str
 
-    def key(self, model: str) -> str:
-        payload = json.dumps([PROMPT_VERSION, model, self.question, self.reference, self.answer])
+    def key(self, model: str, version: str = PROMPT_VERSION) -> str:
+        payload = json.dumps([version, model, self.question, self.reference, self.answer])
         return hashlib.sha256(payload.encode()).hexdigest()
 
 
 def parse_verdict(reply: str) -> bool | None:
-    """'yes'/'no' (first word after any <think> block, case and punctuation ignored)."""
-    words = strip_think(reply).lower().split()
-    first = words[0].strip(".,!:;\"'*`()[]") if words else ""
-    return {"yes": True, "no": False}.get(first)
+    """The default prompt's reading of a reply: True (yes), False (no) or None."""
+    return DEFAULT.parse(reply)[0]
 
 
 class _Retryable(Exception):
@@ -114,6 +112,7 @@ class _Retryable(Exception):
 class LLMJudge:
     cfg: JudgeConfig
     cache: dict[str, bool] = field(default_factory=dict)
+    scores: dict[str, float] = field(default_factory=dict)  # cache key -> 0-5 score, if scored
     last_stats: JudgeStats = field(default_factory=JudgeStats)
     _rng: random.Random = field(default_factory=random.Random, repr=False)
 
@@ -123,6 +122,12 @@ class LLMJudge:
             # raises naming the file and line.
             for row in read_jsonl(self.cfg.cache_path, repair=True):
                 self.cache[row["key"]] = bool(row["correct"])
+                if row.get("score") is not None:
+                    self.scores[row["key"]] = float(row["score"])
+
+    @property
+    def prompt(self) -> JudgePrompt:
+        return get_prompt(self.cfg.prompt)
 
     @property
     def configured(self) -> bool:
@@ -143,7 +148,7 @@ class LLMJudge:
             self.last_stats = stats
             msg = "no judge configured (set reward.judge.base_url and reward.judge.model)"
             return [Verdict(None, msg) for _ in items]
-        keys = [it.key(self.cfg.model) for it in items]
+        keys = [it.key(self.cfg.model, self.prompt.version) for it in items]
         todo: dict[str, JudgeItem] = {}
         for k, it in zip(keys, items, strict=True):
             if k not in self.cache and k not in todo:
@@ -171,7 +176,7 @@ class LLMJudge:
             if k in fresh:
                 out.append(fresh[k])
             else:
-                out.append(Verdict(self.cache[k], cached=True))
+                out.append(Verdict(self.cache[k], cached=True, score=self.scores.get(k)))
         stats.errors = sum(v.correct is None for v in out)
         stats.seconds = time.perf_counter() - start
         self.last_stats = stats
@@ -179,9 +184,9 @@ class LLMJudge:
 
     async def _one(self, client: Any, sem: asyncio.Semaphore, item: JudgeItem,
                    stats: JudgeStats) -> Verdict:
-        messages = [{"role": "system", "content": SYSTEM_PROMPT},
-                    {"role": "user", "content": USER_TEMPLATE.format(
-                        question=item.question, reference=item.reference, answer=item.answer)}]
+        prompt = self.prompt
+        messages = prompt.messages(item.question, item.reference, item.answer)
+        max_tokens = max(self.cfg.max_tokens, prompt.min_max_tokens)
         tries = 0
 
         async def attempt() -> str:
@@ -191,7 +196,7 @@ class LLMJudge:
                 stats.calls += 1
                 resp = await with_deadline(client.chat.completions.create(
                     model=self.cfg.model, messages=messages,
-                    temperature=self.cfg.temperature, max_tokens=self.cfg.max_tokens),
+                    temperature=self.cfg.temperature, max_tokens=max_tokens),
                     self.cfg.timeout_s)
             return chat_text(resp)
 
@@ -204,11 +209,11 @@ class LLMJudge:
                                attempts=tries)
             return Verdict(None, redact(f"judge failed after {tries} attempt(s): {exc.last}"),
                            attempts=tries)
-        verdict = parse_verdict(reply)
+        verdict, score, why = prompt.parse(reply)
         if verdict is None:
-            return Verdict(None, redact(f"judge reply is not yes/no: {reply[:200]!r}"),
+            return Verdict(None, redact(f"judge reply unreadable ({prompt.name}): {why}"),
                            attempts=tries, reply=reply)
-        return Verdict(verdict, attempts=tries, reply=reply)
+        return Verdict(verdict, attempts=tries, reply=reply, score=score)
 
     def policy(self) -> RetryPolicy:
         c = self.cfg
@@ -219,12 +224,17 @@ class LLMJudge:
     def _remember(self, verdicts: dict[str, Verdict]) -> None:
         for k, v in verdicts.items():
             self.cache[k] = bool(v.correct)
+            if v.score is not None:
+                self.scores[k] = v.score
         if self.cfg.cache_path and verdicts:
             path = Path(self.cfg.cache_path)
             path.parent.mkdir(parents=True, exist_ok=True)
             with path.open("a") as fh:
                 for k, v in verdicts.items():
-                    fh.write(json.dumps({"key": k, "correct": bool(v.correct)}) + "\n")
+                    row: dict[str, Any] = {"key": k, "correct": bool(v.correct)}
+                    if v.score is not None:
+                        row["score"] = v.score
+                    fh.write(json.dumps(row) + "\n")
 
 
 def run_coroutine(coro: Coroutine[Any, Any, Any]) -> Any:
