@@ -11,7 +11,7 @@ from typing import Any
 
 from common.answers import NUMERIC_REL_TOL
 from eval import report
-from eval.task import TaskSpec, get_task
+from eval.task import TaskSpec, check_limit, get_task
 from training.grpo.judge import JudgeConfig
 
 PREDICTIONS = "predictions.jsonl"
@@ -37,7 +37,9 @@ class EvalConfig:
     max_pixels: int = 0
     total_pixels: int = 0  # cap over all frames of a clip (qwen-vl-utils style); 0: off
     subtitles: bool = False  # show subtitle lines at the sampled frame times (Video-MME, LVB)
-    limit: int = 0  # first N questions of each benchmark; 0: all
+    # questions per benchmark: N (whole 4-try groups, spread over every task of a macro
+    # headline; see eval.task.limit_items), a fraction 0 < x < 1 of them, or 0: all
+    limit: float = 0
     prompt_style: str = "auto"  # benchmark | reasoning | auto (each task's native style)
     max_new_tokens: int = 0  # 0: the task's default (REASONING_MAX_NEW_TOKENS when reasoning)
     temperature: float = 0.0  # 0: greedy
@@ -52,6 +54,7 @@ class EvalConfig:
     overwrite: bool = False  # discard existing predictions in OUT instead of resuming
     vllm_max_model_len: int = 32768
     vllm_gpu_memory_utilization: float = 0.85
+    vllm_tensor_parallel_size: int = 1  # GPUs one vLLM engine shards the model over
     judge: JudgeConfig = field(default_factory=JudgeConfig)  # LLM judge for open-ended answers
     # open-ended answers when no judge is configured: False -> "ungraded" (left out of accuracy
     # and counted apart - by design, not a failure); True -> "judge_error" (a failure, which the
@@ -80,6 +83,9 @@ class EvalConfig:
             raise ValueError(f"prompt_style {self.prompt_style!r} not in auto|benchmark|reasoning")
         if self.batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        if self.vllm_tensor_parallel_size < 1:
+            raise ValueError("vllm_tensor_parallel_size must be >= 1")
+        check_limit(self.limit)
 
 
 def benchmark_dir_name(task: TaskSpec, subtitles: bool) -> str:
@@ -127,9 +133,18 @@ def run_settings(
         "max_new_tokens": max_new_tokens,
         "temperature": cfg.temperature,
         "seed": cfg.seed,
-        "dtype": cfg.dtype,
+        "dtype": resolved_dtype(cfg),  # "auto" would let a CPU fp32 and a GPU bf16 run mix
         "numeric_rel_tol": cfg.numeric_rel_tol,
     }
+
+
+def resolved_dtype(cfg: EvalConfig) -> str:
+    """The dtype the engine will run in: `auto` is bf16 on a GPU (always for vLLM), fp32 on CPU."""
+    from eval.engines import resolve_device, resolve_dtype
+
+    if cfg.engine == "vllm":
+        return resolve_dtype(cfg.dtype, "cuda")
+    return resolve_dtype(cfg.dtype, resolve_device(cfg.device))
 
 
 def check_resume(bench_dir: Path, settings: dict[str, Any], overwrite: bool) -> None:

@@ -31,6 +31,30 @@ def _fmt(acc: float | None, ci: list[float] | None) -> str:
     return text
 
 
+def evaluation_notes(evaluated: Mapping[str, Any], coverage: Mapping[str, Any] | None) -> list[str]:
+    """What the score covers, when it is not the whole benchmark (printed and in metrics.json)."""
+    notes = []
+    if evaluated["limit"]:
+        unit = "whole 4-try groups" if evaluated["unit"] == "group" else "questions"
+        text = (
+            f"--limit {evaluated['limit']:g}: {evaluated['questions']} of "
+            f"{evaluated['of_questions']} questions ({evaluated['units']} of "
+            f"{evaluated['of_units']} {unit})"
+        )
+        if evaluated.get("per_value"):
+            text += f"; by {evaluated['by']}: " + ", ".join(
+                f"{v} {c['questions']}/{c['of']}" for v, c in evaluated["per_value"].items()
+            )
+        notes.append(text)
+    if coverage and coverage["missing"]:
+        notes.append(
+            f"{len(coverage['missing'])} of {len(coverage['present']) + len(coverage['missing'])} "
+            f"{coverage['parts']} missing ({', '.join(coverage['missing'])}): the headline is over "
+            f"the {len(coverage['present'])} present ({', '.join(coverage['present'])}) only"
+        )
+    return notes
+
+
 def breakdown_panels(metrics: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """(breakdown key, {value: summary}) in display order: the values of a key numerically when
     all are numbers (duration groups 15, 60, 600, 3600 - not "15", "3600", "60", "600"), as text
@@ -84,28 +108,55 @@ def plot_benchmark(metrics: Mapping[str, Any], path: Path) -> Path | None:
     return path
 
 
-def plot_summary(summary: Mapping[str, Any], path: Path) -> Path | None:
-    rows = [(name, s) for name, s in summary["benchmarks"].items() if s.get("score") is not None]
-    if not rows:
-        return None
+def no_score_reason(entry: Mapping[str, Any]) -> str:
+    """Why a benchmark of the summary has no score (shown in its place on summary.png)."""
+    o = entry.get("overall") or {}
+    if o.get("ungraded"):
+        return f"ungraded ({o['ungraded']} open-ended, no judge)"
+    if o.get("errors") or o.get("judge_errors"):
+        return f"no score ({o.get('errors', 0) + o.get('judge_errors', 0)} errors)"
+    return "no score"
+
+
+def summary_figure(summary: Mapping[str, Any]) -> Any:
+    """The summary chart: one bar per benchmark with its score written beside it (95 % interval
+    as error bar); a benchmark without a score (ungraded open-ended, all failed) keeps its row,
+    marked with the reason, so the chart never hides that it was run."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rows = list(summary["benchmarks"].items())
     fig, ax = plt.subplots(figsize=(8, 0.4 * len(rows) + 1.2))
-    scores = [100 * s["score"] for _, s in rows]
-    ci = [s.get("score_ci95") or [s["score"], s["score"]] for _, s in rows]
-    err = [
-        [sc - 100 * c[0] for sc, c in zip(scores, ci, strict=True)],
-        [100 * c[1] - sc for sc, c in zip(scores, ci, strict=True)],
-    ]
-    ax.barh(range(len(rows)), scores, xerr=err, color="#55A868", capsize=3)
-    ax.set_yticks(range(len(rows)), [n for n, _ in rows])
-    ax.set_xlim(0, 100)
-    ax.invert_yaxis()
+    for y, (_, s) in enumerate(rows):
+        if s.get("score") is None:
+            ax.text(1, y, no_score_reason(s), va="center", fontsize=8, color="#C44E52",
+                    style="italic")  # fmt: skip
+            continue
+        sc = 100 * s["score"]
+        ci = s.get("score_ci95") or [s["score"], s["score"]]
+        if all(c == c for c in ci):  # not NaN
+            err = [[max(0.0, sc - 100 * ci[0])], [max(0.0, 100 * ci[1] - sc)]]
+        else:
+            err, ci = None, [s["score"], s["score"]]
+        ax.barh([y], [sc], xerr=err, color="#55A868", capsize=3)
+        ax.text(min(100 * ci[1], 100) + 1, y, f"{sc:.1f}", va="center", fontsize=8)
+    labels = [f"{n} (not scored)" if s.get("score") is None else n for n, s in rows]
+    ax.set_yticks(range(len(rows)), labels)
+    ax.set_xlim(0, 108)  # room for the label of a bar at 100
+    ax.set_ylim(len(rows) - 0.5, -0.5)  # first benchmark on top
     ax.set_title(f"{summary.get('model', '')}: score by benchmark (%)", fontsize=9)
     fig.tight_layout()
+    return fig
+
+
+def plot_summary(summary: Mapping[str, Any], path: Path) -> Path | None:
+    if not summary.get("benchmarks"):
+        return None
+    import matplotlib.pyplot as plt
+
+    fig = summary_figure(summary)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -151,7 +202,7 @@ def write_summary(out_dir: Path, summary: Mapping[str, Any]) -> dict[str, Any]:
     merged = merge_summary(previous, summary, out_dir)
     write_json(out_dir / SUMMARY, merged)
     if plot_summary(merged, out_dir / SUMMARY_PLOT) is None:
-        (out_dir / SUMMARY_PLOT).unlink(missing_ok=True)  # no score left: no stale chart
+        (out_dir / SUMMARY_PLOT).unlink(missing_ok=True)  # no benchmark left: no stale chart
     return merged
 
 

@@ -30,13 +30,14 @@ from eval.config import (  # noqa: F401 - EvalConfig and SettingsMismatch are pa
     SettingsMismatch,
     benchmark_dir_name,
     check_resume,
+    resolved_dtype,
     run_settings,
 )
-from eval.engines import Engine, Generation, Prepared, Prompt
+from eval.engines import Engine, Generation, Prompt
 from eval.filters import FilterContext, apply_chain
 from eval.metrics import compute_metrics
 from eval.store import PredictionStore
-from eval.task import EvalItem, TaskSpec, get_task, select_subtitles
+from eval.task import EvalItem, TaskError, TaskSpec, get_task, limit_items, subtitle_text
 from training.grpo.judge import PROMPT_VERSION as JUDGE_PROMPT_VERSION
 from training.grpo.judge import JudgeItem, LLMJudge
 
@@ -108,15 +109,24 @@ def answer_batch(
     from data_gen.video_io import VideoError
 
     records, prepared = [], []
+    show_subs = bool(cfg.subtitles and task.supports_subtitles)
     for item in batch:
         try:
+            if show_subs:  # read here, not at load: a malformed file fails only its questions
+                item.subtitle_lines()
             prepared.append(engine.prepare(item))
+        except TaskError as exc:
+            records.append(error_record(task, item, f"subtitles: {exc}"))
         except (VideoError, OSError) as exc:
             records.append(error_record(task, item, f"video: {exc}"))
     system = _system_prompt(style)
-    prompts = [
-        Prompt(task.render_prompt(p.item, _subtitles(p, cfg, task), style), system)
+    subs = [
+        subtitle_text(p.item.subtitle_lines(), p.timestamps_s) if show_subs else None
         for p in prepared
+    ]
+    prompts = [
+        Prompt(task.render_prompt(p.item, sub[0] if sub else None, style), system)
+        for p, sub in zip(prepared, subs, strict=True)
     ]
     groups: list[list[int]] = [list(range(len(prepared)))] if prepared else []
     while groups:
@@ -150,6 +160,7 @@ def answer_batch(
                     "batch_size": len(idx),
                     "num_frames": len(p.timestamps_s),
                     "num_video_tokens": p.num_video_tokens,
+                    **({"subtitles": subs[i][1]} if subs[i] else {}),
                 }
             )
     return records
@@ -161,12 +172,6 @@ def _system_prompt(style: str) -> str | None:
     from training.prompts import SYSTEM_PROMPT
 
     return SYSTEM_PROMPT
-
-
-def _subtitles(p: Prepared, cfg: EvalConfig, task: TaskSpec) -> str | None:
-    if not (cfg.subtitles and task.supports_subtitles):
-        return None
-    return select_subtitles(p.item.subtitles, p.timestamps_s)
 
 
 def judges_used(records: list[dict[str, Any]]) -> dict[str, int]:
@@ -193,9 +198,12 @@ def judge_open_ended(
 
     def stale(r: dict[str, Any]) -> bool:  # graded by another judge (model or prompt) than now
         j = r.get("judge") or {}
-        return configured and r.get("correct") is not None and (
-            j.get("model"), j.get("prompt_version", JUDGE_PROMPT_VERSION)
-        ) != (jcfg.model, JUDGE_PROMPT_VERSION)
+        return (
+            configured
+            and r.get("correct") is not None
+            and (j.get("model"), j.get("prompt_version", JUDGE_PROMPT_VERSION))
+            != (jcfg.model, JUDGE_PROMPT_VERSION)
+        )
 
     todo = [
         r
@@ -244,9 +252,9 @@ def evaluate_benchmark(
         if style == "reasoning"
         else task.max_new_tokens
     )
-    items = task.load(Path(cfg.data).resolve())
-    if cfg.limit:
-        items = items[: cfg.limit]
+    data = Path(cfg.data).resolve()
+    items, evaluated = limit_items(task, task.load(data), cfg.limit)
+    coverage = task.coverage(data)
     bench_name = benchmark_dir_name(task, cfg.subtitles)
     bench_dir = out / bench_name
     settings = run_settings(cfg, task, style, max_new)
@@ -287,6 +295,9 @@ def evaluate_benchmark(
         settings=settings,
         engine=engine.describe() if engine else None,
         questions=len(items),
+        evaluated=evaluated,
+        coverage=coverage,
+        notes=report.evaluation_notes(evaluated, coverage),
         resumed=resumed,
         generated=len(runnable),
         generation_seconds=round(gen_s, 3),
@@ -302,6 +313,20 @@ def evaluate_benchmark(
     report.write_json(bench_dir / "metrics.json", metrics)
     report.plot_benchmark(metrics, bench_dir / report.PLOT)
     return metrics
+
+
+def engine_options(cfg: EvalConfig) -> dict[str, Any]:
+    """make_engine's keyword options from the config (dtype resolved, as run_info.json has it)."""
+    opts: dict[str, Any] = {"dtype": resolved_dtype(cfg)}
+    if cfg.engine == "vllm":
+        opts.update(
+            max_model_len=cfg.vllm_max_model_len,
+            gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+            tensor_parallel_size=cfg.vllm_tensor_parallel_size,
+        )
+    else:
+        opts["device"] = cfg.device
+    return opts
 
 
 def evaluate(cfg: EvalConfig, console: Any = None) -> dict[str, Any]:
@@ -326,20 +351,8 @@ def evaluate(cfg: EvalConfig, console: Any = None) -> dict[str, Any]:
 
     def get_engine() -> Engine:
         if "engine" not in holder:
-            kwargs = {}
-            if cfg.engine == "vllm":
-                kwargs = {
-                    "max_model_len": cfg.vllm_max_model_len,
-                    "gpu_memory_utilization": cfg.vllm_gpu_memory_utilization,
-                }
             holder["engine"] = make_engine(
-                cfg.engine,
-                cfg.model,
-                cfg.sampling(),
-                device=cfg.device,
-                dtype=cfg.dtype,
-                seed=cfg.seed,
-                **kwargs,
+                cfg.engine, cfg.model, cfg.sampling(), seed=cfg.seed, **engine_options(cfg)
             )
         return holder["engine"]
 
@@ -357,6 +370,8 @@ def evaluate(cfg: EvalConfig, console: Any = None) -> dict[str, Any]:
             for name in cfg.benchmarks:
                 m = evaluate_benchmark(cfg, name, get_engine, out, progress)
                 per_benchmark[m["benchmark"]] = m
+                for note in m["notes"] if console is not None else ():
+                    console.print(f"{m['benchmark']}: {note}", markup=False)
         summary = {
             "model": cfg.model,
             "benchmarks": {
@@ -365,6 +380,7 @@ def evaluate(cfg: EvalConfig, console: Any = None) -> dict[str, Any]:
                     "score_ci95": m["score_ci95"],
                     "headline": m["headline"],
                     "overall": m["overall"],
+                    **({"notes": m["notes"]} if m["notes"] else {}),
                 }
                 for k, m in per_benchmark.items()
             },

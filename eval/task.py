@@ -10,6 +10,7 @@ the harness knows a benchmark's file format.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,29 @@ class SubtitleLine:
     text: str
 
 
+class SubtitleFile:
+    """A video's subtitle file, read on first use: only runs that show subtitles read them, so a
+    malformed file cannot stop a benchmark from loading (it fails the questions that need it).
+    One object per file, shared by that video's questions, so it is parsed once."""
+
+    def __init__(self, path: Path, parser: Callable[[Path], list[SubtitleLine]]) -> None:
+        self.path = Path(path)
+        self.parser = parser
+        self._lines: list[SubtitleLine] | None = None
+        self._error: TaskError | None = None
+
+    def lines(self) -> list[SubtitleLine]:
+        """The parsed lines; TaskError naming the file and what is wrong (raised every call)."""
+        if self._error is None and self._lines is None:
+            try:
+                self._lines = self.parser(self.path)
+            except TaskError as exc:
+                self._error = exc
+        if self._error is not None:
+            raise self._error
+        return self._lines or []
+
+
 @dataclass
 class EvalItem:
     """One question, whatever the benchmark.
@@ -44,6 +68,8 @@ class EvalItem:
     correlated: the bootstrap resamples videos). `group` ties VNBench's shuffled tries of one
     question together. `error` is set by the loader when the item cannot be run (its video file
     is missing): the runner records it as an error for this question, never a substitute.
+    Subtitles: `subtitles` holds lines read with the annotations, `subtitle_file` a file read when
+    a run shows subtitles; both None means the video has no subtitles (see `subtitle_lines`).
     """
 
     qid: str
@@ -58,11 +84,19 @@ class EvalItem:
     clip_start_s: float = 0.0
     clip_end_s: float | None = None
     subtitles: list[SubtitleLine] | None = None
+    subtitle_file: SubtitleFile | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     error: str = ""
 
     def letters(self) -> str:
         return LETTERS[: len(self.options)]
+
+    def subtitle_lines(self) -> list[SubtitleLine] | None:
+        """The video's subtitle lines; None when it has no subtitles (no file). A malformed file
+        raises TaskError naming it."""
+        if self.subtitle_file is not None:
+            return self.subtitle_file.lines()
+        return self.subtitles
 
 
 Loader = Callable[[Path], list[EvalItem]]
@@ -94,6 +128,9 @@ class TaskSpec:
         None  # renders the question instead of the template
     )
     native_style: str = "benchmark"  # prompt style of `--prompt-style auto` for this task
+    # which released parts (MLVU's task files) are present under the benchmark's folder:
+    # root -> {"parts": what they are, "present": [...], "missing": [...]}; None: one file
+    coverage_fn: Callable[[Path], dict[str, Any]] | None = None
 
     @property
     def supports_subtitles(self) -> bool:
@@ -147,6 +184,12 @@ class TaskSpec:
             f"{', '.join(str(c) for c in candidates)}). Expected layout:\n{self.layout}"
         )
 
+    def coverage(self, data_dir: Path) -> dict[str, Any] | None:
+        """What of the release is under `data_dir` (see `coverage_fn`); None for one-file tasks."""
+        if self.coverage_fn is None:
+            return None
+        return self.coverage_fn(self.resolve_root(Path(data_dir)))
+
     def load(self, data_dir: Path) -> list[EvalItem]:
         items = self.loader(self.resolve_root(Path(data_dir)))
         seen: set[str] = set()
@@ -163,8 +206,11 @@ class TaskSpec:
 
 SUBTITLE_HEADER = "This video's subtitles are listed below:\n{subtitles}\n"
 # lmms-eval's multiple-choice prompt, shared by the benchmarks that use it verbatim.
-LETTER_PROMPT = "{question}\n{options}\nAnswer with the option's letter from the given choices directly."
-NO_SUBTITLES = "No subtitles available"
+LETTER_PROMPT = (
+    "{question}\n{options}\nAnswer with the option's letter from the given choices directly."
+)
+NO_SUBTITLES = "No subtitles available"  # the video has none (lmms-eval's text for Video-MME)
+NO_SUBTITLES_AT_FRAMES = "No subtitles at the sampled frames"  # it has some, none on screen then
 PROMPT_STYLES = ("benchmark", "reasoning")
 
 
@@ -245,3 +291,84 @@ def select_subtitles(lines: list[SubtitleLine] | None, times_s: Sequence[float] 
         if ln.text and (not out or out[-1] != ln.text):
             out.append(ln.text)
     return "\n".join(out)
+
+
+def subtitle_text(
+    lines: list[SubtitleLine] | None, times_s: Sequence[float] | None
+) -> tuple[str, str]:
+    """(text shown with the frames, status): "shown"; "no_subtitles" when the video has none (no
+    file, or an empty one); "none_at_frames" when it has subtitles but no line is on screen at
+    any sampled frame - told apart, so the model is never told a subtitled video has none."""
+    if not lines:
+        return NO_SUBTITLES, "no_subtitles"
+    text = select_subtitles(lines, times_s)
+    if not text:
+        return NO_SUBTITLES_AT_FRAMES, "none_at_frames"
+    return text, "shown"
+
+
+# -- --limit --------------------------------------------------------------------------------------
+def check_limit(limit: float) -> None:
+    if limit < 0 or (limit >= 1 and limit != int(limit)):
+        raise ValueError(
+            f"limit {limit:g}: give a whole number of questions (N >= 1), a fraction 0 < x < 1, "
+            "or 0 for all"
+        )
+
+
+def limit_target(limit: float, total: int) -> int:
+    """Questions --limit asks for: 0 -> all; 0 < x < 1 -> that fraction (rounded up); N -> N."""
+    check_limit(limit)
+    if not limit:
+        return total
+    return min(total, math.ceil(limit * total) if limit < 1 else int(limit))
+
+
+def limit_items(
+    task: TaskSpec, items: list[EvalItem], limit: float
+) -> tuple[list[EvalItem], dict[str, Any]]:
+    """The items --limit keeps, and what was evaluated. Scoring units stay whole: a VNBench
+    4-try group is kept with all its tries or not at all (a cut group would score as a full
+    question). A macro headline (MLVU's mean over tasks, VNBench's over needle types) gets
+    units from every value of its key, taken in turn, so the mean is over all of them, never
+    over the first one only. Units are added in file order until at least the target number of
+    questions is reached; a larger limit keeps a superset (resuming with it adds questions)."""
+    target = limit_target(limit, len(items))
+    units: dict[str, list[EvalItem]] = {}
+    for it in items:
+        units.setdefault(it.group if task.group_all and it.group else it.qid, []).append(it)
+    key = task.breakdown_keys[0] if task.headline == "macro" else None
+    strata: dict[str, list[list[EvalItem]]] = {}
+    for unit in units.values():
+        strata.setdefault(unit[0].breakdown.get(key, "") if key else "", []).append(unit)
+    taken = dict.fromkeys(strata, 0)
+    count, first_round = 0, True
+    while count < target or first_round:
+        progressed = False
+        for s, su in strata.items():
+            if count >= target and not first_round:
+                break
+            if taken[s] < len(su):
+                count += len(su[taken[s]])
+                taken[s] += 1
+                progressed = True
+        first_round = False
+        if not progressed:
+            break
+    keep = {it.qid for s, su in strata.items() for unit in su[: taken[s]] for it in unit}
+    kept = [it for it in items if it.qid in keep]
+    info: dict[str, Any] = {
+        "limit": limit or None,
+        "questions": len(kept),
+        "of_questions": len(items),
+        "unit": "group" if task.group_all else "question",
+        "units": sum(taken.values()),
+        "of_units": len(units),
+    }
+    if key:
+        info["by"] = key
+        info["per_value"] = {
+            s: {"questions": sum(len(u) for u in su[: taken[s]]), "of": sum(len(u) for u in su)}
+            for s, su in strata.items()
+        }
+    return kept, info

@@ -47,8 +47,17 @@ def run(
         "--subtitles",
         help="Show subtitles at the sampled frame times (benchmarks that have them).",
     ),
-    limit: int = typer.Option(
-        None, "--limit", help="Only the first N questions of each benchmark."
+    limit: float = typer.Option(
+        None,
+        "--limit",
+        help="Only N questions of each benchmark, or a fraction 0 < x < 1 of them: whole 4-try "
+        "groups (VNBench), spread over every task of a mean-over-tasks headline (MLVU); "
+        "metrics.json says what was evaluated.",
+    ),
+    tensor_parallel_size: int = typer.Option(
+        None,
+        "--tensor-parallel-size",
+        help="vLLM engine: GPUs to shard the model over (default 1; vllm_tensor_parallel_size).",
     ),
     engine: str = typer.Option(
         None, "--engine", help="hf (transformers, CPU/GPU) or vllm (GPU) (default hf)."
@@ -98,6 +107,7 @@ def run(
         "frames": frames,
         "fps": fps,
         "limit": limit,
+        "vllm_tensor_parallel_size": tensor_parallel_size,
         "engine": engine,
         "batch_size": batch_size,
         "prompt_style": prompt_style,
@@ -188,12 +198,19 @@ def list_benchmarks(
     ),
 ) -> None:
     """The registered benchmarks: answer type, metric, breakdowns (and expected files)."""
+    from rich.markup import escape
+
     from eval.task import list_tasks
 
+    # escape: layouts and descriptions hold brackets ("timestamp": [start_s, end_s]) that rich
+    # would otherwise take for markup tags and drop
     for t in list_tasks():
         console.print(
-            f"[bold]{t.name}[/bold]  {t.answer_type}, {t.metric}, by {', '.join(t.breakdown_keys) or '-'}"
-            f"{', subtitles' if t.supports_subtitles else ''}\n    {t.description}"
+            f"[bold]{escape(t.name)}[/bold]  "
+            + escape(
+                f"{t.answer_type}, {t.metric}, by {', '.join(t.breakdown_keys) or '-'}"
+                f"{', subtitles' if t.supports_subtitles else ''}\n    {t.description}"
+            )
         )
         if layout:
-            console.print(t.layout.rstrip())
+            console.print(escape(t.layout.rstrip()))

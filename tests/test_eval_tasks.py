@@ -42,11 +42,11 @@ def test_videomme(make_benchmark) -> None:
         "task_type": "Counting Problem",
     }
     assert q.cluster == "fFjv93ACGo8" and not q.error
-    assert [s.text for s in q.subtitles] == [
+    assert [s.text for s in q.subtitle_lines()] == [
         "welcome to the show",
         "three red shapes",
     ]  # <font> removed
-    assert items["601-1"].subtitles == []  # no subtitle file for this video
+    assert items["601-1"].subtitle_lines() is None  # no subtitle file for this video
     prompt = task.render_prompt(q)
     assert prompt.startswith(
         "Select the best answer to the following multiple-choice question based on the video."
@@ -56,7 +56,7 @@ def test_videomme(make_benchmark) -> None:
         in prompt
     )
     # subtitles: only the lines on screen at the sampled frame times (Video-MME's protocol)
-    subs = select_subtitles(q.subtitles, [1.5])
+    subs = select_subtitles(q.subtitle_lines(), [1.5])
     with_subs = task.render_prompt(q, subs)
     assert with_subs.startswith("This video's subtitles are listed below:\nthree red shapes\n")
     assert "based on the video and the subtitles" in with_subs and "welcome" not in with_subs

@@ -137,7 +137,7 @@ def parse_srt(path: Path) -> list[SubtitleLine]:
     except OSError as exc:
         raise TaskError(f"{path}: cannot read subtitles ({exc})") from exc
     lines: list[SubtitleLine] = []
-    for block in re.split(r"\r?\n\s*\r?\n", raw.strip()):
+    for n, block in enumerate(re.split(r"\r?\n\s*\r?\n", raw.strip()), 1):
         rows = [r for r in block.splitlines() if r.strip()]
         timing = next((i for i, r in enumerate(rows) if "-->" in r), None)
         if timing is None:
@@ -145,9 +145,13 @@ def parse_srt(path: Path) -> list[SubtitleLine]:
         try:
             start, end = (_srt_seconds(p) for p in rows[timing].split("-->"))
         except ValueError as exc:
-            raise TaskError(f"{path}: {exc}") from exc
+            raise TaskError(f"{path}: cue {n}: {exc}") from exc
+        if end < start:
+            raise TaskError(f"{path}: cue {n}: ends ({end:g} s) before it starts ({start:g} s)")
         text = " ".join(_TAG.sub("", r).strip() for r in rows[timing + 1 :]).strip()
         lines.append(SubtitleLine(start, end, text))
+    if raw.strip() and not lines:  # text, but not SubRip: not "a video without subtitles"
+        raise TaskError(f"{path}: not a SubRip file (no 'start --> end' timing line)")
     return lines
 
 

@@ -8,11 +8,14 @@ Released files (huggingface.co/datasets/MLVU/MVLU, folder MLVU/), read as they a
         text of the right candidate
     video/<json stem>/<video>   e.g. video/1_plotQA/movie101_66.mp4
 The generation tasks (8_sub_scene, 9_summary) are not multiple choice and are not loaded.
+A folder holding only some of the 7 task files is evaluated on those, and metrics.json and the
+console name the missing ones: M-Avg is then over the present tasks only, and says so.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from eval.task import EvalItem, TaskError, TaskSpec, register
 from eval.tasks.common import find_video, letter_of_text, read_rows, require, set_breakdown
@@ -22,6 +25,16 @@ TASK_FILES = (
 )  # fmt: skip
 FIELDS = ("video", "question", "candidates", "answer")
 LAYOUT = __doc__.split("read as they are:\n")[1].split("The generation")[0]
+
+
+def mlvu_coverage(root: Path) -> dict[str, Any]:
+    """Which of the 7 task files are under `root`/json (the headline averages the present)."""
+    present = [stem for stem in TASK_FILES if (root / "json" / f"{stem}.json").is_file()]
+    return {
+        "parts": "task files",
+        "present": [f"{stem}.json" for stem in present],
+        "missing": [f"{stem}.json" for stem in TASK_FILES if stem not in present],
+    }
 
 
 def load_mlvu(root: Path) -> list[EvalItem]:
@@ -70,5 +83,6 @@ register(
         layout=LAYOUT,
         markers=("json/*_plotQA.json", "json/*_needle.json", "json/*_topic_reasoning.json"),
         folder_names=("MLVU", "mlvu", "MLVU/MLVU", "MVLU/MLVU"),
+        coverage_fn=mlvu_coverage,
     )
 )

@@ -6,6 +6,8 @@ Released files (huggingface.co/datasets/lmms-lab/Video-MME), read as they are:
                                            question_id, task_type, question, options, answer
     data/<videoID>.mp4                     the videos (videos_chunked_*.zip unpacked)
     subtitle/<videoID>.srt                 subtitles (subtitle.zip unpacked); some videos have none
+                                           (read only with --subtitles; a malformed one fails
+                                           its video's questions, named, not the benchmark)
 Options come as "A. text"; the answer is a letter. Prompts are the official ones (as in lmms-eval).
 """
 
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from eval.task import EvalItem, TaskError, TaskSpec, register
+from eval.task import EvalItem, SubtitleFile, TaskError, TaskSpec, register
 from eval.tasks.common import (
     find_video,
     parse_srt,
@@ -46,6 +48,7 @@ def load_videomme(root: Path) -> list[EvalItem]:
     if not files:
         raise TaskError(f"{root}/videomme: no test-*.parquet")
     items: list[EvalItem] = []
+    subtitle_files: dict[Path, SubtitleFile] = {}  # one per video, shared by its questions
     for path in files:
         for n, row in enumerate(read_rows(path)):
             where = f"{path} row {n}"
@@ -53,6 +56,8 @@ def load_videomme(root: Path) -> list[EvalItem]:
             options = [strip_option_prefix(o, i) for i, o in enumerate(row["options"])]
             video_path, error = find_video(root / "data", row["videoID"])
             srt = root / "subtitle" / f"{row['videoID']}.srt"
+            if srt not in subtitle_files and srt.is_file():  # parsed only if a run shows them
+                subtitle_files[srt] = SubtitleFile(srt, parse_srt)
             item = EvalItem(
                 qid=str(row["question_id"]),
                 video_path=video_path,
@@ -60,7 +65,7 @@ def load_videomme(root: Path) -> list[EvalItem]:
                 answer=str(row["answer"]).strip(),
                 options=options,
                 cluster=str(row["videoID"]),
-                subtitles=parse_srt(srt) if srt.is_file() else [],
+                subtitle_file=subtitle_files.get(srt),
                 meta={"video_id": row.get("video_id"), "sub_category": row.get("sub_category")},
                 error=error,
             )
