@@ -85,6 +85,10 @@ class EvalConfig:
             raise ValueError("batch_size must be >= 1")
         if self.vllm_tensor_parallel_size < 1:
             raise ValueError("vllm_tensor_parallel_size must be >= 1")
+        if self.vllm_tensor_parallel_size > 1 and self.engine != "vllm":
+            raise ValueError(  # the hf engine runs on one device: the option would be ignored
+                f"--tensor-parallel-size {self.vllm_tensor_parallel_size} needs --engine vllm"
+            )
         check_limit(self.limit)
 
 
