@@ -1,6 +1,10 @@
 """ActivityNet-QA (Yu et al. 2019): open-ended questions about ActivityNet videos, graded by an
-LLM judge (is the prediction a meaningful match of the reference? yes/no), as lmms-eval and
-Video-ChatGPT grade it. The test split is used when present, else val.
+LLM judge with the Video-ChatGPT protocol lmms-eval runs (is the prediction a meaningful match
+of the reference? yes/no plus a 0-5 score): `judge.prompt: auto` picks the `activitynet_qa_lmms`
+prompt for this task (eval.judge.TASK_PROMPTS); metrics.json then gives the yes-rate and mean
+score with judge failures excluded and counted as "no"/0 (lmms-eval's convention). Our question
+prompt puts the instruction on a new line, lmms-eval's after a space (eval/lmms_prompts.py).
+The test split is used when present, else val.
 
 Released files (github.com/MILVLG/activitynet-qa, dataset/), read as they are:
     test_q.json   list of {video_name, question, question_id}
