@@ -38,7 +38,7 @@ def _videomme(item: EvalItem, subtitles: str | None) -> str:
     body = f"{VIDEOMME_INSTRUCTION}\n{item.question}\n{_lettered(item.options)}\nThe best answer is:"
     if subtitles is None:
         return body
-    return "This video's subtitles are listed below: \n" + (subtitles or NO_SUBTITLES) + "\n" + body
+    return "This video's subtitles are listed below: \n" + subtitles + "\n" + body
 
 
 def _longvideobench(item: EvalItem, subtitles: str | None) -> str:
@@ -74,9 +74,14 @@ PROMPTS: dict[str, Callable[[EvalItem, str | None], str]] = {
 }
 
 
-def lmms_prompt(task_name: str, item: EvalItem, subtitles: str | None = None) -> str | None:
-    """lmms-eval's user text for `item` of benchmark `task_name` (`subtitles`: the selected
-    lines when the run shows subtitles, "" when the video has none at the sampled frames), or
-    None when lmms-eval has no such benchmark."""
+def lmms_prompt(
+    task_name: str, item: EvalItem, subtitles: str | None = None, subtitle_file: bool = True
+) -> str | None:
+    """lmms-eval's user text for `item` of benchmark `task_name`, or None when lmms-eval has no
+    such benchmark. `subtitles`: None when the run shows no subtitles, else the lines on screen
+    at the sampled frames ("" when none are - lmms-eval then shows an empty block);
+    `subtitle_file` False: the video has no subtitle file ("No subtitles available")."""
     fn = PROMPTS.get(task_name)
+    if subtitles is not None and not subtitle_file:
+        subtitles = NO_SUBTITLES
     return fn(item, subtitles) if fn else None

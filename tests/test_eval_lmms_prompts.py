@@ -76,8 +76,11 @@ def test_subtitles_and_benchmarks_without_an_lmms_prompt(make_benchmark) -> None
     with_subs = lmms_prompt("videomme", item, "welcome to the show")
     assert with_subs.startswith("This video's subtitles are listed below: \nwelcome to the show\n"
                                 "Select the best answer")
+    assert lmms_prompt("videomme", item, "", subtitle_file=False).startswith(
+        "This video's subtitles are listed below: \nNo subtitles available\nSelect")
+    # a subtitled video with no line at the sampled frames: lmms-eval shows an empty block
     assert lmms_prompt("videomme", item, "").startswith(
-        "This video's subtitles are listed below: \nNo subtitles available\n")
+        "This video's subtitles are listed below: \n\nSelect")
     vn = get_task("vnbench").load(make_benchmark("vnbench"))[0]
     assert lmms_prompt("vnbench", vn) is None and lmms_prompt("synth", vn) is None
     assert MAX_NEW_TOKENS["activitynetqa"] == 64 and MAX_NEW_TOKENS["videomme"] == 16
