@@ -96,6 +96,7 @@ def judge_open_ended(
         r
         for r in records
         if r["answer_type"] == "open_ended"
+        and r.get("grader") != "exact"  # graded exactly against a ground-truth name, no judge
         and r["status"] in ("answered", "judge_error", "ungraded")
         and (r.get("correct") is None or stale(r))
     ]
@@ -145,8 +146,11 @@ def judge_metrics(records: list[dict[str, Any]]) -> dict[str, Any]:
     `excluding_failures` (ours: a failure leaves the denominator) and `failures_as_no`
     (lmms-eval: a failure is "no" with score 0). Unanswered outputs (nothing to send to the
     judge) are "no" with score 0 in both. Records without a judge (ungraded) and video errors
-    are left out of both. Empty when the run has no open-ended answer."""
-    open_ended = [r for r in records if r.get("answer_type") == "open_ended"]
+    (and answers graded exactly, `grader: exact`) are left out of both. Empty when the run has no
+    open-ended answer."""
+    open_ended = [
+        r for r in records if r.get("answer_type") == "open_ended" and r.get("grader") != "exact"
+    ]
     judged = [r for r in open_ended if r["status"] == "answered" and r.get("correct") is not None]
     failed = sum(r["status"] == "judge_error" for r in open_ended)
     unanswered = sum(r["status"] == "unanswered" for r in open_ended)

@@ -176,6 +176,18 @@ def test_a_new_prompt_version_regrades(judge_server, tmp_path, monkeypatch) -> N
     assert {r["judge"]["prompt_version"] for r in records[:2]} == {"anqa-lmms-v1"}
 
 
+def test_exactly_graded_answers_are_not_judged(judge_server, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    records, items = _records()
+    records[0].update(grader="exact", correct=True)
+    judge_server.respond = lambda req, n: Reply("{'pred': 'no', 'score': 0}")
+    cfg = EvalConfig(judge=_judge_cfg(judge_server))
+    judge_open_ended(records, items, cfg, tmp_path, "activitynetqa")
+    assert records[0]["correct"] is True and records[0]["judge"] is None
+    assert len(judge_server.requests) == 2  # q2, q3 only
+    assert judge_metrics(records)["excluding_failures"]["n"] == 3  # q2, q3, q4 (unanswered)
+
+
 def test_metrics_empty_without_open_ended() -> None:
     assert judge_metrics([{"qid": "a", "answer_type": "multiple_choice", "status": "answered",
                            "correct": True}]) == {}
