@@ -22,6 +22,7 @@ from common.answers import (
     strip_markdown,
     strip_think,
 )
+from common.short_answers import exact_open, short_answer_matches
 from data_gen.schema import QARecord
 
 
@@ -43,5 +44,7 @@ def is_correct(record: QARecord, reply: str) -> bool:
     if record.answer_type == "numeric":
         got = parse_number(strip_markdown(ans))
         return got.ok and numbers_match(got.value, float(record.answer))  # type: ignore[arg-type]
+    if exact_open(record.source):  # a closed-vocabulary name: the reward's and eval's exact rule
+        return short_answer_matches(strip_markdown(ans), record.answer)
     ref, got_text = normalise(record.answer), normalise(ans)
     return bool(ref) and (got_text == ref or f" {ref} " in f" {got_text} ")

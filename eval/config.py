@@ -40,7 +40,7 @@ class EvalConfig:
     # questions per benchmark: N (whole 4-try groups, spread over every task of a macro
     # headline; see eval.task.limit_items), a fraction 0 < x < 1 of them, or 0: all
     limit: float = 0
-    prompt_style: str = "auto"  # benchmark | reasoning | auto (each task's native style)
+    prompt_style: str = "auto"  # benchmark | reasoning | lmms (lmms-eval's text) | auto (native)
     max_new_tokens: int = 0  # 0: the task's default (REASONING_MAX_NEW_TOKENS when reasoning)
     temperature: float = 0.0  # 0: greedy
     # numeric answers: |pred - gold| <= max(1e-6, numeric_rel_tol * |gold|); the default is the
@@ -79,10 +79,15 @@ class EvalConfig:
             raise ValueError("model, data and out are required")
         if self.frames <= 0 and self.fps <= 0:
             raise ValueError("give frames > 0 or fps > 0")
-        if self.prompt_style not in ("auto", "benchmark", "reasoning"):
-            raise ValueError(f"prompt_style {self.prompt_style!r} not in auto|benchmark|reasoning")
+        if self.prompt_style not in ("auto", "benchmark", "reasoning", "lmms"):
+            raise ValueError(
+                f"prompt_style {self.prompt_style!r} not in auto|benchmark|reasoning|lmms"
+            )
         if self.batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        from training.grpo.judge_prompts import get_prompt
+
+        get_prompt(self.judge.prompt)  # an unknown judge.prompt names the known ones, up front
         if self.vllm_tensor_parallel_size < 1:
             raise ValueError("vllm_tensor_parallel_size must be >= 1")
         if self.vllm_tensor_parallel_size > 1 and self.engine != "vllm":

@@ -14,7 +14,6 @@ prompt style, subtitles, decoding) in run_info.json; resuming with different set
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from common.answers import numbers_match
+from common.short_answers import exact_open, short_answer_matches
 from eval import report
 from eval.config import (  # noqa: F401 - EvalConfig and SettingsMismatch are part of this API
     PREDICTIONS,
@@ -35,16 +35,10 @@ from eval.config import (  # noqa: F401 - EvalConfig and SettingsMismatch are pa
 )
 from eval.engines import Engine, Generation, Prompt
 from eval.filters import FilterContext, apply_chain
+from eval.judge import NO_JUDGE, judge_metrics, judge_open_ended, judges_used  # noqa: F401
 from eval.metrics import compute_metrics
 from eval.store import PredictionStore
 from eval.task import EvalItem, TaskError, TaskSpec, get_task, limit_items, subtitle_text
-from training.grpo.judge import PROMPT_VERSION as JUDGE_PROMPT_VERSION
-from training.grpo.judge import JudgeItem, LLMJudge
-
-NO_JUDGE = (
-    "no LLM judge configured for open-ended answers: --set judge.base_url=http://HOST/v1 "
-    "--set judge.model=NAME (key from $OPENAI_API_KEY)"
-)
 
 
 def score(task: TaskSpec, item: EvalItem, gen: Generation, cfg: EvalConfig) -> dict[str, Any]:
@@ -65,6 +59,9 @@ def score(task: TaskSpec, item: EvalItem, gen: Generation, cfg: EvalConfig) -> d
             status="answered",
             correct=numbers_match(ext.answer, item.answer, rel_tol=cfg.numeric_rel_tol),
         )
+    elif exact_open(str(item.meta.get("source", ""))):  # a ground-truth name: graded exactly
+        rec.update(status="answered", correct=short_answer_matches(ext.answer, item.answer),
+                   grader="exact")
     else:  # open-ended: the judge decides after generation
         rec.update(status="answered", correct=None, judge=None)
     return rec
@@ -174,72 +171,20 @@ def _system_prompt(style: str) -> str | None:
     return SYSTEM_PROMPT
 
 
-def judges_used(records: list[dict[str, Any]]) -> dict[str, int]:
-    """{"model (prompt version)": open-ended verdicts it gave} - which judge graded this run."""
-    out: Counter[str] = Counter()
+def grade_exact_open(records: list[dict[str, Any]], items: dict[str, EvalItem]) -> int:
+    """Grade the open-ended answers of ground-truth records exactly (common.short_answers),
+    also in predictions resumed from before that rule; returns the records changed."""
+    changed = 0
     for r in records:
-        j = r.get("judge") or {}
-        if r["answer_type"] == "open_ended" and j.get("model") and j.get("verdict") is not None:
-            out[f"{j['model']} ({j.get('prompt_version', JUDGE_PROMPT_VERSION)})"] += 1
-    return dict(out)
-
-
-def judge_open_ended(
-    records: list[dict[str, Any]], items: dict[str, EvalItem], cfg: EvalConfig, bench_dir: Path
-) -> int:
-    """Ask the judge about every open-ended answer without a verdict (new, failed before, or
-    ungraded because no judge was configured then). With no judge configured they are
-    "ungraded" (or "judge_error" with `cfg.require_judge`). Returns the number of records
-    changed; records are updated in place."""
-    jcfg = dataclasses.replace(
-        cfg.judge, cache_path=cfg.judge.cache_path or str(bench_dir / "judge_cache.jsonl")
-    )
-    configured = bool(jcfg.base_url and jcfg.model)
-
-    def stale(r: dict[str, Any]) -> bool:  # graded by another judge (model or prompt) than now
-        j = r.get("judge") or {}
-        return (
-            configured
-            and r.get("correct") is not None
-            and (j.get("model"), j.get("prompt_version", JUDGE_PROMPT_VERSION))
-            != (jcfg.model, JUDGE_PROMPT_VERSION)
-        )
-
-    todo = [
-        r
-        for r in records
-        if r["answer_type"] == "open_ended"
-        and r["status"] in ("answered", "judge_error", "ungraded")
-        and (r.get("correct") is None or stale(r))
-    ]
-    if not todo:
-        return 0
-    if not configured:
-        changed = 0
-        for r in todo:
-            error = NO_JUDGE if cfg.require_judge else None
-            judge = {"model": None, "verdict": None, "error": error, "cached": False,
-                     "reply": None, "note": NO_JUDGE}  # fmt: skip
-            status = "judge_error" if error else "ungraded"
-            changed += (r["status"], r.get("judge")) != (status, judge)
-            r["judge"], r["status"], r["correct"] = judge, status, None
-        return changed  # unchanged records need no rewrite of predictions.jsonl
-    verdicts = LLMJudge(jcfg).judge(
-        [JudgeItem(items[r["qid"]].question, r["answer"], r["extracted"]) for r in todo]
-    )
-    for r, v in zip(todo, verdicts, strict=True):
-        r["judge"] = {
-            "model": jcfg.model,
-            "prompt_version": JUDGE_PROMPT_VERSION,
-            "verdict": v.correct,
-            "error": v.error,
-            "cached": v.cached,
-            "reply": v.reply,
-        }
-        r["status"], r["correct"] = (
-            ("answered", v.correct) if v.correct is not None else ("judge_error", None)
-        )
-    return len(todo)
+        item = items.get(r["qid"])
+        if (r["answer_type"] != "open_ended" or r.get("grader") == "exact" or item is None
+                or r["status"] not in ("answered", "ungraded", "judge_error")
+                or not exact_open(str(item.meta.get("source", "")))):
+            continue
+        r.update(status="answered", correct=short_answer_matches(r.get("extracted"), item.answer),
+                 grader="exact", judge=None)
+        changed += 1
+    return changed
 
 
 def evaluate_benchmark(
@@ -280,7 +225,8 @@ def evaluate_benchmark(
     gen_s = time.perf_counter() - t0
     by_qid = {it.qid: it for it in items}
     records = [r for q, r in store.load().items() if q in by_qid]
-    if judge_open_ended(records, by_qid, cfg, bench_dir):
+    regraded = grade_exact_open(records, by_qid)
+    if judge_open_ended(records, by_qid, cfg, bench_dir, task.name) or regraded:
         all_recs = store.load()
         all_recs.update({r["qid"]: r for r in records})
         store.rewrite(all_recs.values())
@@ -302,6 +248,7 @@ def evaluate_benchmark(
         generated=len(runnable),
         generation_seconds=round(gen_s, 3),
         judges=judges_used(records),
+        judge_protocol=judge_metrics(records),
         extraction_rules=dict(
             Counter(r.get("extraction_rule") for r in records if r.get("extraction_rule"))
         ),

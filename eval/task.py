@@ -156,6 +156,15 @@ class TaskSpec:
         `subtitles` (already selected lines) only when the run asks for them and the task has
         them."""
         with_subs = subtitles is not None and self.supports_subtitles
+        if style == "lmms":  # lmms-eval's exact text (eval/lmms_prompts.py), not stripped
+            from eval.lmms_prompts import lmms_prompt
+
+            # lmms-eval shows an empty block when a subtitled video has none at the frames
+            shown = ("" if subtitles == NO_SUBTITLES_AT_FRAMES else subtitles) if with_subs else None
+            text = lmms_prompt(self.name, item, shown)
+            if text is not None:
+                return text
+            style = "benchmark"  # lmms-eval has no such benchmark: its own prompt
         if style == "reasoning" or self.prompt_fn is not None:
             body = (self.prompt_fn or training_style_question)(item)
             if with_subs:
@@ -211,7 +220,7 @@ LETTER_PROMPT = (
 )
 NO_SUBTITLES = "No subtitles available"  # the video has none (lmms-eval's text for Video-MME)
 NO_SUBTITLES_AT_FRAMES = "No subtitles at the sampled frames"  # it has some, none on screen then
-PROMPT_STYLES = ("benchmark", "reasoning")
+PROMPT_STYLES = ("benchmark", "reasoning", "lmms")
 
 
 def training_style_question(item: EvalItem) -> str:

@@ -68,7 +68,7 @@ def run(
     prompt_style: str = typer.Option(
         None,
         "--prompt-style",
-        help="benchmark (official prompts), reasoning (think then answer, as trained) or auto (default: each benchmark's own).",
+        help="benchmark (official prompts), reasoning (think then answer, as trained), lmms (lmms-eval's exact prompt text) or auto (default: each benchmark's own).",
     ),
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Discard predictions already in --out instead of resuming."

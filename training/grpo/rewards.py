@@ -37,6 +37,7 @@ from common.answers import (
     read_choice,
     strip_markdown,
 )
+from common.short_answers import exact_open, name_tokens, short_answer_matches
 from data_gen.schema import QARecord
 from training.grpo.judge import JudgeConfig, JudgeItem, LLMJudge
 
@@ -188,6 +189,17 @@ def numeric_reward(completion: str, example: QARecord) -> RewardOutput:
     return grade_numeric(completion, example)
 
 
+@register_reward("short_answer")
+def short_answer_reward(completion: str, example: QARecord) -> RewardOutput:
+    """A closed-vocabulary name (colour, shape, region) compared exactly, no judge."""
+    text = answer_text(completion)
+    if text is None:
+        return RewardOutput(0.0, parts={"answer_parsed": 0.0}, info={"parse": "no answer"})
+    ok = short_answer_matches(text, example.answer)
+    return RewardOutput(float(ok), parts={"answer_parsed": float(bool(name_tokens(text)))},
+                        info={"parsed": normalize_space(text), "parse": "exact name"})
+
+
 @register_reward("judge")
 @batched_reward
 def judge_reward(completions: Sequence[str], examples: Sequence[QARecord],
@@ -222,7 +234,8 @@ def judge_reward(completions: Sequence[str], examples: Sequence[QARecord],
 def accuracy_reward(completions: Sequence[str], examples: Sequence[QARecord],
                     ctx: RewardContext) -> list[RewardOutput]:
     """By answer type: multiple choice -> option letter, numeric -> tolerant number match,
-    open-ended -> LLM judge (all open-ended items of the step in one batch)."""
+    open-ended -> LLM judge (all open-ended items of the step in one batch), except the names of
+    ground-truth records (common.short_answers), graded exactly as the evaluation does."""
     out: list[RewardOutput | None] = [None] * len(completions)
     open_idx = []
     for i, (c, ex) in enumerate(zip(completions, examples, strict=True)):
@@ -230,6 +243,8 @@ def accuracy_reward(completions: Sequence[str], examples: Sequence[QARecord],
             out[i] = multiple_choice_reward(c, ex)
         elif ex.answer_type == "numeric":
             out[i] = grade_numeric(c, ex, ctx.cfg.numeric_rel_tol, ctx.cfg.numeric_abs_tol)
+        elif ex.answer_type == "open_ended" and exact_open(ex.source):
+            out[i] = short_answer_reward(c, ex)
         elif ex.answer_type == "open_ended":
             open_idx.append(i)
         else:
