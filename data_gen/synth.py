@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +50,11 @@ class SynthConfig:
     max_objects: int = 4
     move_frac: float = 0.3  # share of each slot spent gliding between regions
     questions_per_video: int = 12
+    # The task ladder's rungs (docs/grpo.md "Learning"): generator tasks asked (empty: all of
+    # temporal_order, counting, spatial_when, cause, state_change) and the reasoning targets -
+    # "full" (the step-by-step account) or "brief" (the one decisive fact, for small models).
+    task_types: list[str] = field(default_factory=list)
+    reasoning: str = "full"
 
     def check(self) -> None:
         if self.videos < 1:
@@ -60,6 +65,11 @@ class SynthConfig:
             raise ValueError(f"size {self.width}x{self.height}: need even sides, at least 64x48")
         if self.codec not in synth_render.CODECS:
             raise ValueError(f"codec {self.codec!r} not in {synth_render.CODECS}")
+        unknown = sorted(set(self.task_types) - set(synth_questions.SUBCATEGORIES))
+        if unknown:
+            raise ValueError(f"task_types {unknown} unknown; known: {sorted(synth_questions.SUBCATEGORIES)}")
+        if self.reasoning not in synth_questions.REASONING_STYLES:
+            raise ValueError(f"reasoning {self.reasoning!r} not in {synth_questions.REASONING_STYLES}")
         if not 1 <= self.min_objects <= self.max_objects <= synth_world.MAX_OBJECTS:
             raise ValueError(f"need 1 <= min_objects <= max_objects <= {synth_world.MAX_OBJECTS}")
 
@@ -84,9 +94,13 @@ def synth_generator(log: dict) -> str:
 
 
 def questions_from_log(log: dict, count: int, seed: int) -> dict:
-    """The qa_reply for one video's log (deterministic in `seed`)."""
+    """The qa_reply for one video's log (deterministic in `seed`), asking the task types and
+    reasoning style the log's video was made with (`log["video"]["questions"]`; older logs: all
+    tasks, full reasoning) - so `longrl data build` re-asks a ladder rung's questions."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, 7919]))
-    return synth_questions.make_questions(log, rng, count)
+    qcfg = log.get("video", {}).get("questions") or {}
+    return synth_questions.make_questions(log, rng, count, tuple(qcfg.get("task_types") or ()),
+                                          qcfg.get("reasoning", "full"))
 
 
 def generate_video(cfg: SynthConfig, index: int, out_dir: Path) -> tuple[dict, list[QARecord]]:
@@ -103,7 +117,8 @@ def generate_video(cfg: SynthConfig, index: int, out_dir: Path) -> tuple[dict, l
     log["video"] = {"video_id": video_id, "path": path.name, "digest": digest, "fps": cfg.fps,
                     "width": cfg.width, "height": cfg.height, "frame_count": frames,
                     "codec": cfg.codec, "min_frames": synth_world.min_frames_to_see_all(log),
-                    "seed": cfg.seed, "index": index}
+                    "seed": cfg.seed, "index": index,
+                    "questions": {"task_types": list(cfg.task_types), "reasoning": cfg.reasoning}}
     events_path(path).write_text(json.dumps(log, indent=1))
     ref = VideoRef(video_id, path.name, digest, duration)
     seed = int(q_ss.generate_state(1)[0])

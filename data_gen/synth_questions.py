@@ -72,7 +72,7 @@ class _Builder:
         return self.log["states"][slot]["objects"]
 
     def mc(self, sub: str, question: str, correct: str, distractors: list[str], reasoning: str,
-           n_options: int = 4) -> dict | None:
+           n_options: int = 4, brief: str = "") -> dict | None:
         pool = [d for d in dict.fromkeys(distractors) if d.lower() != correct.lower()]
         if not pool:
             return None
@@ -82,13 +82,15 @@ class _Builder:
         letter = OPTION_LETTERS[options.index(correct)]
         return {"question": question, "category": SUBCATEGORIES[sub], "subcategory": sub,
                 "answer_type": "multiple_choice", "options": options, "answer": letter,
-                "reasoning": f"{reasoning} So the answer is {letter}: {correct}."}
+                "reasoning": f"{reasoning} So the answer is {letter}: {correct}.",
+                "brief": f"{brief} So the answer is {letter}." if brief else f"The answer is {letter}: {correct}."}
 
-    def open(self, sub: str, question: str, answer: str | int, reasoning: str) -> dict:
+    def open(self, sub: str, question: str, answer: str | int, reasoning: str, brief: str = "") -> dict:
         numeric = isinstance(answer, int)
         return {"question": question, "category": SUBCATEGORIES[sub], "subcategory": sub,
                 "answer_type": "numeric" if numeric else "open_ended", "options": [],
-                "answer": str(answer), "reasoning": f"{reasoning} So the answer is {answer}."}
+                "answer": str(answer), "reasoning": f"{reasoning} So the answer is {answer}.",
+                "brief": brief or f"The answer is {answer}."}
 
     # -- Temporal ---------------------------------------------------------------------------
     def temporal_order(self) -> list[dict]:
@@ -164,10 +166,13 @@ class _Builder:
                 why = (f"{_cap(past(ev))} {_at(ev)}. At that moment the {x} is in the "
                        f"{st['region']} region.")
                 q = f"Where was the {x} when {past(ev)}?"
-                mc = self.mc("spatial_when", q, st["region"], [r for r in regions if r != st["region"]], why)
+                brief = f"Then the {x} is in the {st['region']} region."
+                mc = self.mc("spatial_when", q, st["region"], [r for r in regions if r != st["region"]], why,
+                             brief=brief)
                 if mc:
                     out.append(mc)
-                out.append(self.open("spatial_when", q + " Answer with the region name.", st["region"], why))
+                out.append(self.open("spatial_when", q + " Answer with the region name.", st["region"], why,
+                                     brief))
         return out
 
     # -- Goal & Purpose ---------------------------------------------------------------------
@@ -215,11 +220,21 @@ class _Builder:
             hist = [app["colour"]] + [e["to_colour"] for e in rec]
             story = f"The {o} appears {_at(app)} coloured {app['colour']}" + "".join(
                 f", turns {e['to_colour']} {_at(e)}" for e in rec) + "."
-            out.append(self.open("state_change", f"What colour was the {o} when it first appeared?",
-                                 app["colour"], story))
+            first_q = f"What colour was the {o} when it first appeared?"
+            first_b = f"The {o} appears coloured {app['colour']}."
+            out.append(self.open("state_change", first_q, app["colour"], story, first_b))
+            others = [c for c in colours if c != app["colour"]]
+            if mc := self.mc("state_change", first_q, app["colour"], others, story, brief=first_b):
+                out.append(mc)
             if final[o]["visible"]:
-                out.append(self.open("state_change", f"What colour was the {o} at the end of the video?",
-                                     final[o]["colour"], story + f" It is still {hist[-1]} at the end."))
+                end_q = f"What colour was the {o} at the end of the video?"
+                end_b = f"At the end the {o} is {final[o]['colour']}."
+                out.append(self.open("state_change", end_q, final[o]["colour"],
+                                     story + f" It is still {hist[-1]} at the end.", end_b))
+                others = [c for c in colours if c != final[o]["colour"]]
+                if mc := self.mc("state_change", end_q, final[o]["colour"], others,
+                                 story + f" It is still {hist[-1]} at the end.", brief=end_b):
+                    out.append(mc)
             else:
                 lv = next(e for e in self.log["events"] if e["type"] == "leave" and e["object"] == o)
                 q = f"What colour was the {o} just before it left the scene?"
@@ -249,14 +264,30 @@ class _Builder:
         return out
 
 
-def make_questions(log: dict, rng: np.random.Generator, count: int) -> dict:
+REASONING_STYLES = ("full", "brief")
+
+
+def make_questions(log: dict, rng: np.random.Generator, count: int,
+                   task_types: tuple[str, ...] | list[str] = (), reasoning: str = "full") -> dict:
     """Up to `count` questions in the qa_reply schema, spread over the task types and answer
-    types in turn (round robin), each question text at most once."""
+    types in turn (round robin), each question text at most once (a text asked in both answer
+    forms counts once per form).
+
+    `task_types` keeps only those generator tasks (empty: all; the rungs of a task ladder);
+    `reasoning` "full" is the step-by-step account from the log, "brief" the one decisive fact
+    (short targets a small model can learn from few examples)."""
+    if reasoning not in REASONING_STYLES:
+        raise ValueError(f"reasoning {reasoning!r} not in {REASONING_STYLES}")
+    unknown = sorted(set(task_types) - set(SUBCATEGORIES))
+    if unknown:
+        raise ValueError(f"unknown task types {unknown}; known: {sorted(SUBCATEGORIES)}")
     b = _Builder(log, rng)
     makers: dict[str, Callable[[], list[dict]]] = {
         "temporal_order": b.temporal_order, "counting": b.counting,
         "spatial_when": b.spatial_when, "cause": b.cause, "state_change": b.state_change,
     }
+    if task_types:
+        makers = {k: v for k, v in makers.items() if k in task_types}
     pools: dict[str, dict[bool, list[dict]]] = {}
     for sub, make in makers.items():
         items = make()
@@ -264,7 +295,7 @@ def make_questions(log: dict, rng: np.random.Generator, count: int) -> dict:
         pools[sub] = {True: [q for q in items if q["answer_type"] == "multiple_choice"],
                       False: [q for q in items if q["answer_type"] != "multiple_choice"]}
     chosen: list[dict] = []
-    seen: set[str] = set()
+    seen: set[tuple[str, str]] = set()
     want_mc = True
     while len(chosen) < count and any(p[True] or p[False] for p in pools.values()):
         for sub in makers:
@@ -273,8 +304,12 @@ def make_questions(log: dict, rng: np.random.Generator, count: int) -> dict:
             pool = pools[sub][want_mc] or pools[sub][not want_mc]
             while pool:
                 q = pool.pop()
-                if q["question"] not in seen:
-                    seen.add(q["question"])
+                key = (q["question"], q["answer_type"])
+                if key not in seen:
+                    seen.add(key)
+                    brief = q.pop("brief")
+                    if reasoning == "brief":
+                        q["reasoning"] = brief
                     chosen.append(q)
                     break
             want_mc = not want_mc

@@ -1,0 +1,57 @@
+"""The synthetic task ladder's knobs: task types and reasoning style, kept through data build."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from data_gen.synth import SynthConfig, events_path, generate, questions_from_log
+
+
+def _qs(path):
+    return [json.loads(line) for line in (path / "questions.jsonl").read_text().splitlines()]
+
+
+def test_task_types_and_brief_reasoning(tmp_path):
+    cfg = SynthConfig(videos=3, minutes=0.3, fps=4.0, width=96, height=64, num_slots=8, min_objects=1,
+                      max_objects=1, questions_per_video=6, task_types=["state_change"], reasoning="brief")
+    generate(cfg, tmp_path / "s", progress=False)
+    qs = _qs(tmp_path / "s")
+    assert qs and {q["subcategory"] for q in qs} == {"state_change"}
+    # both answer forms of the perception questions, each with a one-fact reasoning target
+    assert {q["answer_type"] for q in qs} == {"multiple_choice", "open_ended"}
+    for q in qs:
+        # one sentence of fact (+ the answer line), never the whole timed account
+        assert " s," not in q["reasoning"] and q["reasoning"].count(".") <= 2, q["reasoning"]
+        if q["question"].endswith("at the end of the video?") and q["answer_type"] == "open_ended":
+            assert q["reasoning"] == f"At the end the {q['question'].split()[4]} is {q['answer']}."
+    # the full style keeps the step-by-step account (with times) for the same videos
+    generate(SynthConfig(**{**cfg.__dict__, "reasoning": "full"}), tmp_path / "f", progress=False)
+    full = _qs(tmp_path / "f")
+    assert [q["question"] for q in full] == [q["question"] for q in qs]
+    assert all(" s" in q["reasoning"] and len(q["reasoning"]) > len(b["reasoning"])
+               for q, b in zip(full, qs, strict=True))
+
+
+def test_data_build_reasks_the_same_rung(tmp_path):
+    """`longrl data build` regenerates questions from the event log: it must ask the rung's
+    task types and style, which the log records."""
+    cfg = SynthConfig(videos=1, minutes=0.3, fps=4.0, width=96, height=64, num_slots=8,
+                      questions_per_video=5, task_types=["spatial_when", "counting"], reasoning="brief")
+    m = generate(cfg, tmp_path, progress=False)
+    log = json.loads(events_path(tmp_path / m["videos"][0]["path"]).read_text())
+    assert log["video"]["questions"] == {"task_types": ["spatial_when", "counting"], "reasoning": "brief"}
+    reply = questions_from_log(log, 20, seed=3)["questions"]
+    assert reply and {q["subcategory"] for q in reply} <= {"spatial_when", "counting"}
+    assert all(q["reasoning"].startswith(("Then the", "The answer is")) for q in reply)
+    del log["video"]["questions"]  # a log from before the knobs: every task, full reasoning
+    old = questions_from_log(log, 40, seed=3)["questions"]
+    assert len({q["subcategory"] for q in old}) >= 3
+
+
+@pytest.mark.parametrize(("over", "msg"), [({"task_types": ["colour"]}, "task_types"),
+                                           ({"reasoning": "short"}, "reasoning")])
+def test_bad_knobs_are_named(over, msg):
+    with pytest.raises(ValueError, match=msg):
+        SynthConfig(**over).check()
