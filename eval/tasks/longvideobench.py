@@ -11,10 +11,13 @@ Released files (huggingface.co/datasets/longvideobench/LongVideoBench), read as 
     subtitles/<subtitle_path>  JSON list of {"start": "hh:mm:ss.ms", "end": ..., "line": ...} or
                             {"timestamp": [start_s, end_s], "text": ...}
 Subtitle times are shifted by starting_timestamp_for_subtitles, as the official loader does.
+Subtitle files are read only when a run shows subtitles (--subtitles): a malformed one fails its
+video's questions, named with the reason, never the loading of the benchmark.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,7 @@ from eval.task import (
     LETTER_PROMPT,
     SUBTITLE_HEADER,
     EvalItem,
+    SubtitleFile,
     SubtitleLine,
     TaskError,
     TaskSpec,
@@ -49,11 +53,19 @@ FIELDS = (
 LAYOUT = __doc__.split("read as they are:\n")[1].split("Subtitle times")[0]
 
 
-def _subtitles(path: Path, offset: float, duration: float) -> list[SubtitleLine]:
-    if not path.is_file():
-        return []
+def parse_lvb_subtitles(
+    path: Path, offset: float = 0.0, duration: float = 0.0
+) -> list[SubtitleLine]:
+    """A LongVideoBench subtitle JSON, times shifted by `offset`. Anything unreadable is a
+    TaskError naming the file (and the entry): the runner records it against this video only."""
+    try:
+        data = read_json(path)
+    except (OSError, UnicodeDecodeError) as exc:  # read_json only turns bad JSON into TaskError
+        raise TaskError(f"{path}: cannot read subtitles ({exc})") from exc
+    if not isinstance(data, list):
+        raise TaskError(f"{path}: not a LongVideoBench subtitle file (a JSON list of lines)")
     lines = []
-    for n, entry in enumerate(read_json(path)):
+    for n, entry in enumerate(data):
         try:
             if "timestamp" in entry:
                 start, end = entry["timestamp"]
@@ -65,9 +77,11 @@ def _subtitles(path: Path, offset: float, duration: float) -> list[SubtitleLine]
                     hms_seconds(entry["end"]),
                     entry["line"],
                 )
+            # converted inside the try: a non-numeric time is this file's error, not a crash
+            start_s, end_s = float(start) - offset, float(end) - offset
         except (KeyError, TypeError, ValueError) as exc:
             raise TaskError(f"{path} entry {n}: not a LongVideoBench subtitle ({exc!r})") from exc
-        lines.append(SubtitleLine(float(start) - offset, float(end) - offset, str(text).strip()))
+        lines.append(SubtitleLine(start_s, end_s, str(text).strip()))
     return lines
 
 
@@ -82,6 +96,9 @@ def load_longvideobench(root: Path) -> list[EvalItem]:
     if not path.is_file():
         path = root / "validation-00000-of-00001.parquet"
     items = []
+    # one SubtitleFile per (file, shift), shared by that video's questions: parsed once, and
+    # only if a run shows subtitles
+    subtitle_files: dict[tuple[Path, float, float], SubtitleFile] = {}
     for n, row in enumerate(read_rows(path)):
         where = f"{path} record {n}"
         require(row, FIELDS, where)
@@ -89,6 +106,13 @@ def load_longvideobench(root: Path) -> list[EvalItem]:
         video_path, error = find_video(root / "videos", row["video_path"])
         offset = float(row.get("starting_timestamp_for_subtitles") or 0.0)
         subs = row.get("subtitle_path")
+        sub_file = None
+        if subs and (root / "subtitles" / subs).is_file():  # none: the video has no subtitles
+            key = (root / "subtitles" / subs, offset, float(row.get("duration") or 0))
+            if key not in subtitle_files:
+                parser = partial(parse_lvb_subtitles, offset=key[1], duration=key[2])
+                subtitle_files[key] = SubtitleFile(key[0], parser)
+            sub_file = subtitle_files[key]
         item = EvalItem(
             qid=str(row["id"]),
             video_path=video_path,
@@ -96,9 +120,7 @@ def load_longvideobench(root: Path) -> list[EvalItem]:
             answer=letter_of(row["correct_choice"], len(options), where),
             options=options,
             cluster=str(row["video_id"]),
-            subtitles=_subtitles(root / "subtitles" / subs, offset, float(row.get("duration") or 0))
-            if subs
-            else [],
+            subtitle_file=sub_file,
             meta={"level": row.get("level"), "position": row.get("position")},
             error=error,
         )
