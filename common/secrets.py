@@ -36,7 +36,9 @@ def register_secret(value: str) -> None:
 
 def redact(text: str) -> str:
     """Replace every registered secret and anything that looks like a bearer key with ***."""
-    for secret in _REGISTERED:
+    # Longest first: a registered secret that is a prefix of another (a key "sk-test" and a
+    # key "sk-test-abc...") must not leave the longer one's tail in the text.
+    for secret in sorted(_REGISTERED, key=len, reverse=True):
         text = text.replace(secret, "***")
     text = re.sub(r"(?i)(bearer\s+)[A-Za-z0-9._\-]{8,}", r"\1***", text)
     text = re.sub(r"\bsk-[A-Za-z0-9_\-]{8,}", "sk-***", text)

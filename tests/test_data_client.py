@@ -81,3 +81,15 @@ def test_api_key_from_env_only_and_redacted(openai_server, monkeypatch):
     message = _run(go())
     assert openai_server.log[0]["key_ok"] and "401" in message and key not in message
     assert key not in repr(openai_server.log)
+
+
+def test_redaction_covers_a_secret_that_extends_another():
+    # Two registered keys, one a prefix of the other: no tail of the longer may survive,
+    # whatever order the registry holds them in.
+    from common.secrets import redact, register_secret
+
+    short, long_ = "pfx-key-0042", "pfx-key-0042-tail9876543"
+    register_secret(short)
+    register_secret(long_)
+    text = redact(f"boom with {long_} and {short}")
+    assert text == "boom with *** and ***"

@@ -86,12 +86,13 @@ def test_longvideobench(make_benchmark) -> None:
     assert a.answer == "B" and b.answer == "E" and len(b.options) == 5
     assert a.breakdown["duration_group"] == "15" and a.breakdown["question_category"] == "TOS"
     # "start"/"end"/"line" style, shifted by starting_timestamp_for_subtitles
-    assert [(s.start_s, s.text) for s in a.subtitles] == [
+    assert [(s.start_s, s.text) for s in a.subtitle_lines()] == [
         (0.0, "good morning"),
         (1.0, "goodbye now"),
     ]
     # "timestamp"/"text" style with an open end
-    assert b.subtitles[1].text == "she waves" and b.subtitles[1].end_s == pytest.approx(2.0)
+    b_lines = b.subtitle_lines()
+    assert b_lines[1].text == "she waves" and b_lines[1].end_s == pytest.approx(2.0)
     prompt = task.render_prompt(b)
     assert prompt.endswith(
         "E. nothing\nAnswer with the option's letter from the given choices directly."
