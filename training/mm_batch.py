@@ -133,6 +133,22 @@ def row_video_grids(batch: Batch) -> tuple[list[list[tuple[int, int, int]]], lis
     return out_g, out_s
 
 
+def right_align(attention_mask: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Gather indices that rotate each left-padded row so its padding trails, and their inverse;
+    (None, None) when no row is padded. Causal attention over right-aligned rows needs no
+    padding mask: real tokens never see trailing pads. A mask that is not left padding is an
+    error: rotating it would put pads between real tokens."""
+    pad = (attention_mask == 0).sum(dim=1)
+    if not bool(pad.any()):
+        return None, None
+    L = attention_mask.shape[1]
+    ar = torch.arange(L, device=attention_mask.device)[None]
+    idx = (ar + pad[:, None]) % L
+    if bool((attention_mask.gather(1, idx) != (ar < (L - pad)[:, None]).to(attention_mask.dtype)).any()):
+        raise ValueError("attention mask is not left padding; cannot right-align the rows")
+    return idx, (ar - pad[:, None]) % L
+
+
 def base_model(model):
     """The Qwen2_5_VLModel inside a *ForConditionalGeneration (or the model itself)."""
     return getattr(model, "model", model)

@@ -45,6 +45,7 @@ class RolloutConfig:
     temperature: float = 1.0  # sampling temperature of the rollouts (also applied to the scored log-probs)
     top_p: float = 1.0  # nucleus sampling (1: off)
     generate_rows: int = 64  # rows per hf generate call (bounds rollout memory)
+    share_prefix: bool = True  # hf: prefill each prompt once, decode its G samples from one KV cache
     vllm_gpu_memory_utilization: float = 0.5  # vllm: share of GPU memory for weights + KV cache
     vllm_dtype: str = "bfloat16"  # vllm: weights dtype of the rollout engine
 
@@ -121,7 +122,7 @@ class GRPOConfig:
     RESUMABLE: ClassVar[tuple[str, ...]] = (
         "max_steps", "save_every", "keep_checkpoints", "resume", "plots", "progress", "num_workers",
         "launcher", "cpus_per_worker", "device", "attn_implementation", "ref_offload",
-        "rollout.engine", "rollout.generate_rows", "rollout.vllm_gpu_memory_utilization",
+        "rollout.engine", "rollout.generate_rows", "rollout.share_prefix", "rollout.vllm_gpu_memory_utilization",
         "algorithm.logprob_rows", "algorithm.logprob_chunk", "algorithm.micro_batch_rows",
         "video.decoded_cache_mb", "video.embeddings", "video.embed_cache", "parallel", "reward.judge")
 

@@ -30,6 +30,7 @@ from training.mm_batch import (
     base_model,
     collate,
     embed_with_video,
+    right_align,
     rope_positions,
     token_logprobs,
     video_positions,
@@ -85,21 +86,6 @@ def sequence_logprobs(model, batch: Batch, video_embeds: Sequence[torch.Tensor],
         lp = lp.gather(1, inv)
         ent = ent.gather(1, inv) if ent is not None else None
     return lp, ent
-
-
-def right_align(attention_mask: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Gather indices that rotate each left-padded row so its padding trails, and their inverse;
-    (None, None) when no row is padded. A mask that is not left padding is an error: rotating
-    it would put pads between real tokens."""
-    pad = (attention_mask == 0).sum(dim=1)
-    if not bool(pad.any()):
-        return None, None
-    L = attention_mask.shape[1]
-    ar = torch.arange(L, device=attention_mask.device)[None]
-    idx = (ar + pad[:, None]) % L
-    if bool((attention_mask.gather(1, idx) != (ar < (L - pad)[:, None]).to(attention_mask.dtype)).any()):
-        raise ValueError("attention mask is not left padding; cannot right-align the rows")
-    return idx, (ar - pad[:, None]) % L
 
 
 def batch_positions(model, rows: Sequence[Rollout], batch: Batch) -> torch.Tensor:

@@ -5,8 +5,9 @@ embeddings) into G sampled responses each, with the log-prob of every sampled to
 temperature-scaled policy, and takes new weights after each update.
 
 - `hf`: transformers, everywhere (the CPU default). Prefills from `inputs_embeds` built by the
-  same functions as training (training.generation): same token order, same 3-D positions, left
-  padding - so its log-probs match the trainer's (tested to 1e-5 in fp32).
+  same functions as training (training.generation): same token order, same 3-D positions - so
+  its log-probs match the trainer's (tested to 1e-5 in fp32). Each prompt is prefilled once
+  and its G samples decode from the shared KV cache.
 - `vllm`: GPU only, imported lazily. Prompts go in with one `<|video_pad|>` and the cached
   embeddings as multi-modal embedding input (vLLM expands them with the same grid), sampled
   with `n=G`; weights are loaded into the engine after every update.
@@ -58,38 +59,54 @@ class RolloutEngine(Protocol):
 
 
 class HFRolloutEngine:
-    """Sampling with the trainer's own module (weights are shared, so sync is free)."""
+    """Sampling with the trainer's own module (weights are shared, so sync is free).
+
+    `share_prefix` (default): each prompt is prefilled once and its G samples decode from the
+    KV cache expanded G-fold (training.generation), calls of `rows_per_call // G` prompts. Off:
+    the plain path, every one of the G rows of a prompt prefilled on its own (kept for the
+    equivalence tests and the bench). With `rows_per_call` a multiple of G both paths cut the
+    rows into the same calls, so a seed draws the same samples on either."""
 
     name = "hf"
 
-    def __init__(self, model, tokenizer, stop_ids: Sequence[int], rows_per_call: int = 64) -> None:
+    def __init__(self, model, tokenizer, stop_ids: Sequence[int], rows_per_call: int = 64,
+                 share_prefix: bool = True, sync_every: int = 16) -> None:
         self.model, self.tokenizer = model, tokenizer
         self.stop_ids = list(stop_ids)
         self.rows_per_call = max(1, rows_per_call)
+        self.share_prefix = share_prefix
+        self.sync_every = sync_every
 
     @torch.no_grad()
     def generate(self, prompts: Sequence[RolloutPrompt], sampling: SamplingSettings
                  ) -> list[list[Response]]:
-        rows = [p for p in prompts for _ in range(sampling.n)]
-        gen = torch.Generator().manual_seed(sampling.seed)
+        n = sampling.n
+        if self.share_prefix:  # one batch row per prompt, n samples from its one prefill
+            rows, per_row = list(prompts), n
+            step = max(1, self.rows_per_call // n)
+        else:
+            rows, per_row = [p for p in prompts for _ in range(n)], 1
+            step = self.rows_per_call
         device = next(self.model.parameters()).device
+        gen = torch.Generator(device=device).manual_seed(sampling.seed)  # CUDA sampling needs a CUDA generator
         was_training = self.model.training
         self.model.eval()
         flat: list[Response] = []
         try:
-            for s in range(0, len(rows), self.rows_per_call):
-                chunk = rows[s:s + self.rows_per_call]
+            for s in range(0, len(rows), step):
+                chunk = rows[s:s + step]
                 batch = collate([r.prompt for r in chunk], [r.video for r in chunk],
                                 self.tokenizer.pad_token_id, with_pixels=False).to(device)
                 out = generate(self.model, batch, self.stop_ids, self.tokenizer.pad_token_id,
                                max_new_tokens=sampling.max_new_tokens,
                                temperature=sampling.temperature, top_p=sampling.top_p,
-                               video_embeds=[r.video_embeds for r in chunk], generator=gen)
+                               video_embeds=[r.video_embeds for r in chunk], generator=gen,
+                               num_samples=per_row, sync_every=self.sync_every)
                 flat += [Response(t, lp, f) for t, lp, f in
                          zip(out.token_ids, out.logprobs, out.finished, strict=True)]
         finally:
             self.model.train(was_training)
-        return [flat[i * sampling.n:(i + 1) * sampling.n] for i in range(len(prompts))]
+        return [flat[i * n:(i + 1) * n] for i in range(len(prompts))]
 
     def sync_weights(self, model) -> None:
         if model is not self.model:
@@ -169,7 +186,8 @@ class VLLMRolloutEngine:
 def make_engine(name: str, model, tokenizer, model_dir: str, stop_ids: Sequence[int], rollout_cfg,
                 seed: int) -> RolloutEngine:
     if name == "hf":
-        return HFRolloutEngine(model, tokenizer, stop_ids, rollout_cfg.generate_rows)
+        return HFRolloutEngine(model, tokenizer, stop_ids, rollout_cfg.generate_rows,
+                               share_prefix=rollout_cfg.share_prefix)
     if name == "vllm":
         return VLLMRolloutEngine(model_dir, tokenizer, stop_ids, model.config.video_token_id,
                                  rollout_cfg.vllm_gpu_memory_utilization, rollout_cfg.vllm_dtype, seed)
