@@ -3,7 +3,6 @@ refusing to mix predictions made with different ones into one run folder."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 
 from common.answers import NUMERIC_REL_TOL
 from eval import report
+from eval.engines.openai_engine import EndpointConfig
 from eval.task import TaskSpec, check_limit, get_task
 from training.grpo.judge import JudgeConfig
 
@@ -24,11 +24,13 @@ NOT_COMPARED = ("model",)  # a moved folder is the same model: its fingerprint i
 class EvalConfig:
     """Settings of `longrl eval` (YAML + key=value overrides; CLI options set the common ones)."""
 
-    model: str = ""  # Hugging Face model folder (tiny test model or Qwen2.5-VL-*)
+    # Hugging Face model folder (tiny test model or Qwen2.5-VL-*); with engine openai, the name
+    # the endpoint serves the model under
+    model: str = ""
     benchmarks: list[str] = field(default_factory=lambda: ["synth"])  # registered task names
     data: str = ""  # folder with the benchmark's released files (or one sub-folder per benchmark)
     out: str = ""  # output folder: one sub-folder per benchmark + summary
-    engine: str = "hf"  # hf (transformers) | vllm (GPU)
+    engine: str = "hf"  # hf (transformers) | vllm (GPU) | openai (an OpenAI-compatible endpoint)
     frames: int = 16  # frames per video, uniformly spaced (used when fps == 0)
     fps: float = 0.0  # frames per second instead of a fixed count (bounded by min/max_frames)
     min_frames: int = 4
@@ -43,6 +45,8 @@ class EvalConfig:
     prompt_style: str = "auto"  # benchmark | reasoning | lmms (lmms-eval's text) | auto (native)
     max_new_tokens: int = 0  # 0: the task's default (REASONING_MAX_NEW_TOKENS when reasoning)
     temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0  # nucleus sampling (with temperature > 0); 1: off
+    num_beams: int = 1  # beam search width (greedy beams, temperature 0); 1: off
     # numeric answers: |pred - gold| <= max(1e-6, numeric_rel_tol * |gold|); the default is the
     # GRPO reward's (common.answers.NUMERIC_REL_TOL), so training and evaluation agree
     numeric_rel_tol: float = NUMERIC_REL_TOL
@@ -55,6 +59,8 @@ class EvalConfig:
     vllm_max_model_len: int = 32768
     vllm_gpu_memory_utilization: float = 0.85
     vllm_tensor_parallel_size: int = 1  # GPUs one vLLM engine shards the model over
+    # engine openai: the endpoint (base_url, concurrency, retries, frame encoding)
+    endpoint: EndpointConfig = field(default_factory=EndpointConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)  # LLM judge for open-ended answers
     # open-ended answers when no judge is configured: False -> "ungraded" (left out of accuracy
     # and counted apart - by design, not a failure); True -> "judge_error" (a failure, which the
@@ -85,6 +91,18 @@ class EvalConfig:
             )
         if self.batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        from eval.engines import ENGINES
+
+        if self.engine not in ENGINES:
+            raise ValueError(f"unknown engine {self.engine!r}; known: {', '.join(ENGINES)}")
+        if self.engine == "openai":
+            self.endpoint.check()
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p {self.top_p:g} must be in (0, 1]")
+        if self.num_beams < 1:
+            raise ValueError("num_beams must be >= 1")
+        if self.num_beams > 1 and self.temperature > 0:
+            raise ValueError("num_beams > 1 is beam search (deterministic): use temperature 0")
         from training.grpo.judge_prompts import get_prompt
 
         get_prompt(self.judge.prompt)  # an unknown judge.prompt names the known ones, up front
@@ -113,22 +131,46 @@ class SettingsMismatch(ValueError):
     pass
 
 
+_SERVED: dict[tuple[str, str], dict[str, Any]] = {}
+
+
+def served_entry(cfg: EvalConfig) -> dict[str, Any]:
+    """The endpoint's /models entry for cfg.model (asked once per endpoint and model)."""
+    from eval.engines.openai_engine import served_model
+
+    key = (cfg.endpoint.base_url, cfg.model)
+    if key not in _SERVED:
+        _SERVED[key] = served_model(cfg.endpoint, cfg.model)
+    return _SERVED[key]
+
+
+def model_identity(cfg: EvalConfig) -> tuple[str, str]:
+    """(model, fingerprint) as run_info.json keeps them: a folder's resolved path and
+    `model_fingerprint`, or a served model's name and its /models entry's fingerprint."""
+    if cfg.engine == "openai":
+        from eval.engines.openai_engine import endpoint_fingerprint
+
+        return cfg.model, endpoint_fingerprint(served_entry(cfg))
+    return str(Path(cfg.model).resolve()), model_fingerprint(cfg.model)
+
+
 def model_fingerprint(model_dir: str | Path) -> str:
-    """Identity of a model folder: its config and the names/sizes of its weight files."""
-    d = Path(model_dir)
-    h = hashlib.sha256((d / "config.json").read_bytes())
-    for w in sorted(d.glob("*.safetensors")) + sorted(d.glob("*.bin")):
-        h.update(f"{w.name}:{w.stat().st_size}".encode())
-    return h.hexdigest()[:16]
+    """Identity of a model folder's content: weights, config, tokenizer, chat template
+    (training.model_folder.folder_fingerprint; names and sizes alone let another model with the
+    same shapes resume into this one's predictions)."""
+    from training.model_folder import check_model_dir, folder_fingerprint
+
+    return folder_fingerprint(check_model_dir(model_dir))
 
 
 def run_settings(
     cfg: EvalConfig, task: TaskSpec, style: str, max_new_tokens: int
 ) -> dict[str, Any]:
-    return {
+    model, fingerprint = model_identity(cfg)
+    settings = {
         "benchmark": task.name,
-        "model": str(Path(cfg.model).resolve()),
-        "model_fingerprint": model_fingerprint(cfg.model),
+        "model": model,
+        "model_fingerprint": fingerprint,
         "engine": cfg.engine,
         "frames": cfg.frames if cfg.fps <= 0 else 0,
         "fps": cfg.fps,
@@ -145,12 +187,20 @@ def run_settings(
         "dtype": resolved_dtype(cfg),  # "auto" would let a CPU fp32 and a GPU bf16 run mix
         "numeric_rel_tol": cfg.numeric_rel_tol,
     }
+    # only when set: folders written before these options existed resume unchanged
+    if cfg.top_p != 1.0:
+        settings["top_p"] = cfg.top_p
+    if cfg.num_beams != 1:
+        settings["num_beams"] = cfg.num_beams
+    return settings
 
 
 def resolved_dtype(cfg: EvalConfig) -> str:
     """The dtype the engine will run in: `auto` is bf16 on a GPU (always for vLLM), fp32 on CPU."""
     from eval.engines import resolve_device, resolve_dtype
 
+    if cfg.engine == "openai":
+        return "served"  # the server's own choice; the fingerprint names the served model
     if cfg.engine == "vllm":
         return resolve_dtype(cfg.dtype, "cuda")
     return resolve_dtype(cfg.dtype, resolve_device(cfg.device))

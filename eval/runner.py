@@ -32,8 +32,10 @@ from eval.config import (  # noqa: F401 - EvalConfig and SettingsMismatch are pa
     check_resume,
     resolved_dtype,
     run_settings,
+    served_entry,
 )
 from eval.engines import Engine, Generation, Prompt
+from eval.engines.openai_engine import EndpointUnavailable
 from eval.filters import FilterContext, apply_chain
 from eval.judge import NO_JUDGE, judge_metrics, judge_open_ended, judges_used  # noqa: F401
 from eval.metrics import compute_metrics
@@ -135,7 +137,10 @@ def answer_batch(
                 [prompts[i] for i in idx],
                 max_new_tokens,
                 cfg.temperature,
+                **generation_options(cfg),
             )
+        except EndpointUnavailable:
+            raise  # the server is down: stop, keep what is written, resume later
         except Exception as exc:  # noqa: BLE001 - recorded per question below, never swallowed silently
             if len(idx) > 1:
                 groups = [[i] for i in idx] + groups
@@ -146,6 +151,11 @@ def answer_batch(
         share = (time.perf_counter() - t0) / len(idx)
         for i, gen in zip(idx, gens, strict=True):
             p = prepared[i]
+            if gen.error:  # this question's request failed for good (openai engine)
+                rec = error_record(task, p.item, f"generation: {gen.error}")
+                records.append({**rec, "prompt": prompts[i].user, **(
+                    {"retry": True} if gen.retryable else {})})
+                continue
             records.append(
                 {
                     **base_record(task, p.item),
@@ -161,6 +171,26 @@ def answer_batch(
                 }
             )
     return records
+
+
+def generation_options(cfg: EvalConfig) -> dict[str, Any]:
+    """Decoding options beyond temperature, passed only when set (engines default to off)."""
+    opts: dict[str, Any] = {}
+    if cfg.top_p != 1.0:
+        opts["top_p"] = cfg.top_p
+    if cfg.num_beams != 1:
+        opts["num_beams"] = cfg.num_beams
+    return opts
+
+
+def drop_retryable(store: PredictionStore) -> int:
+    """Remove the error records of requests that failed transiently (`retry`), so this run
+    asks those questions again; returns how many were removed."""
+    recs = store.load()
+    keep = [r for r in recs.values() if not (r.get("status") == "error" and r.get("retry"))]
+    if len(keep) < len(recs):
+        store.rewrite(keep)
+    return len(recs) - len(keep)
 
 
 def _system_prompt(style: str) -> str | None:
@@ -205,6 +235,7 @@ def evaluate_benchmark(
     settings = run_settings(cfg, task, style, max_new)
     check_resume(bench_dir, settings, cfg.overwrite)
     store = PredictionStore(bench_dir / PREDICTIONS)
+    retried = drop_retryable(store)
     done = store.load()
     todo = [it for it in items if it.qid not in done]
     resumed = len(items) - len(todo)
@@ -246,6 +277,7 @@ def evaluate_benchmark(
         notes=report.evaluation_notes(evaluated, coverage),
         resumed=resumed,
         generated=len(runnable),
+        retried=retried,
         generation_seconds=round(gen_s, 3),
         judges=judges_used(records),
         judge_protocol=judge_metrics(records),
@@ -265,6 +297,8 @@ def evaluate_benchmark(
 def engine_options(cfg: EvalConfig) -> dict[str, Any]:
     """make_engine's keyword options from the config (dtype resolved, as run_info.json has it)."""
     opts: dict[str, Any] = {"dtype": resolved_dtype(cfg)}
+    if cfg.engine == "openai":
+        return {"endpoint": cfg.endpoint, "served": served_entry(cfg)}
     if cfg.engine == "vllm":
         opts.update(
             max_model_len=cfg.vllm_max_model_len,

@@ -60,7 +60,16 @@ def run(
         help="vLLM engine: GPUs to shard the model over (default 1; vllm_tensor_parallel_size).",
     ),
     engine: str = typer.Option(
-        None, "--engine", help="hf (transformers, CPU/GPU) or vllm (GPU) (default hf)."
+        None,
+        "--engine",
+        help="hf (transformers, CPU/GPU), vllm (GPU) or openai (a model served behind an "
+        "OpenAI-compatible endpoint: --model is then the served name, see --base-url) (default hf).",
+    ),
+    base_url: str = typer.Option(
+        None,
+        "--base-url",
+        help="--engine openai: the endpoint, e.g. http://127.0.0.1:8000/v1 (endpoint.base_url; "
+        "key from $OPENAI_API_KEY).",
     ),
     batch_size: int = typer.Option(
         None, "--batch-size", help="Questions per generation batch (default 4)."
@@ -96,6 +105,7 @@ def run(
     if model is None and config is None:
         console.print(ctx.get_help())
         raise typer.Exit(0)
+    from eval.engines.openai_engine import EndpointUnavailable
     from eval.runner import EvalConfig, SettingsMismatch, evaluate
     from eval.task import TaskError
 
@@ -109,6 +119,7 @@ def run(
         "limit": limit,
         "vllm_tensor_parallel_size": tensor_parallel_size,
         "engine": engine,
+        "endpoint.base_url": base_url,
         "batch_size": batch_size,
         "prompt_style": prompt_style,
         "subtitles": True if subtitles else None,
@@ -119,9 +130,15 @@ def run(
     cfg = resolve_config(EvalConfig, config, overrides, **values)
     try:
         cfg.check()
+        if cfg.engine in ("hf", "vllm"):  # a local folder: refuse a broken one before loading weights
+            from training.model_folder import validate_model_folder
+
+            validate_model_folder(cfg.model)
         summary = evaluate(cfg, console=console)
     except (ValueError, KeyError, TaskError, SettingsMismatch, FileNotFoundError) as exc:
         fail(str(exc).strip("'\""), 2)
+    except EndpointUnavailable as exc:
+        fail(f"endpoint unavailable: {exc}", 1)
     from eval.report import console_table
 
     console.print(console_table(summary))

@@ -1,4 +1,5 @@
-"""Inference engines: `hf` (transformers, batched, CPU or GPU) and `vllm` (GPU, imported lazily).
+"""Inference engines: `hf` (transformers, batched, CPU or GPU), `vllm` (GPU, imported lazily) and
+`openai` (any model behind an OpenAI-compatible endpoint, eval/engines/openai_engine.py).
 
 An engine does two things. `prepare(item)` decodes and samples the item's video (raising
 data_gen.video_io.VideoError for a video that cannot be used - the runner records that as an
@@ -15,7 +16,7 @@ from typing import Any, Protocol
 
 from eval.task import EvalItem
 
-ENGINES = ("hf", "vllm")
+ENGINES = ("hf", "vllm", "openai")
 
 
 @dataclass
@@ -38,6 +39,10 @@ class Generation:
     text: str
     num_tokens: int
     finished: bool  # False when max_new_tokens ran out first
+    # a request that failed for good (openai engine): recorded as that question's error;
+    # retryable (a transient failure to the end) -> asked again by the next run
+    error: str = ""
+    retryable: bool = False
 
 
 class Engine(Protocol):
@@ -51,6 +56,8 @@ class Engine(Protocol):
         prompts: list[Prompt],
         max_new_tokens: int,
         temperature: float = 0.0,
+        top_p: float = 1.0,
+        num_beams: int = 1,
     ) -> list[Generation]: ...
 
     def describe(self) -> dict[str, Any]: ...
@@ -74,6 +81,10 @@ def make_engine(
         from eval.engines.vllm_engine import VLLMEngine
 
         return VLLMEngine(model_dir, sampling, dtype=dtype, seed=seed, **kwargs)
+    if name == "openai":
+        from eval.engines.openai_engine import OpenAIEngine
+
+        return OpenAIEngine(model_dir, sampling, seed=seed, **kwargs)
     raise ValueError(f"unknown engine {name!r}; known: {', '.join(ENGINES)}")
 
 
