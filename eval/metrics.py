@@ -163,7 +163,10 @@ def compute_metrics(
     }
     breakdown: dict[str, dict[str, Any]] = {}
     for key in breakdown_keys:
-        values = sorted({u.breakdown.get(key) for u in units if u.breakdown.get(key) is not None})
+        # numeric values in numeric order (duration 15, 60, 600, 3600 - not as text)
+        values = sorted_values(
+            {u.breakdown.get(key) for u in units if u.breakdown.get(key) is not None}
+        )
         if values:
             breakdown[key] = {
                 v: summarize([u for u in units if u.breakdown.get(key) == v], n_boot, seed)
