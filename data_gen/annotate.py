@@ -36,8 +36,15 @@ def format_captions(captions: list[dict[str, Any]]) -> str:
 async def caption_clip(ep: ChatEndpoint, prompt: PromptTemplate, item: VideoItem, span: tuple[float, float],
                        num_frames: int, max_pixels: int, quality: int, decode: asyncio.Semaphore,
                        temperature: float, max_tokens: int) -> str:
+    """Decode one clip (its own file open + seek) and caption it."""
     async with decode:  # decoding is CPU work: a few threads, not one per request
         images = await asyncio.to_thread(span_images, item, span[0], span[1], num_frames, max_pixels, quality)
+    return await caption_images(ep, prompt, item, span, images, temperature, max_tokens)
+
+
+async def caption_images(ep: ChatEndpoint, prompt: PromptTemplate, item: VideoItem, span: tuple[float, float],
+                         images: list[str], temperature: float, max_tokens: int) -> str:
+    """Caption one clip from its already encoded frames (JPEG data URLs)."""
     msgs = prompt.messages(num_frames=len(images), start=span[0], end=span[1], duration=item.duration_s)
     msgs[1]["content"] = [{"type": "text", "text": msgs[1]["content"]}] + [
         {"type": "image_url", "image_url": {"url": url}} for url in images]

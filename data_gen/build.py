@@ -15,12 +15,13 @@ import asyncio
 import hashlib
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from data_gen import annotate
-from data_gen.build_config import BuildConfig
+from data_gen.build_config import BuildConfig, shard_of
+from data_gen.clip_pipeline import PipelineStats, run_clips
 from data_gen.difficulty import (
     Answerer,
     EndpointAnswerer,
@@ -34,6 +35,16 @@ from data_gen.llm_client import ChatEndpoint, RequestFailed
 from data_gen.prompt_templates import load_prompt
 from data_gen.qa_format import QA_SCHEMA_FILE, generator_json, qa_schema
 from data_gen.schema import QARecord
+from data_gen.shards import (
+    Part,
+    fingerprint,
+    load_parts,
+    run_workers,
+    shard_videos,
+    sort_rejects,
+    sum_stats,
+    write_part,
+)
 from data_gen.sources import Reject, VideoItem, clip_spans, discover, drop_duplicates, probe
 from data_gen.splits import assign_videos, save_splits
 from data_gen.unit_cache import UnitCache
@@ -70,6 +81,10 @@ class Build:
         self.endpoints: dict[str, ChatEndpoint] = {}
         self.times: dict[str, float] = {}
         self.counts: dict[str, Any] = {}
+        self.pipeline = PipelineStats()
+        self.candidates: list = []
+        self.probed: list[VideoItem] = []
+        self.merged: dict[str, Any] = {}  # counters added up over shards (merge of several)
 
     # -- helpers -------------------------------------------------------------------------
     def _endpoint(self, name: str) -> ChatEndpoint:
@@ -84,20 +99,27 @@ class Build:
 
         return tqdm(total=total, desc=desc, unit="unit", disable=not self.cfg.progress, leave=True)
 
-    async def _each(self, desc: str, jobs: list) -> list:
-        """Run coroutines concurrently with a progress bar; results (or exceptions) in order."""
-        bar = self._bar(len(jobs), desc)
+    async def _each(self, desc: str, fn, items: list, limit: int = 0) -> list:
+        """fn(item) for every item, at most `limit` at once (default 2 x client.concurrency: the
+        endpoint's semaphore bounds the requests, this bounds the started work, e.g. decoded
+        frames waiting for a request slot); results (or exceptions) in order."""
+        bar = self._bar(len(items), desc)
+        results: list = [None] * len(items)
+        queue = iter(enumerate(items))
 
-        async def one(job):
-            try:
-                return await job
-            except Exception as exc:  # recorded by the caller as a reject with its reason
-                return exc
-            finally:
-                bar.update(1)
+        async def worker() -> None:
+            for n, item in queue:
+                try:
+                    results[n] = await fn(item)
+                except Exception as exc:  # recorded by the caller as a reject with its reason
+                    results[n] = exc
+                finally:
+                    bar.update(1)
 
+        limit = limit or 2 * max(1, self.cfg.client.concurrency)
         try:
-            return list(await asyncio.gather(*[one(j) for j in jobs]))
+            await asyncio.gather(*[worker() for _ in range(min(limit, len(items)))])
+            return results
         finally:
             bar.close()
 
@@ -111,27 +133,26 @@ class Build:
 
     # -- phases --------------------------------------------------------------------------
     async def videos(self) -> list[VideoItem]:
+        """Probe this build's (or shard's) candidates; same-bytes duplicates dropped."""
         candidates, manifest_rejects = discover(self.cfg.videos)
-        self.rejects += manifest_rejects
-        sem = asyncio.Semaphore(self.cfg.decode_workers)
-
-        async def one(vid: str, path: Path) -> VideoItem:
-            async with sem:
-                return await asyncio.to_thread(probe, vid, path)
-
-        results = await self._each("probe videos", [one(v, p) for v, p in candidates])
+        self.candidates = candidates
+        mine = shard_videos(candidates, self.cfg.shard)
+        if not self.cfg.shard:
+            self.rejects += manifest_rejects  # (the merge takes them from discover again)
+        results = await self._each("probe videos", lambda vp: asyncio.to_thread(probe, *vp), mine,
+                                   limit=self.cfg.decode_workers)
         items = []
-        for (vid, path), res in zip(candidates, results, strict=True):
+        for (vid, path), res in zip(mine, results, strict=True):
             if isinstance(res, VideoError):
                 self.rejects.append(Reject("probe", str(path), res.reason, vid))
             elif isinstance(res, Exception):
                 self.rejects.append(Reject("probe", str(path), f"{type(res).__name__}: {res}", vid))
             else:
                 items.append(res)
-        items, dups = drop_duplicates(items)
-        self.rejects += dups
+        self.probed = list(items)
+        items, _ = drop_duplicates(items)  # recorded by the merge, which sees every shard
         self.counts["videos_found"] = len(candidates)
-        if not items:
+        if not items and not self.cfg.shard:
             reasons = "; ".join(f"{r.item}: {r.reason}" for r in self.rejects[:5])
             raise BuildError(f"all {len(candidates)} videos were rejected ({reasons})" if candidates
                              else f"no video files found in {self.cfg.videos}")
@@ -153,39 +174,61 @@ class Build:
                                     for (a, b), t in zip(spans[it.video_id], texts, strict=True)]
             return out
         ep, prompt = self._endpoint("captioner"), load_prompt(c.caption_prompt)
-        decode = asyncio.Semaphore(c.decode_workers)
 
         def frames_for(span: tuple[float, float]) -> int:
             if c.caption_fps <= 0:
                 return c.frames_per_clip
             return max(1, min(c.frames_per_clip, round((span[1] - span[0]) * c.caption_fps)))
 
-        async def unit(it: VideoItem, span: tuple[float, float]) -> str:
-            parts = {"video": it.digest, "span": list(span), "frames": frames_for(span),
-                     "max_pixels": c.frame_max_pixels, "quality": c.jpeg_quality, "prompt": prompt.version,
-                     "model": c.captioner.model, "temperature": c.captioner.temperature}
-            cached = self.cache.get("caption", parts)
-            if cached is not None:
-                return cached["text"]
-            text = await annotate.caption_clip(ep, prompt, it, span, frames_for(span), c.frame_max_pixels,
-                                               c.jpeg_quality, decode, c.captioner.temperature,
-                                               c.captioner.max_tokens)
-            self.cache.put("caption", parts, {"text": text})
+        def parts(it: VideoItem, span: tuple[float, float]) -> dict:
+            return {"video": it.digest, "span": list(span), "frames": frames_for(span),
+                    "max_pixels": c.frame_max_pixels, "quality": c.jpeg_quality, "prompt": prompt.version,
+                    "model": c.captioner.model, "temperature": c.captioner.temperature}
+
+        texts: dict[tuple[str, int], str | BaseException] = {}
+        jobs = []
+        for it in items:
+            todo = []
+            for j, span in enumerate(spans[it.video_id]):
+                cached = self.cache.get("caption", parts(it, span))
+                if cached is not None:
+                    texts[(it.video_id, j)] = cached["text"]
+                else:
+                    todo.append((j, (span[0], span[1], frames_for(span))))
+            jobs.append((it, todo))
+
+        async def ask(it: VideoItem, j: int, images: list[str]) -> str:
+            span = spans[it.video_id][j]
+            text = await annotate.caption_images(ep, prompt, it, span, images, c.captioner.temperature,
+                                                 c.captioner.max_tokens)
+            self.cache.put("caption", parts(it, span), {"text": text})
             return text
 
-        jobs = [(it, span) for it in items for span in spans[it.video_id]]
-        results = await self._each("caption clips", [unit(it, s) for it, s in jobs])
-        failed: dict[str, str] = {}
-        for (it, span), res in zip(jobs, results, strict=True):
-            if isinstance(res, Exception):
-                reason = res.reason if isinstance(res, VideoError) else f"{type(res).__name__}: {res}"
-                failed.setdefault(it.video_id, f"clip {span[0]:.1f}-{span[1]:.1f} s: {reason}")
-            else:
-                out.setdefault(it.video_id, []).append({"start": span[0], "end": span[1], "text": res})
+        bar = self._bar(sum(len(t) for _, t in jobs), "caption clips")
+        prefetch = c.caption_prefetch if c.caption_prefetch >= 0 else 2 * c.decode_workers
+        try:
+            texts.update(await run_clips(jobs, ask, workers=c.decode_workers, bound=c.client.concurrency + prefetch,
+                                         mode=c.caption_decode, max_pixels=c.frame_max_pixels,
+                                         quality=c.jpeg_quality, stats=self.pipeline, on_done=lambda: bar.update(1)))
+        finally:
+            bar.close()
+        self.counts["pipeline"] = self.pipeline.summary()
         for it in items:
-            if it.video_id in failed:  # a video with a hole in its captions gets no questions
-                out.pop(it.video_id, None)
-                self.rejects.append(Reject("caption", it.path, failed[it.video_id], it.video_id))
+            caps, reason = [], None
+            for j, span in enumerate(spans[it.video_id]):
+                res = texts.get((it.video_id, j))
+                if isinstance(res, BaseException):
+                    why = res.reason if isinstance(res, VideoError) else f"{type(res).__name__}: {res}"
+                    reason = f"clip {span[0]:.1f}-{span[1]:.1f} s: {why}"
+                    break
+                if res is None:  # cannot happen: a clip after a failed one ends the loop first
+                    reason = f"clip {span[0]:.1f}-{span[1]:.1f} s: not captioned"
+                    break
+                caps.append({"start": span[0], "end": span[1], "text": res})
+            if reason:  # a video with a hole in its captions gets no questions
+                self.rejects.append(Reject("caption", it.path, reason, it.video_id))
+            else:
+                out[it.video_id] = caps
         return out
 
     async def questions(self, items: list[VideoItem], captions: dict[str, list[dict]]) -> list[QARecord]:
@@ -218,7 +261,7 @@ class Build:
             self.cache.put("qa", parts, unit_value)
             return unit_value
 
-        results = await self._each("generate QA", [unit(it) for it in todo])
+        results = await self._each("generate QA", unit, todo)
         records = []
         for it, res in zip(todo, results, strict=True):
             if isinstance(res, Exception):
@@ -247,7 +290,7 @@ class Build:
             self.cache.put("rewrite", parts, {"reasoning": text})
             return text
 
-        results = await self._each("rewrite reasoning", [unit(r) for r in records])
+        results = await self._each("rewrite reasoning", unit, records)
         for rec, res in zip(records, results, strict=True):
             gen = json.loads(rec.generator)
             if isinstance(res, Exception):  # explicit: the record keeps its original reasoning
@@ -290,7 +333,7 @@ class Build:
             self.cache.put("verdict", parts, verdict)
             return verdict
 
-        results = await self._each(f"filter (k={f.k})", [unit(r) for r in records])
+        results = await self._each(f"filter (k={f.k})", unit, records)
         judged, verdicts = [], {}
         for rec, res in zip(records, results, strict=True):
             if isinstance(res, Exception):
@@ -314,7 +357,8 @@ class Build:
         finally:
             self.times[name] = round(time.perf_counter() - t0, 3)
 
-    async def run_async(self) -> BuildResult:
+    async def run_part(self) -> Part:
+        """The per-video phases for this build's videos (all of them, or its shard's)."""
         t0 = time.perf_counter()
         try:
             items = await self._timed("probe", self.videos())
@@ -335,7 +379,60 @@ class Build:
             for ep in self.endpoints.values():
                 await ep.aclose()
         self.times["total"] = round(time.perf_counter() - t0, 3)
+        c = self.cfg
+        spans = {it.video_id: len(clip_spans(it.duration_s, c.clip_s, c.min_tail_s)) for it in items}
+        vids = [v for v, _ in shard_videos(self.candidates, c.shard)]
+        return Part(shard_of(c.shard) if c.shard else (0, 1), fingerprint(c, vids), vids, self.probed, spans,
+                    generated, kept, [r for r in self.rejects if r.stage != "manifest"],
+                    self.counts.get("filter", "off"), {n: asdict(ep.stats) for n, ep in self.endpoints.items()},
+                    asdict(self.cache.stats), self.counts.get("pipeline", {}), dict(self.times))
+
+    async def run_async(self) -> BuildResult:
+        c = self.cfg
+        if c.merge_shards:
+            candidates, _ = discover(c.videos)
+            return self.merge(load_parts(c, c.merge_shards, candidates))
+        part = await self.run_part()
+        if c.shard:
+            write_part(self.out, part)
+            return BuildResult(self.out, {}, {"shard": c.shard, "videos": len(part.videos),
+                                              "questions": {"generated": len(part.generated),
+                                                            "kept": len(part.kept)}}, part.rejects)
+        return self.merge([part])
+
+    def merge(self, parts: list[Part]) -> BuildResult:
+        """The global steps over all shards: same-bytes duplicates, then splits and reports."""
+        candidates, manifest_rejects = discover(self.cfg.videos)
+        order = {vid: n for n, (vid, _) in enumerate(candidates)}
+        probed = sorted((it for p in parts for it in p.probed), key=lambda it: order.get(it.video_id, -1))
+        items, dups = drop_duplicates(probed)
+        gone = {d.video_id for d in dups}
+        rejects = manifest_rejects + dups + [r for p in parts for r in p.rejects if r.video_id not in gone]
+        self.rejects = sort_rejects(rejects, order)
+
+        def records(kind: str) -> list[QARecord]:
+            recs = [r for p in parts for r in getattr(p, kind) if r.video_id not in gone]
+            return sorted(recs, key=lambda r: order.get(r.video_id, -1))
+
+        generated, kept = records("generated"), records("kept")
+        self.counts.update(videos_found=len(candidates), filter=parts[0].filter,
+                           clips=sum(n for p in parts for v, n in p.clips.items() if v not in gone))
+        if len(parts) > 1 or self.cfg.merge_shards:
+            self.counts["pipeline"] = sum_stats([p.pipeline for p in parts])
+            self.merged = {"requests": {}, "cache": sum_stats([p.cache for p in parts]),
+                           "seconds": {k: max(p.seconds.get(k, 0.0) for p in parts)
+                                       for k in {k for p in parts for k in p.seconds}}}
+            for p in parts:
+                for name, st in p.requests.items():
+                    self.merged["requests"][name] = sum_stats([self.merged["requests"].get(name, {}), st])
         try:
+            if not items:
+                from data_gen.build_report import write_reports
+
+                write_reports(self.out, self.rejects)
+                reasons = "; ".join(f"{r.item}: {r.reason}" for r in self.rejects[:5])
+                raise BuildError(f"all {len(candidates)} videos were rejected ({reasons})" if candidates
+                                 else f"no video files found in {self.cfg.videos}")
             return self.finish(items, generated, kept)
         except Exception as exc:
             from data_gen.build_report import write_failed_summary
@@ -362,7 +459,12 @@ class Build:
 
 
 def run_build(cfg: BuildConfig, answerer: Answerer | None = None) -> BuildResult:
-    """Run a whole build (sync entry point for the CLI and the KFP component)."""
+    """Run a whole build, one shard of it (`shard=I/N`), the merge of N finished shards
+    (`merge_shards=N`) or N shards on Ray then their merge (`workers=N`). Sync entry point for
+    the CLI and the KFP component."""
+    if cfg.workers > 1:
+        cfg.check()
+        return run_workers(cfg)
     return asyncio.run(Build(cfg, answerer).run_async())
 
 

@@ -15,6 +15,17 @@ ANNOTATORS = ("llm", "groundtruth")
 ANSWERERS = ("none", "endpoint", "local", "noisy-oracle")
 
 
+def shard_of(text: str) -> tuple[int, int]:
+    """ "I/N" -> (I, N), 0 <= I < N (ValueError naming the setting otherwise)."""
+    try:
+        i, n = (int(v) for v in str(text).split("/"))
+    except ValueError:
+        raise ValueError(f"shard {text!r}: give I/N, e.g. 0/8") from None
+    if not 0 <= i < n:
+        raise ValueError(f"shard {text!r}: need 0 <= I < N")
+    return i, n
+
+
 @dataclass
 class EndpointConfig:
     """An OpenAI-compatible chat endpoint (vLLM `vllm serve`, transformers serve, OpenAI)."""
@@ -79,7 +90,15 @@ class BuildConfig:
     qa_prompt: str = "qa.v1"
     rewrite_prompt: str = "rewrite.v1"
     answer_prompt: str = "answer.v1"
-    decode_workers: int = 2  # threads decoding frames
+    decode_workers: int = 2  # threads decoding frames (caption phase: videos decoded at once)
+    caption_decode: str = "stream"  # stream: each video decoded once, clips in order | per-clip (plain path)
+    # Clips decoded ahead of the caption requests in flight (-1: 2 x decode_workers). At most
+    # client.concurrency + caption_prefetch clips are alive at once: memory does not grow with
+    # the number of videos or clips (issue 18.7).
+    caption_prefetch: int = -1
+    shard: str = ""  # "I/N": this process builds shard I of N (0-based) into OUT/shards/ (no splits)
+    merge_shards: int = 0  # N: merge the N finished shards in OUT/shards/ into the splits
+    workers: int = 0  # > 1: run that many shards as Ray tasks (RAY_ADDRESS or a local Ray), then merge
     progress: bool = True
 
     def check(self) -> None:
@@ -93,6 +112,16 @@ class BuildConfig:
         bad = [c for c in self.categories if c not in CATEGORIES]
         if bad or not self.categories:
             raise ValueError(f"categories {bad or '[]'}: each must be one of {CATEGORIES}")
+        if self.caption_decode not in ("stream", "per-clip"):
+            raise ValueError(f"caption_decode {self.caption_decode!r} not in ('stream', 'per-clip')")
+        if self.decode_workers < 1:
+            raise ValueError("decode_workers must be >= 1")
+        if sum(bool(x) for x in (self.shard, self.merge_shards, self.workers > 1)) > 1:
+            raise ValueError("give one of shard, merge_shards and workers")
+        if self.shard:
+            shard_of(self.shard)
+        if self.merge_shards < 0 or self.workers < 0:
+            raise ValueError("merge_shards and workers must be >= 0")
         if self.clip_s <= 0 or self.frames_per_clip < 1 or self.filter.k < 1 or self.caption_fps < 0:
             raise ValueError("clip_s, frames_per_clip and filter.k must be positive")
         shares = (self.splits.sft, self.splits.rl, self.splits.eval)

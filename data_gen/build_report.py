@@ -70,9 +70,10 @@ def summarise(build: Build, items: list[VideoItem], generated: list[QARecord], k
         "answer_types": dict(Counter(r.answer_type for r in kept)),
         "splits": counts,
         "filter": build.counts.get("filter", "off"),
-        "requests": {name: asdict(ep.stats) for name, ep in build.endpoints.items()},
-        "cache": asdict(build.cache.stats),
-        "seconds": build.times,
+        "requests": build.merged.get("requests") or {name: asdict(ep.stats) for name, ep in build.endpoints.items()},
+        "cache": build.merged.get("cache") or asdict(build.cache.stats),
+        "pipeline": build.counts.get("pipeline", {}),
+        "seconds": build.merged.get("seconds") or build.times,
     }
     (build.out / "summary.json").write_text(json.dumps(summary, indent=1))
     save_config(build.cfg, build.out)

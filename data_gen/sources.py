@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from data_gen.clip_reader import ReaderStats, iter_clips
 from data_gen.synth import MANIFEST, events_path, file_digest
 from data_gen.video_io import VideoError, VideoInfo, probe_video, read_frames, sample_indices
 
@@ -130,18 +132,42 @@ def shrink(frame: np.ndarray, max_pixels: int) -> np.ndarray:
     return cv2.resize(frame, (max(1, int(w * scale)), max(1, int(h * scale))), interpolation=cv2.INTER_AREA)
 
 
-def span_images(item: VideoItem, start: float, end: float | None, num_frames: int, max_pixels: int,
-                quality: int) -> list[str]:
-    """`num_frames` frames of [start, end) (end None: to the end) as JPEG data URLs (VideoError
-    if they do not decode)."""
+def jpeg_urls(path: str, frames: np.ndarray, max_pixels: int, quality: int) -> list[str]:
+    """uint8 RGB frames -> shrunk JPEG data URLs (VideoError if one cannot be encoded)."""
     import cv2
 
-    idx = sample_indices(item.info, num_frames=num_frames, start_s=start, end_s=end)
-    frames = read_frames(item.path, idx)
     urls = []
     for rgb in frames:
         ok, buf = cv2.imencode(".jpg", shrink(rgb, max_pixels)[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
         if not ok:
-            raise VideoError(item.path, "a frame could not be encoded as JPEG")
+            raise VideoError(path, "a frame could not be encoded as JPEG")
         urls.append("data:image/jpeg;base64," + base64.b64encode(buf.tobytes()).decode())
     return urls
+
+
+def span_images(item: VideoItem, start: float, end: float | None, num_frames: int, max_pixels: int,
+                quality: int) -> list[str]:
+    """`num_frames` frames of [start, end) (end None: to the end) as JPEG data URLs (VideoError
+    if they do not decode)."""
+    idx = sample_indices(item.info, num_frames=num_frames, start_s=start, end_s=end)
+    return jpeg_urls(item.path, read_frames(item.path, idx), max_pixels, quality)
+
+
+CLIP_DECODE = ("stream", "per-clip")
+
+
+def clip_images(item: VideoItem, clips: list[tuple[float, float, int]], max_pixels: int, quality: int,
+                mode: str = "stream", stats: ReaderStats | None = None) -> Iterator[tuple[int, list[str]]]:
+    """(j, JPEG data URLs) for clips[j] = (start, end, frames), in order. "stream": the video is
+    decoded once for all clips (data_gen.clip_reader); "per-clip": each clip opens and seeks
+    its file (span_images, the plain path). Same frames, same bytes (tests/test_data_clips.py).
+    A generator: the caller pulls one clip at a time, so only one clip's frames are alive."""
+    if mode == "per-clip":
+        for j, (a, b, n) in enumerate(clips):
+            yield j, span_images(item, a, b, n, max_pixels, quality)
+        return
+    if mode != "stream":
+        raise ValueError(f"clip decode {mode!r} not in {CLIP_DECODE}")
+    idx = [sample_indices(item.info, num_frames=n, start_s=a, end_s=b) for a, b, n in clips]
+    for j, frames in iter_clips(item.path, idx, stats):
+        yield j, jpeg_urls(item.path, frames, max_pixels, quality)
