@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import re
 
-EXACT_OPEN_SOURCES = ("synth-groundtruth",)  # record sources whose open-ended answers are names
+# record sources whose open-ended answers are names / short exact answers: the video synth, the
+# text synth (data_gen.synth_text) and imported math answers (data_gen.import_text)
+EXACT_OPEN_SOURCES = ("synth-groundtruth", "synth-text", "text-import")
 
 # Words around a name that do not change which name it is.
 _FILLER = frozenset({"the", "a", "an", "it", "its", "is", "was", "region", "area", "part", "colour",

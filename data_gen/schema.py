@@ -23,6 +23,9 @@ eval reads `eval` and the synthetic benchmark. Fields:
 - source: where the record came from ("synth-groundtruth", "llm", "longvideo-reason", ...).
 - pass_rate: share of the difficulty filter's k attempts that were right; -1.0 if not filtered.
 - generator: JSON string of the generator versions (prompt versions, models, code version).
+- modality: "video" (the default) or "text": a text-only reasoning record (math/logic word
+  problems, `longrl synth --kind text`, GSM8K/MATH imports) has no video - empty video_path,
+  video_id, video_digest - and a TEXT_CATEGORIES category; it trains text-only LMs and VLMs.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ from typing import Any
 CATEGORIES = ("Temporal", "Goal & Purpose", "Spatial", "Plot & Narrative")
 ANSWER_TYPES = ("multiple_choice", "numeric", "open_ended")
 SPLITS = ("sft", "rl", "eval")
+MODALITIES = ("video", "text")
+TEXT_CATEGORIES = ("Math", "Logic")  # categories of text-only records
 OPTION_LETTERS = string.ascii_uppercase
 NOT_FILTERED = -1.0
 
@@ -64,6 +69,11 @@ class QARecord:
     source: str = ""
     pass_rate: float = NOT_FILTERED
     generator: str = "{}"
+    modality: str = "video"
+
+    @property
+    def has_video(self) -> bool:
+        return self.modality != "text"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -73,6 +83,7 @@ class QARecord:
         known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
         rec = cls(**known)
         rec.options = list(rec.options or [])
+        rec.modality = rec.modality or "video"  # files written before the field existed
         return rec
 
     def validate(self) -> QARecord:
@@ -80,7 +91,14 @@ class QARecord:
         who = f"record {self.id or '<no id>'} (video {self.video_id or '?'})"
         if not self.id:
             raise RecordError(f"{who}: empty id")
-        if not self.video_path:
+        if self.modality not in MODALITIES:
+            raise RecordError(f"{who}: modality {self.modality!r} not in {MODALITIES}")
+        if self.modality == "text":
+            if self.video_path or self.video_id:
+                raise RecordError(f"{who}: a text record must not name a video ({self.video_path or self.video_id!r})")
+            if self.category not in TEXT_CATEGORIES:
+                raise RecordError(f"{who}: category {self.category!r} not in {TEXT_CATEGORIES} (text record)")
+        elif not self.video_path:
             raise RecordError(f"{who}: empty video_path")
         if not self.question.strip():
             raise RecordError(f"{who}: empty question")
@@ -88,7 +106,7 @@ class QARecord:
             raise RecordError(f"{who}: empty answer")
         if self.answer_type not in ANSWER_TYPES:
             raise RecordError(f"{who}: answer_type {self.answer_type!r} not in {ANSWER_TYPES}")
-        if self.category not in CATEGORIES:
+        if self.modality == "video" and self.category not in CATEGORIES:
             raise RecordError(f"{who}: category {self.category!r} not in {CATEGORIES}")
         if self.answer_type == "multiple_choice":
             if len(self.options) < 2:
@@ -154,5 +172,6 @@ def features():
             "source": Value("string"),
             "pass_rate": Value("float64"),
             "generator": Value("string"),
+            "modality": Value("string"),
         }
     )

@@ -8,7 +8,7 @@ import typer
 
 from pipelines.cli_common import console
 
-app = typer.Typer(help="Model folders: build tiny random Qwen2.5-VL models for tests and demos.",
+app = typer.Typer(help="Model folders: build tiny random models of every supported family for tests and demos.",
                   no_args_is_help=True)
 
 
@@ -19,12 +19,12 @@ def tiny(
     hidden_size: int = typer.Option(64, help="Text hidden size."),
     layers: int = typer.Option(2, help="Text decoder layers."),
     vision_depth: int = typer.Option(2, help="Vision transformer blocks."),
-    arch: str = typer.Option("qwen2_5_vl", "--arch", help="Model family: qwen2_5_vl or qwen2_vl (docs/models.md)."),
+    arch: str = typer.Option("qwen2_5_vl", "--arch", help="Model family: qwen2_5_vl, qwen2_vl, qwen2 or qwen3 (text-only) (docs/models.md)."),
 ) -> None:
-    """Write a randomly initialised Qwen2.5-VL-architecture model folder (transformers'
-    Qwen2_5_VLForConditionalGeneration, a BPE tokenizer trained on the spot with Qwen's special
-    tokens and chat template, processor configs). Every stage loads it exactly like a downloaded
-    Qwen2.5-VL-*-Instruct folder."""
+    """Write a randomly initialised model folder of a family (default Qwen2.5-VL:
+    transformers' Qwen2_5_VLForConditionalGeneration; qwen2/qwen3: a text-only causal LM), a BPE
+    tokenizer trained on the spot with Qwen's special tokens and chat template, and (for the
+    vision families) processor configs. Every stage loads it exactly like a downloaded folder."""
     from training.tiny_model import TinyModelSpec, write_tiny_model_folder
 
     spec = TinyModelSpec(seed=seed, arch=arch, hidden_size=hidden_size, intermediate_size=2 * hidden_size,

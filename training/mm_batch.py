@@ -58,6 +58,8 @@ def collate(examples: Sequence[EncodedExample], videos: Sequence[VideoPatches | 
     also be a list of the row's videos in prompt order (several videos, or none)."""
     if len(examples) != len(videos):
         raise ValueError(f"{len(examples)} examples but {len(videos)} videos")
+    # A "video" of zero tokens is a record without video (text-only): its row holds no video.
+    videos = [[] if not isinstance(v, (list, tuple)) and v.num_tokens == 0 else v for v in videos]
     if any(isinstance(v, (list, tuple)) for v in videos):  # rows holding several videos, or none
         return _collate_multi(examples, [list(v) if isinstance(v, (list, tuple)) else [v] for v in videos],
                               pad_id, with_pixels)
@@ -154,17 +156,34 @@ def base_model(model):
     return getattr(model, "model", model)
 
 
+def language_model(model):
+    """The decoder that turns input embeddings into hidden states, for every family: the VL
+    models' `model.language_model`, or a text LM's `model.model` taking the 3-D positions too
+    (training.models.text_lm.TextDecoder, attached by load_model)."""
+    from training.models.text_lm import attach_decoder
+
+    return base_model(attach_decoder(model)).language_model
+
+
 def rope_positions(model, batch: Batch) -> torch.Tensor:
     """3-D M-RoPE position ids [3, B, L] for the batch (padding positions are 0), from the one
     position scheme longrl owns (training.positions), never from the installed transformers'
-    `get_rope_index` (which continues text after a video at a different position)."""
+    `get_rope_index` (which continues text after a video at a different position). A text-only
+    family gets the text positions (the same on the three axes); a video in its batch is an
+    error naming the family."""
     inner = base_model(model)
     inner.rope_deltas = None  # stale deltas from an earlier generate must not leak in
     if batch.position_ids is not None:
         return batch.position_ids.to(batch.input_ids.device)
+    family = family_of(model.config)
+    if not family.has_vision:
+        if batch.video_grid_thw.shape[0] or bool((batch.mm_token_type_ids == VIDEO_TOKEN_TYPE).any()):
+            raise ValueError(f"{family.title} is a text-only model: its batches cannot hold videos")
+        return mrope_positions(batch.mm_token_type_ids, batch.attention_mask, [[] for _ in range(batch.size)],
+                               1, None, 1.0).to(batch.input_ids.device)
     vision = model.config.vision_config
     grids, secs = row_video_grids(batch)
-    scaled = family_of(model.config).temporal_scaling  # Qwen2-VL: time position = patch index
+    scaled = family.temporal_scaling  # Qwen2-VL: time position = patch index
     return mrope_positions(batch.mm_token_type_ids, batch.attention_mask, grids, int(vision.spatial_merge_size),
                            secs if scaled else None, getattr(vision, "tokens_per_second", 1.0)
                            ).to(batch.input_ids.device)
@@ -195,6 +214,9 @@ def video_positions(batch: Batch) -> torch.Tensor:
 
 def _embed_multi(embeds: torch.Tensor, video_embeds: Sequence[torch.Tensor], mask: torch.Tensor,
                  video_counts: Sequence[int]) -> torch.Tensor:
+    # Rows without video (text-only records) come with a zero-token embedding or none; their
+    # row holds no video (collate), so only real videos are matched to the rows' counts.
+    video_embeds = [ve for ve in video_embeds if ve.shape[0] > 0]
     if len(video_embeds) != sum(video_counts) or len(video_counts) != embeds.shape[0]:
         raise ValueError(f"{len(video_embeds)} video embeddings for rows holding {list(video_counts)} videos")
     k = 0
@@ -243,7 +265,7 @@ def hidden_states(model, batch: Batch, video_embeds: Sequence[torch.Tensor] | No
     if position_ids is None:
         position_ids = rope_positions(model, batch)
     inputs_embeds = embed_with_video(model, batch.input_ids, video_embeds, video_positions(batch), batch.video_counts)
-    out = base_model(model).language_model(
+    out = language_model(model)(
         inputs_embeds=inputs_embeds, attention_mask=batch.attention_mask, position_ids=position_ids, use_cache=False
     )
     return out.last_hidden_state

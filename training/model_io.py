@@ -50,15 +50,20 @@ def load_tokenizer(path: str | Path):
 
 def load_model(path: str | Path, dtype: str = "float32", device: str | torch.device = "cpu",
                attn_implementation: str | None = None):
-    """A Qwen2.5-VL-family model (AutoModelForImageTextToText) in eval mode on `device`."""
-    from transformers import AutoModelForImageTextToText
+    """A model of the folder's family (training.models: AutoModelForImageTextToText for the
+    vision-language families, AutoModelForCausalLM for text-only LMs) in eval mode on `device`."""
+    import transformers
+
+    from training.models import auto_class_of
+    from training.models.text_lm import attach_decoder
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r} not in {list(DTYPES)}")
     kwargs = {"dtype": DTYPES[dtype]}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
-    model = AutoModelForImageTextToText.from_pretrained(check_model_dir(path), **kwargs)
+    auto = getattr(transformers, auto_class_of(check_model_dir(path)))
+    model = attach_decoder(auto.from_pretrained(path, **kwargs))  # text LMs: the decoder view
     return model.to(device).eval()
 
 

@@ -23,15 +23,21 @@ from training.model_io import DTYPES, check_model_dir
 
 def meta_model(path: str | Path, dtype: str = "float32", attn_implementation: str | None = None) -> nn.Module:
     """The folder's architecture with every parameter and buffer on the meta device."""
-    from transformers import AutoConfig, AutoModelForImageTextToText
+    import transformers
+    from transformers import AutoConfig
+
+    from training.models import auto_class_of
 
     config = AutoConfig.from_pretrained(check_model_dir(path))
+    auto = getattr(transformers, auto_class_of(path))  # text-only LMs: AutoModelForCausalLM
     kwargs = {"dtype": DTYPES[dtype]}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     with torch.device("meta"):
-        model = AutoModelForImageTextToText.from_config(config, **kwargs)
-    return model.eval()
+        model = auto.from_config(config, **kwargs)
+    from training.models.text_lm import attach_decoder
+
+    return attach_decoder(model).eval()
 
 
 def _checkpoint_keys(path: Path) -> dict[str, Path]:

@@ -16,6 +16,12 @@ SYSTEM_PROMPT = (
     "step by step inside <think> </think> tags, then give the final answer inside "
     "<answer> </answer> tags."
 )
+# Text-only records (no video): the same answer format without the video.
+TEXT_SYSTEM_PROMPT = (
+    "You are a helpful assistant that solves problems carefully. First think about the question "
+    "step by step inside <think> </think> tags, then give the final answer inside "
+    "<answer> </answer> tags."
+)
 VIDEO_PAD = "<|video_pad|>"
 END_OF_TURN = "<|im_end|>"
 
@@ -42,6 +48,12 @@ def format_response(reasoning: str, answer: str) -> str:
 
 
 def build_messages(record: QARecord, system_prompt: str = SYSTEM_PROMPT) -> list[dict]:
+    """System + user turn; a text-only record's user turn has no video item, and the default
+    (video) system prompt becomes its text counterpart (a configured one is kept as given)."""
+    if not record.has_video:
+        system = TEXT_SYSTEM_PROMPT if system_prompt == SYSTEM_PROMPT else system_prompt
+        return [{"role": "system", "content": system},
+                {"role": "user", "content": [{"type": "text", "text": format_question(record)}]}]
     return [
         {"role": "system", "content": system_prompt},
         {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": format_question(record)}]},
@@ -68,7 +80,11 @@ def render_prompt(tokenizer, messages: list[dict]) -> str:
 
 def encode_prompt_text(tokenizer, text: str, num_video_tokens: int) -> EncodedExample:
     """Token ids of a rendered prompt holding exactly one <|video_pad|>, expanded to
-    `num_video_tokens` copies (one per merged video patch)."""
+    `num_video_tokens` copies (one per merged video patch); a text-only prompt holds none and
+    takes `num_video_tokens` 0."""
+    if num_video_tokens == 0 and VIDEO_PAD not in text:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        return EncodedExample(ids, [0] * len(ids), len(ids))
     if text.count(VIDEO_PAD) != 1:
         raise ValueError(f"prompt must hold exactly one {VIDEO_PAD}, found {text.count(VIDEO_PAD)}")
     before, after = text.split(VIDEO_PAD)

@@ -70,7 +70,7 @@ def load_records(data: str | Path, split: str = "rl", video_root: str = "",
             continue
         if answer_types and rec.answer_type not in answer_types:
             continue
-        if not Path(rec.video_path).is_absolute():
+        if rec.has_video and not Path(rec.video_path).is_absolute():
             rec.video_path = str((root / rec.video_path).resolve())
         records.append(rec)
         if max_records and len(records) >= max_records:

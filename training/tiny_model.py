@@ -1,4 +1,6 @@
-"""Tiny, randomly initialised Qwen2.5-VL models saved as ordinary Hugging Face folders.
+"""Tiny, randomly initialised models of every family longrl trains (training.models), saved as
+ordinary Hugging Face folders: Qwen2.5-VL (the default), Qwen2-VL, and the text-only Qwen2 /
+Qwen3 causal LMs (same tokenizer and chat template, no vision tower, no processor configs).
 
 Nothing is downloaded: the architecture is transformers' own Qwen2_5_VLForConditionalGeneration
 built from a small config, the tokenizer is a byte-level BPE trained here on a fixed corpus with
@@ -41,7 +43,7 @@ class TinyModelSpec:
     """Shape of a tiny Qwen2.5-VL. Defaults build in milliseconds (~0.2 M parameters)."""
 
     seed: int = 0
-    arch: str = "qwen2_5_vl"  # model family (training.models): qwen2_5_vl or qwen2_vl
+    arch: str = "qwen2_5_vl"  # model family (training.models): qwen2_5_vl, qwen2_vl, qwen2, qwen3
     vocab_size: int = 1024  # BPE vocabulary trained on the spot (special tokens included)
     hidden_size: int = 64
     intermediate_size: int = 128
@@ -121,12 +123,40 @@ def train_tokenizer(vocab_size: int):
     return fast
 
 
+TEXT_ARCHS = ("qwen2", "qwen3")
+
+
+def _text_config(spec: TinyModelSpec, tokenizer):
+    """A Qwen2 / Qwen3 causal-LM config of the tiny text size (same special tokens)."""
+    from transformers import Qwen2Config, Qwen3Config
+
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<|im_end|>")}
+    kw = dict(vocab_size=len(tokenizer), hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
+              num_hidden_layers=spec.num_layers, num_attention_heads=spec.num_heads,
+              num_key_value_heads=spec.num_kv_heads, max_position_embeddings=spec.max_position_embeddings,
+              rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
+              bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
+              tie_word_embeddings=False)
+    if spec.arch == "qwen3":
+        return Qwen3Config(head_dim=spec.hidden_size // spec.num_heads, **kw)
+    return Qwen2Config(**kw)
+
+
 def build_tiny_model(spec: TinyModelSpec, tokenizer=None):
-    """(model, tokenizer): a random Qwen2_5_VLForConditionalGeneration matched to the tokenizer."""
+    """(model, tokenizer): a random model of `spec.arch` matched to the tokenizer."""
     import torch
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     tokenizer = tokenizer or train_tokenizer(spec.vocab_size)
+    if spec.arch in TEXT_ARCHS:
+        from transformers import Qwen2ForCausalLM, Qwen3ForCausalLM
+
+        config = _text_config(spec, tokenizer)
+        torch.manual_seed(spec.seed)
+        from training.models.text_lm import attach_decoder
+
+        model = (Qwen3ForCausalLM if spec.arch == "qwen3" else Qwen2ForCausalLM)(config)
+        return attach_decoder(model).eval(), tokenizer
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
     head_dim = spec.hidden_size // spec.num_heads
     section = spec.mrope_section or default_mrope_section(head_dim)
@@ -238,7 +268,8 @@ def write_tiny_model_folder(out_dir: str | Path, spec: TinyModelSpec | None = No
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    for name, content in processor_configs(spec).items():
-        (out / name).write_text(json.dumps(content, indent=2))
+    if spec.arch not in TEXT_ARCHS:  # a text LM folder carries no image/video processor
+        for name, content in processor_configs(spec).items():
+            (out / name).write_text(json.dumps(content, indent=2))
     (out / "longrl_tiny_spec.json").write_text(json.dumps(asdict(spec), indent=2))
     return out

@@ -93,6 +93,13 @@ class VideoPatches:
         return t * h * w // (self.merge_size**2)
 
 
+def no_video() -> VideoPatches:
+    """The video input of a text-only record: zero tokens, so `mm_batch.collate` gives its row
+    no video and no vision tower ever sees it."""
+    return VideoPatches(pixel_values=torch.zeros((0, 0)), grid_thw=(0, 0, 0), second_per_grid_t=0.0,
+                        timestamps_s=[], merge_size=1)
+
+
 def frame_size(height: int, width: int, num_frames: int, sampling: VideoSampling, spec: VisionSpec) -> tuple[int, int]:
     """Target (height, width) for every frame of a clip."""
     min_px = sampling.min_pixels or spec.min_pixels

@@ -98,7 +98,7 @@ class TrainerSetup:
         """`self.model` (trained) and `self.ref` (frozen reference, or None without a KL term)."""
         cfg, load = self.cfg, self.load_kwargs()
         self.model = load_model(resume or self.model_dir, **load)
-        if cfg.video.freeze_vision:
+        if cfg.video.freeze_vision and hasattr(base_model(self.model), "visual"):  # text LMs have none
             base_model(self.model).visual.requires_grad_(False)
         self.ref = None
         if cfg.algorithm.kl_coef > 0:

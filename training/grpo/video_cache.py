@@ -129,12 +129,24 @@ class VideoEmbedder:
     def unique(self) -> int:
         return len(self.step_videos)
 
+    def no_video(self) -> StepVideo:
+        """The StepVideo of a text-only record: zero tokens, an empty embedding, never encoded
+        and not counted among the step's videos."""
+        from training.mm_batch import base_model
+
+        width = base_model(self.model).get_input_embeddings().embedding_dim
+        return StepVideo("no-video", "", (0, 0, 0), 0.0, 1, embeds=torch.zeros((0, width)),
+                         ref_embeds=torch.zeros((0, width)))
+
     def prepare(self, records: Sequence[QARecord]) -> tuple[dict[str, StepVideo], dict[str, str]]:
         """StepVideo per record id (shared by records of the same video) and failures by id."""
         new: dict[str, StepVideo] = {}
         out: dict[str, StepVideo] = {}
         failures: dict[str, str] = {}
         for rec in records:
+            if not rec.has_video:
+                out[rec.id] = self.no_video()
+                continue
             try:
                 key = video_key(rec, self._sampling(rec), self.spec)
                 if key not in self.step_videos and key not in new:
@@ -166,6 +178,10 @@ class VideoEmbedder:
         return sampling_for(rec, self.sampling, self.use_record_frames)
 
     def _encode(self, videos: Sequence[StepVideo], grad: bool) -> list[torch.Tensor]:
+        if any(v.num_tokens == 0 for v in videos):  # text-only rows keep their empty embedding
+            real = [v for v in videos if v.num_tokens]
+            it = iter(self._encode(real, grad))
+            return [next(it) if v.num_tokens else v.embeds for v in videos]  # type: ignore[misc]
         if not videos:
             return []
         device = next(self.model.parameters()).device

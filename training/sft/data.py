@@ -28,6 +28,7 @@ from training.video_inputs import (
     VideoSampling,
     VisionSpec,
     load_video_patches,
+    no_video,
     planned_grid,
 )
 
@@ -97,6 +98,8 @@ def load_patches(record: QARecord, cfg: SFTConfig, spec: VisionSpec) -> VideoPat
 
 def _video_plan(record: QARecord, cfg: SFTConfig, spec: VisionSpec) -> tuple[int, int] | str:
     """(video tokens, frames) or the reason the video cannot be used."""
+    if not record.has_video:
+        return 0, 0  # a text-only record
     try:
         if cfg.scan_decode:
             p = load_patches(record, cfg, spec)
@@ -201,7 +204,7 @@ class LoadedExample:
 def load_example(record: QARecord, entry: ScanEntry, tokenizer, spec: VisionSpec, cfg: SFTConfig) -> LoadedExample:
     """Decode the video and tokenise; VideoError when the video fails or no longer matches the
     scan (a file changed under the run)."""
-    video = load_patches(record, cfg, spec)
+    video = load_patches(record, cfg, spec) if record.has_video else no_video()
     if video.num_tokens != entry.video_tokens:
         raise VideoError(record.video_path, f"now gives {video.num_tokens} video tokens, the scan found "
                                             f"{entry.video_tokens} (the file changed during the run)")

@@ -163,8 +163,8 @@ class SFTTrainer:
         else:
             model = load_model(source, dtype="float32", device=ctx.device,
                                attn_implementation=cfg.attn_implementation or None)
-        visual = base_model(model).visual
-        for name, p in visual.named_parameters():
+        visual = getattr(base_model(model), "visual", None)  # None: a text-only LM
+        for name, p in (visual.named_parameters() if visual is not None else ()):
             is_projector = name.startswith("merger.")
             if (cfg.freeze_projector and is_projector) or (cfg.freeze_vision_tower and not is_projector):
                 p.requires_grad_(False)
