@@ -122,6 +122,9 @@ class BuildConfig:
             shard_of(self.shard)
         if self.merge_shards < 0 or self.workers < 0:
             raise ValueError("merge_shards and workers must be >= 0")
+        if self.workers > 1 and self.filter.answerer == "local":
+            raise ValueError("workers: the local-model answerer lives in the CLI process; run --shard I/N "
+                             "per process with --filter-model, then --merge-shards N")
         if self.clip_s <= 0 or self.frames_per_clip < 1 or self.filter.k < 1 or self.caption_fps < 0:
             raise ValueError("clip_s, frames_per_clip and filter.k must be positive")
         shares = (self.splits.sft, self.splits.rl, self.splits.eval)

@@ -162,10 +162,7 @@ def run_workers(cfg: BuildConfig) -> Any:
     from data_gen.build import run_build
     from data_gen.sources import discover
 
-    n = cfg.workers
-    if cfg.filter.answerer == "local":
-        raise ValueError("workers: the local-model answerer lives in the CLI process; run shard=I/N "
-                         "per process with --filter-model, then merge_shards=N")
+    n = cfg.workers  # (cfg.check refuses the local-model answerer: it lives in the CLI process)
     candidates, _ = discover(cfg.videos)
     todo = [i for i in range(n) if done_part(cfg, i, n, candidates) is None]
     if todo:

@@ -97,3 +97,25 @@ def test_ray_workers_equal_single_process(tmp_path, videos, monkeypatch):
     assert part_path(out, 0, 2).stat().st_mtime_ns == before and part_path(out, 1, 2).is_file()
     assert _output(result.out) == single
     assert replace(cfg, workers=0).workers == 0
+
+
+def test_cli_shards_then_merge(tmp_path, videos):
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    single = _output(run_build(_cfg(videos, tmp_path / "one")).out)
+    out = tmp_path / "cli"
+    base = ["data", "build", "--videos", str(videos), "--out", str(out), "--annotator", "groundtruth",
+            "--filter-answerer", "noisy-oracle", "--no-progress", "groundtruth_questions=6"]
+    runner = CliRunner()
+    res = runner.invoke(app, [*base, "--merge-shards", "2"])
+    assert res.exit_code == 1 and "missing 0-of-2.json, 1-of-2.json" in res.output
+    for i in range(2):
+        res = runner.invoke(app, [*base, "--shard", f"{i}/2"])
+        assert res.exit_code == 0 and f"shard {i}/2" in res.output, res.output
+    res = runner.invoke(app, [*base, "--merge-shards", "2"])
+    assert res.exit_code == 0, res.output
+    assert _output(out) == single
+    res = runner.invoke(app, [*base, "--shard", "1/2", "--merge-shards", "2"])
+    assert res.exit_code == 2 and "give one of shard, merge_shards and workers" in res.output
