@@ -87,6 +87,9 @@ def build(
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars or table."),
     overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP + " Keys: --print-config lists them, e.g. clip_s=20 filter.k=5 splits.eval=0.2."),
 ) -> None:
+    shard: str = typer.Option(None, "--shard", help="I/N: build shard I of N (videos I, I+N, ... in discovery order) into OUT/shards/; then one --merge-shards N step. Shards share OUT/cache (shared storage when they run on several machines)."),
+    merge_shards: int = typer.Option(None, "--merge-shards", help="N: merge the N finished shards in OUT/shards/ into the splits (fails naming missing or stale shards)."),
+    workers: int = typer.Option(None, "--workers", help="N > 1: run N shards as Ray tasks (RAY_ADDRESS, else a local Ray), skipping finished ones, then merge."),
     """Build the LongVideo-Reason dataset: cut videos into clips, caption them, have a reasoning
     model write question-answer pairs with chains of thought per category, validate them,
     drop near-duplicates and too easy / too hard questions, and split by video into sft / rl /
@@ -97,10 +100,12 @@ def build(
     from data_gen.build_config import BuildConfig
 
     install_log_redaction()
+    from data_gen.shards import ShardError
     fixed = {"videos": str(videos), "out": str(out), "annotator": annotator,
              "captioner.url": captioner_url, "captioner.model": captioner_model,
              "reasoner.url": reasoner_url, "reasoner.model": reasoner_model, "rewrite": rewrite,
-             "frames_per_clip": frames, "filter.k": k, "client.concurrency": concurrency}
+             "frames_per_clip": frames, "filter.k": k, "client.concurrency": concurrency,
+             "shard": shard, "merge_shards": merge_shards, "workers": workers}
     if no_progress:
         fixed["progress"] = False
     if filter_url:
@@ -127,8 +132,13 @@ def build(
     with tracking.stage_run("data", config=cfg) as run:
         try:
             result = run_build(cfg, answerer)
-        except (BuildError, FileNotFoundError) as exc:
+        except (BuildError, ShardError, FileNotFoundError) as exc:
             fail(str(exc))
+        if cfg.shard:  # no splits yet: the merge step logs the datasets
+            q = result.summary["questions"]
+            run.log_metrics({"shard_questions_kept": q["kept"], "shard_questions_generated": q["generated"]})
+            console.print(f"[green]done[/green]: shard {cfg.shard} -> {out / 'shards'} ({q['kept']} questions kept)")
+            return
         run.log_metrics({"questions_kept": result.summary["questions"]["kept"],
                          "questions_generated": result.summary["questions"]["generated"],
                          "videos_usable": result.summary["videos"]["usable"],
