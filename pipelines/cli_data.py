@@ -85,11 +85,11 @@ def build(
     api_key_env: str = typer.Option(None, "--api-key-env", help="Environment variable holding the API key for every endpoint [default OPENAI_API_KEY]. Keys are never taken from the command line."),
     concurrency: int = typer.Option(None, "--concurrency", help="Requests in flight per endpoint [default 16]."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars or table."),
-    overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP + " Keys: --print-config lists them, e.g. clip_s=20 filter.k=5 splits.eval=0.2."),
-) -> None:
     shard: str = typer.Option(None, "--shard", help="I/N: build shard I of N (videos I, I+N, ... in discovery order) into OUT/shards/; then one --merge-shards N step. Shards share OUT/cache (shared storage when they run on several machines)."),
     merge_shards: int = typer.Option(None, "--merge-shards", help="N: merge the N finished shards in OUT/shards/ into the splits (fails naming missing or stale shards)."),
     workers: int = typer.Option(None, "--workers", help="N > 1: run N shards as Ray tasks (RAY_ADDRESS, else a local Ray), skipping finished ones, then merge."),
+    overrides: list[str] = typer.Argument(None, help=OVERRIDES_HELP + " Keys: --print-config lists them, e.g. clip_s=20 filter.k=5 splits.eval=0.2."),
+) -> None:
     """Build the LongVideo-Reason dataset: cut videos into clips, caption them, have a reasoning
     model write question-answer pairs with chains of thought per category, validate them,
     drop near-duplicates and too easy / too hard questions, and split by video into sft / rl /
@@ -98,9 +98,9 @@ def build(
     from common.secrets import install_log_redaction
     from data_gen.build import BuildError, run_build
     from data_gen.build_config import BuildConfig
+    from data_gen.shards import ShardError
 
     install_log_redaction()
-    from data_gen.shards import ShardError
     fixed = {"videos": str(videos), "out": str(out), "annotator": annotator,
              "captioner.url": captioner_url, "captioner.model": captioner_model,
              "reasoner.url": reasoner_url, "reasoner.model": reasoner_model, "rewrite": rewrite,
