@@ -22,7 +22,7 @@ from typing import Any
 
 from common.answers import numbers_match
 from common.short_answers import exact_open, short_answer_matches
-from eval import report
+from eval import lmms_output, report
 from eval.config import (  # noqa: F401 - EvalConfig and SettingsMismatch are part of this API
     PREDICTIONS,
     REASONING_MAX_NEW_TOKENS,
@@ -218,7 +218,12 @@ def grade_exact_open(records: list[dict[str, Any]], items: dict[str, EvalItem]) 
 
 
 def evaluate_benchmark(
-    cfg: EvalConfig, name: str, get_engine: Callable[[], Engine], out: Path, progress: Any = None
+    cfg: EvalConfig,
+    name: str,
+    get_engine: Callable[[], Engine],
+    out: Path,
+    progress: Any = None,
+    stamp: str | None = None,
 ) -> dict[str, Any]:
     task = get_task(name)
     style = task.native_style if cfg.prompt_style == "auto" else cfg.prompt_style
@@ -256,6 +261,8 @@ def evaluate_benchmark(
     gen_s = time.perf_counter() - t0
     by_qid = {it.qid: it for it in items}
     records = [r for q, r in store.load().items() if q in by_qid]
+    by_record = {r["qid"]: r for r in records}  # the same dicts: judging updates them in place
+    records_in_order = [by_record[it.qid] for it in items if it.qid in by_record]
     regraded = grade_exact_open(records, by_qid)
     if judge_open_ended(records, by_qid, cfg, bench_dir, task.name) or regraded:
         all_recs = store.load()
@@ -289,6 +296,17 @@ def evaluate_benchmark(
             for r in errors[:20]
         ],
     )
+    # lmms-eval's per-sample log beside ours, in the benchmark's question order
+    subs = bool(cfg.subtitles and task.supports_subtitles)
+    samples_path = lmms_output.write_samples(
+        out, cfg.model, stamp or lmms_output.date_id(), task.name, subs, records_in_order
+    )
+    lines = [lmms_output.sample_line(i, r, "", 1.0) for i, r in enumerate(records_in_order)]
+    metrics["lmms_eval"] = {
+        **lmms_output.results_entry(task.name, subs, metrics, lines),
+        "samples": str(samples_path.relative_to(out)),
+    }
+    metrics["harness"] = lmms_output.harness()
     report.write_json(bench_dir / "metrics.json", metrics)
     report.plot_benchmark(metrics, bench_dir / report.PLOT)
     return metrics
@@ -338,6 +356,8 @@ def evaluate(cfg: EvalConfig, console: Any = None) -> dict[str, Any]:
         return holder["engine"]
 
     per_benchmark: dict[str, dict[str, Any]] = {}
+    started = time.time()
+    stamp = lmms_output.date_id(started)
     with tracking.stage_run("eval", config=cfg, tags={"eval.model": cfg.model}) as run:
         columns = (
             TextColumn("{task.description}"),
@@ -349,7 +369,7 @@ def evaluate(cfg: EvalConfig, console: Any = None) -> dict[str, Any]:
             *columns, console=console, transient=False, disable=console is None
         ) as progress:
             for name in cfg.benchmarks:
-                m = evaluate_benchmark(cfg, name, get_engine, out, progress)
+                m = evaluate_benchmark(cfg, name, get_engine, out, progress, stamp)
                 per_benchmark[m["benchmark"]] = m
                 for note in m["notes"] if console is not None else ():
                     console.print(f"{m['benchmark']}: {note}", markup=False)
@@ -367,5 +387,8 @@ def evaluate(cfg: EvalConfig, console: Any = None) -> dict[str, Any]:
             },
         }
         report.write_summary(out, summary)  # merged with benchmarks of earlier commands into OUT
+        lmms_output.write_results(
+            out, cfg, stamp, {m["task"]: m["lmms_eval"] for m in per_benchmark.values()}, started
+        )
         report.log_to_mlflow(run, out, summary, per_benchmark)
     return summary
