@@ -35,9 +35,11 @@ class LocalModelAnswerer:
         self.spec = VisionSpec.from_model_dir(self.model_dir)
         self.sampling = VideoSampling(num_frames=num_frames, min_frames=2)
         self.temperature, self.max_new_tokens = temperature, max_new_tokens
-        weights = sorted(self.model_dir.glob("*.safetensors"))
-        stamp = ",".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in weights)
-        self.identity = (f"local:{self.model_dir.resolve()}:{stamp}:t={temperature}:frames={num_frames}"
+        from training.model_folder import folder_fingerprint
+
+        # the content (weights, tokenizer), not path/size/mtime: a moved copy reuses the
+        # cached answers, another model in the same place does not
+        self.identity = (f"local:{folder_fingerprint(self.model_dir)}:t={temperature}:frames={num_frames}"
                          f":tokens={max_new_tokens}")
         self._lock = asyncio.Lock()
 
@@ -125,8 +127,14 @@ def build(
         fail(str(exc), 2)
     answerer = None
     if cfg.filter.answerer == "local":
+        from training.model_folder import ModelFolderError, validate_model_folder
+
         if not Path(cfg.filter.model_dir).is_dir():
             fail(f"--filter-model {cfg.filter.model_dir}: not a model folder (give --filter-url for an endpoint)", 2)
+        try:
+            validate_model_folder(cfg.filter.model_dir)
+        except ModelFolderError as exc:
+            fail(f"--filter-model {exc}", 2)
         answerer = LocalModelAnswerer(Path(cfg.filter.model_dir), cfg.filter.num_frames,
                                       cfg.filter.endpoint.temperature, cfg.filter.endpoint.max_tokens)
     with tracking.stage_run("data", config=cfg) as run:

@@ -41,11 +41,13 @@ def build(
         fail("; ".join(problems), 2)
     model = resolve_model(model)
     from training.grpo.embed_cache import EmbedCacheError, build_cache
+    from training.model_folder import validate_model_folder
     from training.model_io import ModelFolderError, load_model
     from training.records import DataError, load_records
     from training.video_inputs import VisionSpec
 
     try:
+        validate_model_folder(model)
         recs = load_records(data, cfg.data.split, cfg.data.video_root, cfg.data.answer_types,
                             cfg.data.max_records).records
         device = cfg.device if cfg.device != "auto" else ("cuda" if __import__("torch").cuda.is_available() else "cpu")

@@ -86,10 +86,12 @@ def sft(
     if problem:
         fail(problem, 2)
     model = resolve_model(model)
+    from training.model_folder import validate_model_folder
     from training.sft.metrics import summary_lines
     from training.sft.run import train_sft
 
     with _stage_errors(out):
+        validate_model_folder(model)  # before any worker starts: folder, family, weights, tokenizer
         summary = train_sft(cfg, model, data, out)
     for line in summary_lines(summary):
         console.print(line)
@@ -126,8 +128,10 @@ def grpo(
     model = resolve_model(model)
     from training.grpo.embed_cache import EmbedCacheError
     from training.grpo.run import train_grpo
+    from training.model_folder import validate_model_folder
 
     with _stage_errors(out):
+        validate_model_folder(model)  # before Ray or torchrun workers start
         try:
             summary = train_grpo(cfg, model, data, out)
         except EmbedCacheError as exc:

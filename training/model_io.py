@@ -11,6 +11,13 @@ from pathlib import Path
 
 import torch
 
+from training.model_folder import (  # noqa: F401 - ModelFolderError/check_model_dir live there, re-exported
+    ModelFolderError,
+    check_model_dir,
+    check_tokenizer,
+    tokenizer_load_error,
+)
+
 # Files a model folder carries besides weights/config/tokenizer that every stage must keep.
 PROCESSOR_FILES = (
     "preprocessor_config.json",
@@ -22,25 +29,21 @@ PROCESSOR_FILES = (
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-class ModelFolderError(ValueError):
-    pass
-
-
-def check_model_dir(path: str | Path) -> Path:
-    p = Path(path)
-    if not (p / "config.json").is_file():
-        raise ModelFolderError(f"{p} is not a Hugging Face model folder (no config.json)")
-    return p
-
-
 def load_tokenizer(path: str | Path):
+    """The folder's tokenizer, checked against its model (training.model_folder.check_tokenizer:
+    a folder without tokenizer files would load a 1-entry tokenizer that encodes every text to [])."""
     from transformers import AutoTokenizer
 
     from training.chat_template import QWEN_VL_CHAT_TEMPLATE
 
-    tok = AutoTokenizer.from_pretrained(check_model_dir(path))
+    p = check_model_dir(path)
+    try:
+        tok = AutoTokenizer.from_pretrained(p)
+    except Exception as exc:  # a foreign or damaged tokenizer: transformers raises many kinds
+        raise tokenizer_load_error(p, exc) from None
     if not getattr(tok, "chat_template", None):
         tok.chat_template = QWEN_VL_CHAT_TEMPLATE
+    check_tokenizer(tok, p)
     # Rollouts and batches are left padded; a pad token is required.
     tok.padding_side = "left"
     if tok.pad_token_id is None:
