@@ -90,11 +90,23 @@ class HFEngine:
         prompts: list[Prompt],
         max_new_tokens: int,
         temperature: float = 0.0,
+        top_p: float = 1.0,
+        num_beams: int = 1,
     ) -> list[Generation]:
         from training.generation import generate
         from training.mm_batch import collate
 
         encoded = [self.encode(p, q) for p, q in zip(prepared, prompts, strict=True)]
+        if num_beams > 1:  # one question at a time, its prefill shared by the beams
+            from eval.engines.beam import beam_search
+
+            results = []
+            for enc, p in zip(encoded, prepared, strict=True):
+                one = collate([enc], [p.payload], self.pad_id).to(self.device)
+                ids, finished = beam_search(self.model, one, self.stop_ids, num_beams,
+                                            max_new_tokens)
+                results.append(self._generation(ids, finished))
+            return results
         batch = collate(encoded, [p.payload for p in prepared], self.pad_id).to(self.device)
         generator = torch.Generator(device=self.device).manual_seed(self.seed)
         out = generate(
@@ -104,15 +116,15 @@ class HFEngine:
             self.pad_id,
             max_new_tokens=max_new_tokens,
             temperature=max(temperature, 1e-6),
+            top_p=top_p,
             greedy=temperature <= 0,
             generator=generator,
         )
-        results = []
-        for ids, finished in zip(out.token_ids, out.finished, strict=True):
-            body = ids[:-1] if finished and ids and ids[-1] in self.stop_ids else ids
-            results.append(
-                Generation(
-                    self.tokenizer.decode(body, skip_special_tokens=True), len(ids), finished
-                )
-            )
-        return results
+        return [
+            self._generation(ids, finished)
+            for ids, finished in zip(out.token_ids, out.finished, strict=True)
+        ]
+
+    def _generation(self, ids: list[int], finished: bool) -> Generation:
+        body = ids[:-1] if finished and ids and ids[-1] in self.stop_ids else ids
+        return Generation(self.tokenizer.decode(body, skip_special_tokens=True), len(ids), finished)

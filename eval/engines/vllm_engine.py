@@ -91,6 +91,8 @@ class VLLMEngine:
         prompts: list[Prompt],
         max_new_tokens: int,
         temperature: float = 0.0,
+        top_p: float = 1.0,
+        num_beams: int = 1,
     ) -> list[Generation]:
         from vllm import SamplingParams
 
@@ -114,8 +116,11 @@ class VLLMEngine:
                     },
                 }
             )
+        if num_beams > 1:
+            return self._beam_search(requests, num_beams, max_new_tokens)
         params = SamplingParams(
             temperature=max(0.0, temperature),
+            top_p=top_p,
             max_tokens=max_new_tokens,
             seed=self.seed,
             stop_token_ids=self.stop_ids,
@@ -128,3 +133,22 @@ class VLLMEngine:
             )
             for o in outputs
         ]
+
+    def _beam_search(
+        self, requests: list[dict[str, Any]], num_beams: int, max_new_tokens: int
+    ) -> list[Generation]:  # pragma: no cover - GPU only
+        """vLLM's beam search (LLM.beam_search), best beam of each request."""
+        from vllm.sampling_params import BeamSearchParams
+
+        params = BeamSearchParams(beam_width=num_beams, max_tokens=max_new_tokens)
+        outputs = self.llm.beam_search(requests, params)
+        results = []
+        for o in outputs:
+            best = o.sequences[0]
+            prompt_len = len(best.tokens) - len(getattr(best, "logprobs", []) or [])
+            new = best.tokens[prompt_len:]
+            text = self.tokenizer.decode(
+                [t for t in new if t not in self.stop_ids], skip_special_tokens=True
+            )
+            results.append(Generation(text, len(new), bool(new) and new[-1] in self.stop_ids))
+        return results
