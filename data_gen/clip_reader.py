@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_gen.video_io import VideoError, read_frames
+from data_gen.video_io import VideoError, orient, read_frames
 
 
 @dataclass
@@ -139,7 +139,7 @@ def iter_clips(path: str | os.PathLike[str], clips: list[np.ndarray],
                     container = None
                     yield from _fallback(p, wants, [k for k in order if k not in done], done, stats)
                     return
-                frames[i] = got.to_ndarray(format="rgb24")
+                frames[i] = orient(p, got.to_ndarray(format="rgb24"))  # display matrix, as read_frames
                 stats.kept += 1
             out = np.stack([frames[i] for i in wants[j].tolist()])
             for i in np.unique(wants[j]).tolist():  # free what no later clip wants

@@ -26,7 +26,7 @@ class SampledFrames:
 def sample_frames(
     path: str | Path, sampling: Any, spec: Any, start_s: float = 0.0, end_s: float | None = None
 ) -> SampledFrames:
-    from data_gen.video_io import VideoError, probe_video, read_frames, sample_indices
+    from data_gen.video_io import VideoError, frame_times, probe_video, read_frames, sample_indices
     from training.video_inputs import frame_size, resize_frames
 
     info = probe_video(path)
@@ -51,7 +51,7 @@ def sample_frames(
     h, w = frame_size(frames.shape[1], frames.shape[2], frames.shape[0], sampling, spec)
     return SampledFrames(
         resize_frames(frames, h, w),
-        [float(i) / info.fps for i in indices],
+        frame_times(info, indices),  # the stream's timestamps on a variable-rate file
         float(sample_fps),
         [int(i) for i in indices],
     )
