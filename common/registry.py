@@ -13,8 +13,11 @@ promotion gate. Aliases only - the deprecated registry stages are never used.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +27,7 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 EVAL_STATUS_TAG = "eval.status"
 EVAL_METRIC_PREFIX = "eval."
+EVAL_SETTINGS_TAG = "eval.settings_digest"  # benchmarks + eval settings the eval.* numbers come from
 _FLOAT_SLACK = 1e-9
 
 
@@ -141,7 +145,7 @@ def eval_metrics(mv: Any) -> dict[str, float]:
     """`eval.<metric>` tags of a version as numbers (status tag excluded)."""
     out = {}
     for key, value in mv.tags.items():
-        if key.startswith(EVAL_METRIC_PREFIX) and key != EVAL_STATUS_TAG:
+        if key.startswith(EVAL_METRIC_PREFIX) and key not in (EVAL_STATUS_TAG, EVAL_SETTINGS_TAG):
             try:
                 out[key[len(EVAL_METRIC_PREFIX):]] = float(value)
             except ValueError:
@@ -149,10 +153,14 @@ def eval_metrics(mv: Any) -> dict[str, float]:
     return out
 
 
-def record_eval(name: str, version: str, metrics: dict[str, float], succeeded: bool) -> None:
-    """Store an evaluation's outcome on a version (`eval.status`, `eval.<metric>`)."""
+def record_eval(name: str, version: str, metrics: dict[str, float], succeeded: bool,
+                settings_digest: str | None = None) -> None:  # fmt: skip
+    """Store an evaluation's outcome on a version (`eval.status`, `eval.<metric>`, and the digest
+    of the benchmarks and settings it was measured with, `eval.settings_digest`)."""
     client = _client()
     client.set_model_version_tag(name, version, EVAL_STATUS_TAG, "succeeded" if succeeded else "failed")
+    if settings_digest:
+        client.set_model_version_tag(name, version, EVAL_SETTINGS_TAG, settings_digest)
     for key, value in metrics.items():
         client.set_model_version_tag(name, version, f"{EVAL_METRIC_PREFIX}{key}", repr(float(value)))
 
@@ -171,6 +179,122 @@ def record_decision(name: str, version: str, entry: dict[str, Any]) -> None:
     client.set_registered_model_tag(name, f"decision.v{version}.{entry['time']}", json.dumps(entry, default=str))
 
 
+# -- the promotion lock -------------------------------------------------------------------------
+# MLflow has no compare-and-set on aliases: two promotions that both read @champion v1 and then
+# both move it each "win", and the last writer - not the better model - ends as champion. The
+# one atomic primitive the registry offers is creating a registered model (its name is the
+# primary key: the second create fails with RESOURCE_ALREADY_EXISTS on SQLite and PostgreSQL
+# alike), so a `<name>.promotion-lock` model is the mutex. Every alias move (gate, CLI promote)
+# happens under it, after a fresh read of the alias. A holder that died leaves a lock whose
+# lease (`expires` tag) runs out; the next promotion removes it.
+LOCK_SUFFIX = ".promotion-lock"
+LOCK_LEASE_S = 300.0
+
+
+def _code(exc: Exception) -> str:
+    return str(getattr(exc, "error_code", ""))
+
+
+@contextlib.contextmanager
+def promotion_lock(name: str, holder: str, wait_s: float = 120.0, lease_s: float = LOCK_LEASE_S,
+                   poll_s: float = 0.2) -> Iterator[None]:  # fmt: skip
+    """Hold the promotion lock of registered model `name` (waits up to `wait_s`)."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client()
+    lock = name + LOCK_SUFFIX
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            client.create_registered_model(lock, tags={"holder": holder, "expires": f"{time.time() + lease_s:.3f}"},
+                                           description=f"promotion lock of {name} (held while an alias moves)")  # fmt: skip
+            break
+        except MlflowException as exc:
+            # DOES_NOT_EXIST: the server re-reads what it created, and a concurrent release can
+            # fall in between; try again.
+            if not any(c in _code(exc) for c in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST")):
+                raise
+            if "RESOURCE_DOES_NOT_EXIST" in _code(exc):
+                continue
+        try:
+            held = client.get_registered_model(lock)
+        except MlflowException as exc:
+            if "RESOURCE_DOES_NOT_EXIST" in _code(exc):
+                continue  # released meanwhile
+            raise
+        # The lease: the holder's `expires` tag, else (tags not visible yet) creation + lease.
+        expires = float(held.tags.get("expires") or held.creation_timestamp / 1000 + lease_s)
+        if expires < time.time():
+            print(f"{name}: removing a stale promotion lock of {held.tags.get('holder', '?')} (lease ran out)")
+            _delete_lock(client, lock)
+            continue
+        if time.monotonic() > deadline:
+            raise RegistryError(f"{name}: another promotion ({held.tags.get('holder', '?')}) holds the lock; "
+                                "try again later")  # fmt: skip
+        time.sleep(poll_s)
+    try:
+        yield
+    finally:
+        _delete_lock(client, lock)
+
+
+def _delete_lock(client: Any, lock: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.delete_registered_model(lock)
+    except MlflowException as exc:
+        if "RESOURCE_DOES_NOT_EXIST" not in _code(exc):
+            raise
+
+
+def _move_alias(name: str, alias: str, new: Any, previous: Any | None, actor: str, why: str) -> None:
+    """Point `alias` at `new`; the version that loses it gets a `demoted` decision (its old
+    `promoted` tags would otherwise still say it is the champion), and `new` loses a stale
+    `replaced_by` from an earlier demotion (a rollback brings an old version back)."""
+    client = _client()
+    client.set_registered_model_alias(name, alias, new.version)
+    got = client.get_model_version_by_alias(name, alias)
+    if str(got.version) != str(new.version):  # someone moved it outside the lock
+        raise RegistryError(f"{name}@{alias} is v{got.version} right after moving it to v{new.version}")
+    prefix = "promotion" if alias == CHAMPION else alias
+    if f"{prefix}.replaced_by" in new.tags:
+        client.delete_model_version_tag(name, new.version, f"{prefix}.replaced_by")
+    if previous is not None and str(previous.version) != str(new.version):
+        client.set_model_version_tag(name, previous.version, f"{prefix}.replaced_by", new.version)
+        if alias == CHAMPION:
+            record_decision(name, previous.version, {"decision": "demoted", "alias": alias, "actor": actor,
+                                                     "reason": f"@{alias} moved to v{new.version}: {why}"})  # fmt: skip
+
+
+# Sentinel: the caller did not say which champion its evaluation compared against (CLI gate).
+UNKNOWN = object()
+
+
+def _champion_reference(gate: GateConfig, champion: Any, evaluated: Any, champion_metrics: dict[str, float] | None,
+                        settings_digest: str | None) -> tuple[float | None, str | None]:  # fmt: skip
+    """(champion value to compare with, or None; the reason when there is none) for the champion
+    read under the lock. Never a number the candidate was not compared with (issue 15.12, 15.14)."""
+    if evaluated is UNKNOWN:  # CLI gate: the given numbers, else both sides' recorded evaluations
+        if champion_metrics is not None:
+            return champion_metrics.get(gate.metric), None
+        if champion.tags.get(EVAL_STATUS_TAG) != "succeeded":
+            return None, f"champion v{champion.version} has no successful recorded evaluation"
+        return eval_metrics(champion).get(gate.metric), None
+    if evaluated and str(evaluated) == str(champion.version):
+        if champion_metrics is None:
+            return None, (f"champion v{champion.version}'s evaluation failed in this run; its older recorded "
+                          "score is not used (re-run, or promote by hand)")  # fmt: skip
+        return champion_metrics.get(gate.metric), None
+    # @champion moved while this run evaluated (or appeared: there was none at resolve time).
+    was = f"v{evaluated}" if evaluated else "none"
+    same = settings_digest and champion.tags.get(EVAL_SETTINGS_TAG) == settings_digest
+    if champion.tags.get(EVAL_STATUS_TAG) == "succeeded" and same:
+        return eval_metrics(champion).get(gate.metric), None
+    return None, (f"@champion moved from {was} to v{champion.version} during this run and v{champion.version} "
+                  "has no evaluation with the same benchmarks and settings; re-run the evaluation")  # fmt: skip
+
+
 def gate_and_promote(
     name: str,
     version: str,
@@ -179,54 +303,65 @@ def gate_and_promote(
     candidate_metrics: dict[str, float] | None = None,
     champion_metrics: dict[str, float] | None = None,
     actor: str = "pipeline",
+    evaluated_champion: Any = UNKNOWN,
+    settings_digest: str | None = None,
 ) -> GateDecision:
     """Apply the gate to `version` and move `champion` to it when it passes.
 
-    Metrics default to the versions' `eval.*` tags; the pipeline passes the numbers of the eval
-    that scored candidate and champion side by side on the same benchmark run (fairer than
-    comparing with a number measured months ago). The decision is recorded either way.
+    The pipeline passes the numbers of the eval that scored candidate and champion side by side,
+    `evaluated_champion` (the version it evaluated, "" for none) and `champion_metrics` (None when
+    that champion's evaluation failed). Under the promotion lock @champion is read afresh: if it
+    is no longer the evaluated version, the candidate is compared with the new champion's
+    recorded evaluation only when that used the same benchmarks and settings
+    (`settings_digest`), else rejected. Without `evaluated_champion` (the CLI gate) both sides'
+    recorded `eval.*` tags are compared. The decision is recorded either way, inside the lock.
     """
     client = _client()
-    candidate = client.get_model_version(name, version)
-    if eval_succeeded is None:
-        eval_succeeded = candidate.tags.get(EVAL_STATUS_TAG) == "succeeded"
-    cand = candidate_metrics if candidate_metrics is not None else eval_metrics(candidate)
-    champion = version_by_alias(name, CHAMPION)
-    champ_version = champ_value = None
-    if champion is not None and champion.version != candidate.version:
-        champ_version = champion.version
-        champ = champion_metrics if champion_metrics is not None else eval_metrics(champion)
-        champ_value = champ.get(gate.metric)
-    decision = decide(gate, cand.get(gate.metric), eval_succeeded, champ_value, champ_version)
-    if champion is not None and champion.version == candidate.version:
-        decision = GateDecision(False, "already champion", gate.metric, cand.get(gate.metric),
-                                None, champion.version, gate.min_margin)  # fmt: skip
-    if decision.promote:
-        client.set_registered_model_alias(name, CHAMPION, candidate.version)
-        if champ_version is not None:
-            client.set_model_version_tag(name, champ_version, "promotion.replaced_by", candidate.version)
-    entry = asdict(decision)
-    entry.pop("promote")
-    record_decision(name, candidate.version, {"decision": "promoted" if decision.promote else "rejected",
-                                      "alias": CHAMPION, "actor": actor, **entry})  # fmt: skip
+    with promotion_lock(name, holder=f"{actor}:v{version}"):
+        candidate = client.get_model_version(name, version)
+        if eval_succeeded is None:
+            eval_succeeded = candidate.tags.get(EVAL_STATUS_TAG) == "succeeded"
+        cand = candidate_metrics if candidate_metrics is not None else eval_metrics(candidate)
+        cand_value = cand.get(gate.metric)
+        champion = version_by_alias(name, CHAMPION)
+        if champion is not None and str(champion.version) == str(candidate.version):
+            decision = GateDecision(False, "already champion", gate.metric, cand_value, None, champion.version,
+                                    gate.min_margin)  # fmt: skip
+        elif champion is None:
+            decision = decide(gate, cand_value, eval_succeeded)
+        else:
+            champ_value, why_not = _champion_reference(gate, champion, evaluated_champion, champion_metrics,
+                                                       settings_digest)  # fmt: skip
+            decision = decide(gate, cand_value, eval_succeeded, champ_value, champion.version)
+            if why_not and decision.reason.endswith(f"has no value for metric {gate.metric!r}"):
+                decision.reason = why_not
+        entry = asdict(decision)
+        entry.pop("promote")
+        if decision.promote:
+            _move_alias(name, CHAMPION, candidate, champion, actor, f"gate ({decision.reason})")
+        record_decision(name, candidate.version, {"decision": "promoted" if decision.promote else "rejected",
+                                                  "alias": CHAMPION, "actor": actor, **entry})  # fmt: skip
     return decision
 
 
 def promote(name: str, version: str, alias: str = CHAMPION, actor: str = "cli", force: bool = False,
             reason: str = "manual") -> Any:  # fmt: skip
-    """Point `alias` at `version` by hand. A version whose evaluation failed is refused unless
-    `force`; the move is recorded like the gate's decisions."""
+    """Point `alias` at `version` by hand. A version without a successful evaluation (failed, or
+    never evaluated) is refused unless `force`; the move is recorded like the gate's decisions,
+    and the version that loses @champion is marked demoted (a rollback leaves no stale tags)."""
     client = _client()
     mv = client.get_model_version(name, version)
-    if mv.tags.get(EVAL_STATUS_TAG) == "failed" and not force:
-        raise RegistryError(f"{name} v{version}: its evaluation failed; pass --force to promote anyway")
-    previous = version_by_alias(name, alias)
-    client.set_registered_model_alias(name, alias, mv.version)
-    if previous is not None and previous.version != mv.version:
-        client.set_model_version_tag(name, previous.version, f"{alias}.replaced_by", mv.version)
-    record_decision(name, mv.version, {"decision": "promoted", "alias": alias, "actor": actor,
-                               "reason": reason + (" (forced)" if force else ""),
-                               "champion_version": previous.version if previous else None})  # fmt: skip
+    status = mv.tags.get(EVAL_STATUS_TAG)
+    if status != "succeeded" and not force:
+        what = "its evaluation failed" if status == "failed" else "it was never evaluated"
+        raise RegistryError(f"{name} v{version}: {what}; pass --force to promote anyway")
+    with promotion_lock(name, holder=f"{actor}:v{version}"):
+        previous = version_by_alias(name, alias)
+        mv = client.get_model_version(name, version)
+        why = reason + (" (forced)" if force else "")
+        _move_alias(name, alias, mv, previous, actor, f"by hand ({why})")
+        record_decision(name, mv.version, {"decision": "promoted", "alias": alias, "actor": actor, "reason": why,
+                                           "champion_version": previous.version if previous else None})  # fmt: skip
     return client.get_model_version(name, mv.version)
 
 
@@ -275,7 +410,8 @@ def materialize(model_uri: str, dst: str | Path, shared_volume: str = "") -> Pat
 def describe(name: str | None = None) -> list[dict[str, Any]]:
     """Rows for `longrl registry show`: every version of `name` (or of every model)."""
     client = _client()
-    names = [name] if name else [m.name for m in client.search_registered_models()]
+    names = [name] if name else [m.name for m in client.search_registered_models()
+                                 if not m.name.endswith(LOCK_SUFFIX)]  # fmt: skip
     rows = []
     for model_name in names:
         model = client.get_registered_model(model_name)

@@ -296,6 +296,10 @@ def stage_run(
 
     client = MlflowClient()
     parent_id = os.environ.get("MLFLOW_RUN_ID") or None
+    # A launcher that runs one stage several times (the pipeline's eval: candidate, base,
+    # champion) names each run through the environment: LONGRL_RUN_NAME, LONGRL_RUN_TAGS (JSON).
+    run_name = run_name or os.environ.get("LONGRL_RUN_NAME") or None
+    tags = {**json.loads(os.environ.get("LONGRL_RUN_TAGS") or "{}"), **(tags or {})}
     run_tags = {STAGE_TAG: stage, "mlflow.runName": run_name or stage}
     if parent_id:
         parent = client.get_run(parent_id)

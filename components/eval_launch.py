@@ -4,6 +4,7 @@ paired tests (eval.compare), written as JSON and a Markdown table."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -115,19 +116,34 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def settings_digest(names: list[str], frames: int, limit: int, overrides: list[str]) -> str:
+    """What makes two evaluations comparable: benchmarks (output names) and settings. Stored on
+    each registered version, so the gate can tell whether a champion's recorded score was measured
+    the way this candidate's was (issue 15.12)."""
+    text = json.dumps({"benchmarks": sorted(names), "frames": frames, "limit": limit,
+                       "overrides": sorted(overrides)}, sort_keys=True)  # fmt: skip
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def evaluate_all(models: dict[str, Path], data: Path, work: Path, benchmarks: str, frames: int, limit: int,
                  overrides: list[str], max_error_rate: float, mlflow_tracking_uri: str,
-                 mlflow_parent_run_id: str) -> dict[str, Any]:  # fmt: skip
-    """Evaluate each model (candidate, base, champion when there is one) into work/<role>."""
+                 mlflow_parent_run_id: str, champion_uri: str = "") -> dict[str, Any]:  # fmt: skip
+    """Evaluate each model (candidate, base, champion when there is one) into work/<role>.
+    `champion_uri` (`models:/name/7`, "" for none) is recorded: the gate checks that @champion is
+    still the version evaluated here."""
     names = output_names(benchmarks, overrides)
     env = mlflow_env(mlflow_tracking_uri, mlflow_parent_run_id)
     outs = {}
     for role, model in models.items():
         outs[role] = work / role
+        # One named run per model (was "eval" three times under the parent).
+        role_env = dict(env, LONGRL_RUN_NAME=f"eval-{role}", LONGRL_RUN_TAGS=json.dumps({"eval.role": role}))
         try:
-            run_step(eval_argv(model, data, outs[role], benchmarks, frames, limit, overrides), env=env)
+            run_step(eval_argv(model, data, outs[role], benchmarks, frames, limit, overrides), env=role_env)
         except Exception as exc:  # recorded: a failed eval blocks promotion, it does not hide
             print(f"{role} evaluation failed: {exc}", flush=True)
     result = compare(outs, names, max_error_rate)
+    result["champion_uri"] = champion_uri
+    result["settings_digest"] = settings_digest(names, frames, limit, overrides)
     (work / "comparison.json").write_text(json.dumps(result, indent=1))
     return result

@@ -58,7 +58,7 @@ def evaluate_models(candidate: Input[Model], base: Input[Model], data: Input[Dat
         models["champion"] = materialize(champion_uri, tempfile.mkdtemp(prefix="champion-"), shared_volume)
     result = evaluate_all(models, resolve(data.path), work, benchmarks, frames, limit, overrides_list(overrides),
                           max_error_rate, mlflow_tracking_uri,
-                          parent_run_id(mlflow_tracking_uri, experiment=mlflow_experiment))
+                          parent_run_id(mlflow_tracking_uri, experiment=mlflow_experiment), champion_uri=champion_uri)
     with open(report.path, "w") as f:
         f.write(markdown(result))
     for role, info in result["roles"].items():

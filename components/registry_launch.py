@@ -31,6 +31,14 @@ def log_data(run: Any, data_dir: Path) -> str:
     return f"sha256:{h.hexdigest()[:16]}"
 
 
+def evaluated_champion(comparison: dict[str, Any]) -> str:
+    """The champion version the eval step compared against ("" when there was none)."""
+    uri = comparison.get("champion_uri")
+    if uri is None:
+        raise ValueError("comparison.json names no champion_uri (written by an older eval step?)")
+    return uri.rsplit("/", 1)[-1] if uri else ""
+
+
 def register_candidate(model_dir: Path, comparison_dir: Path, data_dir: Path, model_name: str, base_model: str,
                        gate_metric: str, gate_min_margin: float, auto_promote: bool, shared_volume: str,
                        kfp_run_id: str, tracking_uri: str, parent_run_id: str) -> tuple[str, bool, str]:  # fmt: skip
@@ -52,12 +60,18 @@ def register_candidate(model_dir: Path, comparison_dir: Path, data_dir: Path, mo
         tags = {"data.digest": digest, "pipeline.kfp_run_id": kfp_run_id, "pipeline.mlflow_run_id": parent_run_id,
                 "base_model": base_model, "eval.benchmarks": ",".join(comparison["benchmarks"])}  # fmt: skip
         mv = registry.register_version(model_name, source, run_id=run.run_id, tags=tags, alias=registry.CHALLENGER)
-        registry.record_eval(model_name, mv.version, cand["metrics"], cand["succeeded"])
+        registry.record_eval(model_name, mv.version, cand["metrics"], cand["succeeded"],
+                             settings_digest=comparison.get("settings_digest"))  # fmt: skip
         if auto_promote:
+            # The champion this run evaluated ("" none); its numbers only if its evaluation here
+            # succeeded - never its older recorded score (issue 15.12, 15.14).
+            evaluated = evaluated_champion(comparison)
             champion_metrics = champ["metrics"] if champ and champ["succeeded"] else None
             gate = registry.GateConfig(metric=gate_metric, min_margin=gate_min_margin)
             d = registry.gate_and_promote(model_name, mv.version, gate, eval_succeeded=cand["succeeded"],
-                                          candidate_metrics=cand["metrics"], champion_metrics=champion_metrics)  # fmt: skip
+                                          candidate_metrics=cand["metrics"], champion_metrics=champion_metrics,
+                                          evaluated_champion=evaluated,
+                                          settings_digest=comparison.get("settings_digest"))  # fmt: skip
             promoted, reason = d.promote, d.reason
         else:
             promoted, reason = False, "auto_promote is off (promote by hand: longrl registry promote)"

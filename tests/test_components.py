@@ -112,7 +112,8 @@ def test_comparison_and_report(tmp_path):
                         "--frames", "8", "--limit", "5", "--set", "max_pixels=100"]  # fmt: skip
 
 
-def _comparison(tmp_path: Path, cand: list[bool], champ: list[bool] | None, name: str) -> Path:
+def _comparison(tmp_path: Path, cand: list[bool], champ: list[bool] | None, name: str,
+                champion_uri: str = "") -> Path:  # fmt: skip
     work = tmp_path / name
     _fake_eval(work / "candidate", "lvr", cand)
     _fake_eval(work / "base", "lvr", [False] * len(cand))
@@ -120,7 +121,9 @@ def _comparison(tmp_path: Path, cand: list[bool], champ: list[bool] | None, name
     if champ is not None:
         _fake_eval(work / "champion", "lvr", champ)
         outs["champion"] = work / "champion"
-    (work / "comparison.json").write_text(json.dumps(eval_launch.compare(outs, ["lvr"], 0.05)))
+    result = eval_launch.compare(outs, ["lvr"], 0.05)
+    result.update(champion_uri=champion_uri, settings_digest=eval_launch.settings_digest(["lvr"], 4, 0, []))
+    (work / "comparison.json").write_text(json.dumps(result))
     return work
 
 
@@ -145,11 +148,11 @@ def test_register_and_gate_on_mlflow(mlflow_env, tmp_path, tiny_model_dir):
     assert mv.tags["data.digest"].startswith("sha256:") and mv.tags["eval.status"] == "succeeded"
     assert float(mv.tags["eval.lvr/score"]) == 0.5
     # Candidate 0.75 vs champion 0.5 measured in the same eval: +0.25 > 0.1 -> promoted.
-    second = _comparison(tmp_path, [True, True, True, False], [True, False, True, False], "c2")
+    second = _comparison(tmp_path, [True, True, True, False], [True, False, True, False], "c2", f"models:/{name}/{v1}")
     v2, promoted, _ = register_candidate(tiny_model_dir, second, data, **args)
     assert promoted and registry.version_by_alias(name, "champion").version == v2
     # 0.75 vs 0.75: not above the margin -> stays @challenger only.
-    third = _comparison(tmp_path, [True, True, True, False], [True, True, True, False], "c3")
+    third = _comparison(tmp_path, [True, True, True, False], [True, True, True, False], "c3", f"models:/{name}/{v2}")
     v3, promoted, text = register_candidate(tiny_model_dir, third, data, **args)
     assert not promoted and "not above margin" in text
     assert registry.version_by_alias(name, "challenger").version == v3

@@ -87,7 +87,7 @@ def test_promotion_flow_records_every_decision(mlflow_env, tmp_path):
     assert t2["promotion.decision"] == "rejected" and t2["promotion.champion_version"] == v1
     assert t4["promotion.decision"] == "promoted" and float(t4["promotion.candidate_value"]) == 0.45
     history = [k for k in client.get_registered_model(name).tags if k.startswith("decision.")]
-    assert len(history) == 5  # v1, v2, v3, v4 twice: no decision lost to a later one
+    assert len(history) == 6  # v1, v2, v3, v4 twice, v1 demoted: no decision lost to a later one
     assert sum(k.startswith(f"decision.v{v4}.") for k in history) == 2
     # No deprecated stage was touched.
     assert {mv.current_stage for mv in client.search_model_versions(f"name = '{name}'")} == {"None"}
@@ -111,7 +111,7 @@ def test_promotion_flow_records_every_decision(mlflow_env, tmp_path):
     assert res.exit_code == 0, res.output
     assert registry.version_by_alias(name, "champion").version == v3
     assert _tags(name, v3)["promotion.reason"] == "rollback test (forced)"
-    assert _tags(name, v4)["champion.replaced_by"] == v3
+    assert _tags(name, v4)["promotion.replaced_by"] == v3 and _tags(name, v4)["promotion.decision"] == "demoted"
 
 
 def test_cli_without_server_is_a_clear_error(monkeypatch):
