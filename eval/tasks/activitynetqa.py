@@ -11,6 +11,9 @@ Released files (github.com/MILVLG/activitynet-qa, dataset/), read as they are:
     test_a.json   list of {answer, type, question_id}; type 0 motion, 1 spatial relation,
                   2 temporal relation, 3 yes/no, 4 color, 5 object, 6 location, 7 number, 8 other
     all_test/v_<video_name>.{mp4,mkv,webm} (or videos/), the ActivityNet videos
+  or lmms-lab's HF copy (huggingface.co/datasets/lmms-lab/ActivityNetQA, lmms-eval's):
+    data/test-*.parquet   one row per question: video_name, question, answer, question_id, type
+    all_test/v_<video_name>.{mp4,mkv,webm}   (the v*.zip parts; also found anywhere below)
 """
 
 from __future__ import annotations
@@ -18,38 +21,49 @@ from __future__ import annotations
 from pathlib import Path
 
 from eval.task import EvalItem, TaskError, TaskSpec, register
-from eval.tasks.common import find_video, read_rows, require, set_breakdown
+from eval.tasks.common import VideoIndex, parquet_rows, read_rows, require, set_breakdown
 
 TYPES = {
     0: "motion", 1: "spatial_relation", 2: "temporal_relation", 3: "yes_no", 4: "color",
     5: "object", 6: "location", 7: "number", 8: "other",
 }  # fmt: skip
 LAYOUT = __doc__.split("read as they are:\n")[1]
+LMMS_GLOB = "data/test-*.parquet"
 
 
 def load_activitynetqa(root: Path) -> list[EvalItem]:
-    split = "test" if (root / "test_q.json").is_file() else "val"
-    questions = read_rows(root / f"{split}_q.json")
-    answers = {}
-    for n, row in enumerate(read_rows(root / f"{split}_a.json")):
-        require(row, ("question_id", "answer"), f"{root / f'{split}_a.json'} record {n}")
-        answers[str(row["question_id"])] = row
-    video_dir = root / "all_test" if (root / "all_test").is_dir() else root / "videos"
+    released = (root / "test_q.json").is_file() or (root / "val_q.json").is_file()
+    if not released and any(root.glob(LMMS_GLOB)):
+        path, questions = parquet_rows(root, LMMS_GLOB, "ActivityNet-QA test parquet")
+        split, answers, label = "test", None, str(path)
+    else:
+        split = "test" if (root / "test_q.json").is_file() else "val"
+        questions, label = read_rows(root / f"{split}_q.json"), str(root / f"{split}_q.json")
+        answers = {}
+        for n, row in enumerate(read_rows(root / f"{split}_a.json")):
+            require(row, ("question_id", "answer"), f"{root / f'{split}_a.json'} record {n}")
+            answers[str(row["question_id"])] = row
+    index = VideoIndex(root, ("all_test", "videos"))
     items = []
     for n, row in enumerate(questions):
-        where = f"{root / f'{split}_q.json'} record {n}"
+        where = f"{label} record {n}"
         require(row, ("video_name", "question", "question_id"), where)
         qid = str(row["question_id"])
-        if qid not in answers:
+        if answers is None:  # lmms-lab's rows carry their answer
+            require(row, ("answer",), where)
+            answers_row = row
+        elif qid not in answers:
             raise TaskError(f"{where}: question {qid} has no answer in {split}_a.json")
+        else:
+            answers_row = answers[qid]
         name = str(row["video_name"])
-        video_path, error = find_video(video_dir, name if name.startswith("v_") else f"v_{name}")
-        qtype = answers[qid].get("type")
+        video_path, error = index.find(name if name.startswith("v_") else f"v_{name}")
+        qtype = answers_row.get("type")
         item = EvalItem(
             qid=qid,
             video_path=video_path,
             question=str(row["question"]).strip().rstrip("?") + "?",
-            answer=str(answers[qid]["answer"]),
+            answer=str(answers_row["answer"]),
             cluster=name,
             meta={"split": split},
             error=error,
@@ -73,7 +87,7 @@ register(
         max_new_tokens=32,
         description="ActivityNet-QA: open-ended answers graded by an LLM judge",
         layout=LAYOUT,
-        markers=("test_q.json", "val_q.json"),
-        folder_names=("activitynetqa", "ActivityNet-QA", "activitynet-qa"),
+        markers=("test_q.json", "val_q.json", LMMS_GLOB),
+        folder_names=("activitynetqa", "ActivityNet-QA", "activitynet-qa", "ActivityNetQA"),
     )
 )

@@ -84,6 +84,56 @@ def find_video(folder: Path, stem_or_name: str) -> tuple[str, str]:
     ), f"video file not found: {folder / name}.* ({', '.join(VIDEO_EXTENSIONS)})"
 
 
+class VideoIndex:
+    """Finds a benchmark's videos when a release ships them as archives whose folder layout is
+    not fixed (lmms-lab's HF copies: videos.zip, video_part_*.zip): first the listed folders,
+    flat, then anywhere under `root` by file name or stem (the tree is walked once, on the first
+    miss)."""
+
+    def __init__(self, root: Path, folders: Iterable[str]) -> None:
+        self.root = Path(root)
+        self.folders = [self.root / f for f in folders]
+        self._by_name: dict[str, Path] | None = None
+        self._by_stem: dict[str, Path] = {}
+
+    def _walk(self) -> None:
+        self._by_name = {}
+        for path in sorted(self.root.rglob("*")):
+            if path.suffix in VIDEO_EXTENSIONS and path.is_file():
+                self._by_name.setdefault(path.name, path)
+                self._by_stem.setdefault(path.stem, path)
+
+    def find(self, name: str) -> tuple[str, str]:
+        """(path, error) as `find_video` gives them."""
+        name = str(name)
+        for folder in self.folders:
+            path, error = find_video(folder, name)
+            if not error:
+                return path, ""
+        if self._by_name is None:
+            self._walk()
+        assert self._by_name is not None
+        hit = self._by_name.get(name) if Path(name).suffix else self._by_stem.get(name)
+        if hit is not None:
+            return str(hit), ""
+        where = ", ".join(str(f) for f in self.folders) or str(self.root)
+        return str(self.folders[0] / name if self.folders else self.root / name), (
+            f"video file not found: {name} (looked in {where} and anywhere under {self.root})"
+        )
+
+
+def parquet_rows(root: Path, pattern: str, what: str) -> tuple[Path, list[dict[str, Any]]]:
+    """Rows of the parquet shard(s) matching `pattern` under `root` (HF `split-0000N-of-M`
+    files, read in name order), and the first file's path (named in errors)."""
+    files = sorted(root.glob(pattern))
+    if not files:
+        raise TaskError(f"{root}: no {what} found (looked for {pattern})")
+    rows: list[dict[str, Any]] = []
+    for f in files:
+        rows.extend(read_rows(f))
+    return files[0], rows
+
+
 _OPTION_PREFIX = re.compile(r"^\s*(?:\(([A-Z])\)|([A-Z])[\.\):])\s*")
 
 
