@@ -39,6 +39,7 @@ def gpu_problem(wants_gpu: bool, key: str, cpu_fix: str) -> str | None:
 def _stage_errors(out: Path):
     """One line for the failures a user can fix, and for Ctrl-C."""
     from common.config import ConfigError
+    from common.jsonl import JsonlError
     from training.model_io import ModelFolderError
     from training.records import DataError
     from training.sft.data import SFTDataError
@@ -47,7 +48,7 @@ def _stage_errors(out: Path):
         yield
     except KeyboardInterrupt:
         fail(INTERRUPTED.format(out=out), 130)
-    except (DataError, SFTDataError, ModelFolderError, ConfigError, FileNotFoundError) as exc:
+    except (DataError, SFTDataError, ModelFolderError, ConfigError, JsonlError, FileNotFoundError) as exc:
         fail(str(exc))
     except Exception as exc:  # a failure inside Ray workers arrives wrapped; show its message
         if type(exc).__name__ in ("TrainingFailedError", "WorkerGroupError"):

@@ -1,0 +1,94 @@
+"""Resume through torn files (issue 17.8): a last line cut short by power loss or a full disk in
+metrics.jsonl / samples.jsonl / judge_cache.jsonl is dropped with a warning naming the file and
+the run goes on without losing or repeating a step; damage before the last line is refused in
+one line naming file and line."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+from typer.testing import CliRunner
+
+from pipelines.cli import app
+from tests.fixtures.grpo import grpo_overrides
+from tests.fixtures.sft import TINY_SFT_OVERRIDES, write_split
+
+runner = CliRunner()
+
+
+def _tear(path, text: str = '{"step": 9, "loss": 0.12') -> None:
+    with path.open("a") as fh:
+        fh.write(text)  # no newline: a write cut short
+
+
+def _steps(path) -> list[int]:
+    return [json.loads(ln)["step"] for ln in path.read_text().splitlines() if ln.strip()]
+
+
+def _error_line(result) -> str:
+    errors = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
+    assert result.exit_code not in (0, None) and len(errors) == 1, result.output
+    assert "Traceback" not in result.output
+    return errors[0]
+
+
+def test_sft_resumes_through_a_torn_metrics_line(tiny_model_dir, sft_records, tmp_path, caplog):
+    data = write_split(sft_records[:4], tmp_path / "data")
+    out = tmp_path / "sft"
+    base = ["train", "sft", "--model", str(tiny_model_dir), "--data", str(data), "--out", str(out),
+            *TINY_SFT_OVERRIDES, "eval_generate=0", "save_every=1"]
+    assert runner.invoke(app, [*base, "max_steps=2"]).exit_code == 0
+    _tear(out / "metrics.jsonl")
+    with caplog.at_level(logging.WARNING, logger="longrl.jsonl"):
+        again = runner.invoke(app, [*base, "max_steps=3"])
+    assert again.exit_code == 0, again.output
+    assert "metrics.jsonl:3: dropped a torn last line" in caplog.text
+    assert _steps(out / "metrics.jsonl") == [1, 2, 3]
+    # damage before the last line is not papered over
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    (out / "metrics.jsonl").write_text("\n".join([lines[0], lines[1][:10], lines[2]]) + "\n")
+    refused = runner.invoke(app, [*base, "max_steps=4"])
+    line = _error_line(refused)
+    assert f"{out / 'metrics.jsonl'}:2: not valid JSON" in line and "fix or remove the line" in line
+
+
+def test_grpo_resumes_through_torn_metrics_and_samples(tiny_model_dir, colour_task, tmp_path, caplog):
+    out = tmp_path / "grpo"
+    base = ["train", "grpo", "--model", str(tiny_model_dir), "--data", str(colour_task), "--out", str(out),
+            *grpo_overrides(), "save_every=1"]
+    first = runner.invoke(app, [*base, "max_steps=2"])
+    assert first.exit_code == 0, first.output
+    samples = out / "samples.jsonl"
+    assert samples.is_file()
+    n_samples = {s: sum(1 for ln in samples.read_text().splitlines() if json.loads(ln)["step"] == s) for s in (1, 2)}
+    _tear(out / "metrics.jsonl")
+    _tear(samples, '{"step": 3, "completion": "<think>red</thi')
+    with caplog.at_level(logging.WARNING, logger="longrl.jsonl"):
+        again = runner.invoke(app, [*base, "max_steps=3"])
+    assert again.exit_code == 0, again.output
+    assert "metrics.jsonl:3: dropped a torn last line" in caplog.text and "samples.jsonl" in caplog.text
+    assert _steps(out / "metrics.jsonl") == [1, 2, 3]
+    got = [json.loads(ln)["step"] for ln in samples.read_text().splitlines()]
+    assert [got.count(s) for s in (1, 2)] == [n_samples[1], n_samples[2]] and got.count(3) == n_samples[1]
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    (out / "metrics.jsonl").write_text("\n".join([lines[0][:7], *lines[1:]]) + "\n")
+    line = _error_line(runner.invoke(app, [*base, "max_steps=4"]))
+    assert f"{out / 'metrics.jsonl'}:1: not valid JSON" in line
+
+
+def test_judge_cache_torn_tail_dropped_and_damage_named(tmp_path, caplog):
+    from common.jsonl import JsonlError
+    from training.grpo.judge import JudgeConfig, LLMJudge
+
+    cache = tmp_path / "judge_cache.jsonl"
+    cache.write_text('{"key": "a", "correct": true}\n{"key": "b", "correct": false}\n{"key": "c", "corr')
+    with caplog.at_level(logging.WARNING, logger="longrl.jsonl"):
+        judge = LLMJudge(JudgeConfig(cache_path=str(cache)))
+    assert judge.cache == {"a": True, "b": False}
+    assert "judge_cache.jsonl:3: dropped a torn last line" in caplog.text
+    assert cache.read_text().endswith("false}\n")  # repaired: the next append starts a clean line
+    cache.write_text('{"key": "a", "correct": true}\n{"key": "b", "cor\n{"key": "c", "correct": true}\n')
+    with pytest.raises(JsonlError, match=r"judge_cache.jsonl:2: not valid JSON"):
+        LLMJudge(JudgeConfig(cache_path=str(cache)))
