@@ -19,7 +19,7 @@ import torch
 
 from training.linear_logprobs import linear_logprobs
 from training.models import family_of
-from training.positions import mrope_positions
+from training.positions import frame_group_grids, mrope_positions
 from training.prompts import EncodedExample
 from training.video_inputs import VideoPatches
 
@@ -183,6 +183,8 @@ def rope_positions(model, batch: Batch) -> torch.Tensor:
                                1, None, 1.0).to(batch.input_ids.device)
     vision = model.config.vision_config
     grids, secs = row_video_grids(batch)
+    if family.frame_groups:  # Qwen3-VL: one (1, h, w) segment per temporal patch, time as text
+        grids = [frame_group_grids(g) for g in grids]
     scaled = family.temporal_scaling  # Qwen2-VL: time position = patch index
     return mrope_positions(batch.mm_token_type_ids, batch.attention_mask, grids, int(vision.spatial_merge_size),
                            secs if scaled else None, getattr(vision, "tokens_per_second", 1.0)
@@ -190,8 +192,14 @@ def rope_positions(model, batch: Batch) -> torch.Tensor:
 
 
 def encode_videos(model, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> list[torch.Tensor]:
-    """Vision tower + merger once: one [tokens, hidden] tensor per video."""
+    """Vision tower + merger once: one [tokens, hidden] tensor per video (Qwen3-VL: [tokens,
+    (1 + DeepStack levels) * hidden], training.models.qwen3_vl.pack_video_features)."""
     out = base_model(model).get_video_features(pixel_values, grid_thw, return_dict=True)
+    if getattr(out, "deepstack_features", None):
+        from training.models.qwen3_vl import attach_deepstack, pack_video_features
+
+        attach_deepstack(model)  # the text model splits the wide embeddings again
+        return pack_video_features(out)
     return list(out.pooler_output)
 
 
@@ -232,12 +240,26 @@ def _embed_multi(embeds: torch.Tensor, video_embeds: Sequence[torch.Tensor], mas
     return embeds.masked_scatter(mask.unsqueeze(-1), flat)
 
 
+def _widen(model, embeds: torch.Tensor, video_embeds: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Token embeddings padded with zeros to the width of video embeddings that carry DeepStack
+    features (Qwen3-VL: training.models.qwen3_vl); unchanged for every other family."""
+    wide = next((ve.shape[-1] for ve in video_embeds if ve.shape[0] > 0), embeds.shape[-1])
+    if wide == embeds.shape[-1]:
+        return embeds
+    if wide % embeds.shape[-1] or not family_of(model.config).deepstack:
+        raise ValueError(f"video embeddings of width {wide} do not fit token embeddings of width {embeds.shape[-1]}")
+    from training.models.qwen3_vl import attach_deepstack
+
+    attach_deepstack(model)
+    return torch.cat([embeds, embeds.new_zeros((*embeds.shape[:-1], wide - embeds.shape[-1]))], dim=-1)
+
+
 def embed_with_video(model, input_ids: torch.Tensor, video_embeds: Sequence[torch.Tensor],
                      video_mask: torch.Tensor, video_counts: Sequence[int] | None = None) -> torch.Tensor:
     """Token embeddings with row i's video positions (`video_mask`, see `video_positions`)
     replaced by video_embeds[i] (or, with `video_counts`, by that row's videos in order). A
     count or width mismatch is an error naming the row."""
-    embeds = base_model(model).get_input_embeddings()(input_ids)
+    embeds = _widen(model, base_model(model).get_input_embeddings()(input_ids), video_embeds)
     mask = video_mask.bool()
     if video_counts is not None:
         return _embed_multi(embeds, video_embeds, mask, video_counts)

@@ -114,3 +114,11 @@ def next_text_position(position_ids: torch.Tensor, attention_mask: torch.Tensor)
     """[B]: the position the next generated token of each row takes (largest position + 1)."""
     masked = position_ids.masked_fill(~attention_mask.bool().unsqueeze(0), -1)
     return masked.amax(dim=(0, 2)) + 1
+
+
+def frame_group_grids(grids: Sequence[Grid]) -> list[Grid]:
+    """Qwen3-VL: every temporal patch of a video is its own vision segment (its timestamp is text
+    between them), so a video of grid (t, h, w) is t segments of (1, h, w); with no temporal
+    scaling each segment's tokens take (base, base + j, base + k) and the text after continues at
+    base + max(h, w) / merge - what transformers' Qwen3-VL get_rope_index and vLLM compute."""
+    return [(1, int(h), int(w)) for t, h, w in grids for _ in range(int(t))]

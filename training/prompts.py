@@ -102,9 +102,20 @@ def encode_response(tokenizer, response: str) -> list[int]:
 
 
 def encode_example(tokenizer, record: QARecord, num_video_tokens: int, response: str | None = None,
-                   system_prompt: str = SYSTEM_PROMPT) -> EncodedExample:
-    """Prompt ids for `record` (and the response ids appended when given)."""
-    enc = encode_prompt_text(tokenizer, render_prompt(tokenizer, build_messages(record, system_prompt)), num_video_tokens)
+                   system_prompt: str = SYSTEM_PROMPT,
+                   video_groups: list[tuple[float, int]] | None = None) -> EncodedExample:
+    """Prompt ids for `record` (and the response ids appended when given). `video_groups`
+    (Qwen3-VL: (timestamp, tokens) per frame group, training.models.qwen3_vl.frame_groups) lays
+    the video out as timestamped frame groups instead of one run of `num_video_tokens` pads."""
+    text = render_prompt(tokenizer, build_messages(record, system_prompt))
+    if video_groups is not None:
+        from training.models.qwen3_vl import encode_frame_groups
+
+        if sum(n for _, n in video_groups) != num_video_tokens:
+            raise ValueError(f"frame groups hold {sum(n for _, n in video_groups)} tokens, not {num_video_tokens}")
+        enc = encode_frame_groups(tokenizer, text, video_groups)
+    else:
+        enc = encode_prompt_text(tokenizer, text, num_video_tokens)
     if response is not None:
         resp = encode_response(tokenizer, response)
         enc = EncodedExample(enc.input_ids + resp, enc.mm_token_type_ids + [0] * len(resp), enc.prompt_len)

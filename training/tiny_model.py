@@ -43,7 +43,7 @@ class TinyModelSpec:
     """Shape of a tiny Qwen2.5-VL. Defaults build in milliseconds (~0.2 M parameters)."""
 
     seed: int = 0
-    arch: str = "qwen2_5_vl"  # model family (training.models): qwen2_5_vl, qwen2_vl, qwen2, qwen3
+    arch: str = "qwen2_5_vl"  # model family (training.models): qwen2_5_vl, qwen2_vl, qwen3_vl, qwen2, qwen3
     vocab_size: int = 1024  # BPE vocabulary trained on the spot (special tokens included)
     hidden_size: int = 64
     intermediate_size: int = 128
@@ -197,15 +197,46 @@ def build_tiny_model(spec: TinyModelSpec, tokenizer=None):
     )
     if spec.arch == "qwen2_vl":
         config = _qwen2_vl_config(config)
+    elif spec.arch == "qwen3_vl":
+        config = _qwen3_vl_config(config, spec)
     elif spec.arch != "qwen2_5_vl":
         from training.models import supported
 
         raise ValueError(f"arch {spec.arch!r} has no tiny model; supported: {supported()}")
     torch.manual_seed(spec.seed)
+    if spec.arch == "qwen3_vl":
+        from transformers import Qwen3VLForConditionalGeneration
+
+        from training.models.qwen3_vl import attach_deepstack
+
+        return attach_deepstack(Qwen3VLForConditionalGeneration(config)).eval(), tokenizer
     model = (Qwen2_5_VLForConditionalGeneration(config) if spec.arch == "qwen2_5_vl" else
              _qwen2_vl_model(config))
     model.eval()
     return model, tokenizer
+
+
+def _qwen3_vl_config(q25, spec: TinyModelSpec):
+    """A Qwen3-VL config with the tiny text model (explicit head_dim, interleaved M-RoPE), the
+    same special tokens, and a vision tower of patch 16 whose every block feeds DeepStack."""
+    from transformers import Qwen3VLConfig
+
+    t, v = q25.text_config, q25.vision_config
+    rope = dict(t.rope_parameters)
+    rope["mrope_interleaved"] = True
+    text = {k: getattr(t, k) for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                                       "num_attention_heads", "num_key_value_heads", "max_position_embeddings",
+                                       "bos_token_id", "eos_token_id", "pad_token_id")}
+    return Qwen3VLConfig(
+        text_config={**text, "head_dim": t.hidden_size // t.num_attention_heads, "rope_parameters": rope},
+        vision_config={"depth": v.depth, "hidden_size": v.hidden_size, "intermediate_size": v.intermediate_size,
+                       "num_heads": v.num_heads, "out_hidden_size": t.hidden_size, "patch_size": 16,
+                       "spatial_merge_size": 2, "temporal_patch_size": 2, "num_position_embeddings": 16,
+                       "deepstack_visual_indexes": list(range(spec.vision_depth))},
+        image_token_id=q25.image_token_id, video_token_id=q25.video_token_id,
+        vision_start_token_id=q25.vision_start_token_id, vision_end_token_id=q25.vision_end_token_id,
+        tie_word_embeddings=False,
+    )
 
 
 def _qwen2_vl_config(q25):
@@ -233,8 +264,23 @@ def _qwen2_vl_model(config):
     return Qwen2VLForConditionalGeneration(config)
 
 
+# Qwen3-VL's video budget is per clip (all frames together), as its processor applies it:
+# 64 frames of 32x32, or up to 64 of 64x64 for shorter clips.
+QWEN3_VL_VIDEO_SIZE = {"shortest_edge": 32 * 32 * 4, "longest_edge": 64 * 64 * 64}
+
+
 def processor_configs(spec: TinyModelSpec) -> dict[str, dict]:
-    """The processor JSON files a Qwen2.5-VL folder carries, with the tiny pixel budget."""
+    """The processor JSON files a Qwen2.5-VL folder carries, with the tiny pixel budget
+    (Qwen3-VL: patch 16, mean/std 0.5, clip budget in `size`, as its released folders)."""
+    if spec.arch == "qwen3_vl":
+        common = {"patch_size": 16, "temporal_patch_size": 2, "merge_size": 2, "image_mean": [0.5] * 3,
+                  "image_std": [0.5] * 3, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+                  "do_convert_rgb": True, "processor_class": "Qwen3VLProcessor"}
+        image = {**common, "image_processor_type": "Qwen2VLImageProcessor",
+                 "size": {"shortest_edge": 32 * 32 * 4, "longest_edge": 128 * 128}}
+        video = {**common, "video_processor_type": "Qwen3VLVideoProcessor", "size": dict(QWEN3_VL_VIDEO_SIZE),
+                 "fps": 2, "min_frames": 4, "max_frames": 768}
+        return {"preprocessor_config.json": image, "video_preprocessor_config.json": video}
     common = {
         "patch_size": 14,
         "temporal_patch_size": 2,

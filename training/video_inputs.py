@@ -52,6 +52,9 @@ class VisionSpec:
     image_std: list[float] = field(default_factory=lambda: [0.26862954, 0.26130258, 0.27577711])
     min_pixels: int = QWEN_VIDEO_MIN_PIXELS
     max_pixels: int = QWEN_VIDEO_MAX_PIXELS
+    # True (Qwen3-VL's video processor): min/max_pixels bound the whole clip (frames x height x
+    # width, frames rounded to the temporal patch), not each frame
+    clip_budget: bool = False
 
     @property
     def factor(self) -> int:
@@ -71,6 +74,7 @@ class VisionSpec:
                 if key in cfg:
                     setattr(spec, key, cfg[key])
             if path == video_cfg:  # image pixel budgets do not apply to video frames
+                spec.clip_budget = cfg.get("video_processor_type") == "Qwen3VLVideoProcessor"
                 size = cfg.get("size") or {}
                 spec.min_pixels = int(cfg.get("min_pixels") or size.get("shortest_edge") or spec.min_pixels)
                 spec.max_pixels = int(cfg.get("max_pixels") or size.get("longest_edge") or spec.max_pixels)
@@ -104,6 +108,16 @@ def frame_size(height: int, width: int, num_frames: int, sampling: VideoSampling
     """Target (height, width) for every frame of a clip."""
     min_px = sampling.min_pixels or spec.min_pixels
     max_px = sampling.max_pixels or spec.max_pixels
+    if spec.clip_budget:  # Qwen3-VL: one budget for the clip, its processor's own rule
+        from transformers.models.qwen3_vl.video_processing_qwen3_vl import (
+            smart_resize as clip_resize,
+        )
+
+        if sampling.total_pixels > 0:
+            max_px = min(max_px, sampling.total_pixels)
+        return clip_resize(max(num_frames, spec.temporal_patch_size), height, width,
+                           temporal_factor=spec.temporal_patch_size, factor=spec.factor,
+                           min_pixels=min_px, max_pixels=max_px)
     if sampling.total_pixels > 0:
         # Same rule as qwen-vl-utils: share the clip budget among frames, never below min_px.
         max_px = max(min(max_px, sampling.total_pixels / num_frames * spec.temporal_patch_size), int(min_px * 1.05))

@@ -9,6 +9,8 @@ family-agnostic and asks the family only for what differs:
 - `hf_class` / `vllm_architecture` / `auto_class`: the classes that load it;
 - `has_vision`: False for text-only LLMs (Qwen2.5, Qwen3): no vision tower, no video cache,
   records without video only, positions the plain 1-D text positions (training.mm_batch);
+- `frame_groups` / `deepstack` (Qwen3-VL, training/models/qwen3_vl.py): timestamped frame
+  groups in the prompt and positions, DeepStack features carried in the cached embeddings;
 - `tiny_config`: how `longrl model tiny --arch NAME` builds a random model of the family.
 A folder of any other family is refused with one line naming its model_type and the families
 that are supported (`UnsupportedModelError`). How to add a family: docs/models.md.
@@ -36,6 +38,8 @@ class ModelFamily:
     temporal_scaling: bool  # video time positions scale with seconds per temporal patch
     has_vision: bool = True  # False: a text-only causal LM (no vision tower, no video inputs)
     auto_class: str = "AutoModelForImageTextToText"  # the transformers Auto class that loads it
+    frame_groups: bool = False  # each temporal patch is its own segment after a timestamp (Qwen3-VL)
+    deepstack: bool = False  # cached video embeddings carry DeepStack features (Qwen3-VL)
 
 
 FAMILIES: dict[str, ModelFamily] = {}
@@ -76,4 +80,4 @@ def family_of(config: Any) -> ModelFamily:
     return FAMILIES[model_type]
 
 
-from training.models import qwen2_5_vl, qwen2_vl, text_lm  # noqa: E402,F401 - register the families
+from training.models import qwen2_5_vl, qwen2_vl, qwen3_vl, text_lm  # noqa: E402,F401 - register the families

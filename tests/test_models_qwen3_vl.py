@@ -1,0 +1,154 @@
+"""Qwen3-VL adapter (issue 13.2): tiny model, video layout without torchvision (patch 16, clip
+pixel budget, timestamped frame groups) against transformers' own Qwen3-VL processing code,
+project-owned positions, DeepStack features in the cached embeddings (cached == pixel path
+bitwise), rollout == trainer log-probs on long videos (10-20 s per temporal patch)."""
+
+from __future__ import annotations
+
+import types
+
+import numpy as np
+import pytest
+import torch
+
+from training.generation import generate
+from training.grpo.logprobs import sequence_logprobs
+from training.mm_batch import collate, encode_videos, hidden_states, rope_positions, token_logprobs
+from training.model_io import load_model, load_tokenizer
+from training.models import family_of
+from training.models import qwen3_vl as q3
+from training.prompts import append_response_ids, encode_example
+from training.tiny_model import TinyModelSpec, write_tiny_model_folder
+from training.video_inputs import VideoSampling, VisionSpec, frames_to_patches, patchify
+
+from .test_model_kit import MCQ, NUM
+
+
+@pytest.fixture(scope="module")
+def qwen3_vl(tmp_path_factory):
+    path = write_tiny_model_folder(tmp_path_factory.mktemp("qwen3_vl"), TinyModelSpec(arch="qwen3_vl"))
+    return path, load_model(path), load_tokenizer(path)
+
+
+def _video(spec: VisionSpec, frames: int, seconds: float, seed: int, size: int = 56):
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, (frames, size, size, 3), dtype=np.uint8)
+    stamps = [i * seconds / frames for i in range(frames)]
+    return frames_to_patches(pixels, frames / seconds, spec, VideoSampling(), stamps)
+
+
+def _encode(tok, rec, v):
+    return encode_example(tok, rec, v.num_tokens, video_groups=q3.frame_groups(v.grid_thw, v.merge_size,
+                                                                               v.timestamps_s, 2))
+
+
+def test_tiny_folder_is_a_qwen3_vl_with_deepstack(qwen3_vl):
+    from transformers import AutoModelForImageTextToText
+
+    path, model, _ = qwen3_vl
+    fam = family_of(path)
+    assert fam.name == "qwen3_vl" and fam.frame_groups and fam.deepstack and not fam.temporal_scaling
+    assert type(AutoModelForImageTextToText.from_pretrained(path)).__name__ == "Qwen3VLForConditionalGeneration"
+    assert model.config.vision_config.patch_size == 16 and model.config.vision_config.deepstack_visual_indexes
+    spec = VisionSpec.from_model_dir(path)
+    assert spec.clip_budget and spec.patch_size == 16 and spec.image_mean == [0.5] * 3
+
+
+def test_video_layout_matches_transformers_qwen3_vl_processing(qwen3_vl):
+    from transformers.models.qwen3_vl.processing_qwen3_vl import Qwen3VLProcessor
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import (
+        Qwen3VLVideoProcessor,
+        smart_resize,
+    )
+
+    path, _, tok = qwen3_vl
+    spec = VisionSpec.from_model_dir(path)
+    # the clip budget: frames x height x width, as the processor's smart_resize applies it
+    for frames, size in ((64, 56), (16, 56), (8, 120)):
+        v = _video(spec, frames, 600.0, 0, size)
+        h, w = smart_resize(frames, size, size, 2, 32, spec.min_pixels, spec.max_pixels)
+        assert v.grid_thw == (frames // 2, h // 16, w // 16)
+    # patches: the processor's own patchify of the same normalised frames
+    x = np.random.default_rng(1).standard_normal((6, 64, 96, 3)).astype(np.float32)
+    ours, grid = patchify(x, spec)
+    theirs, *tgrid = Qwen3VLVideoProcessor.patchify(None, torch.from_numpy(x).permute(0, 3, 1, 2)[None], 16, 2, 2)
+    assert grid == tuple(tgrid) and torch.equal(torch.from_numpy(ours), theirs[0])
+    # the prompt text: the processor's placeholder for the same frames, grid and timestamps
+    v = _video(spec, 64, 600.0, 2)
+    idx = list(range(0, 640, 10))  # frame indices of the 64 frames of a 600 s clip at 1.0667 fps
+    proc = types.SimpleNamespace(video_processor=types.SimpleNamespace(merge_size=2, temporal_patch_size=2),
+                                 vision_start_token="<|vision_start|>", vision_end_token="<|vision_end|>",
+                                 video_token="<|video_pad|>")
+    proc._calculate_timestamps = types.MethodType(Qwen3VLProcessor._calculate_timestamps, proc)
+    meta = types.SimpleNamespace(fps=640 / 600.0, frames_indices=idx)
+    want = Qwen3VLProcessor.replace_video_token(proc, {"video_grid_thw": torch.tensor([v.grid_thw]),
+                                                       "video_metadata": [meta]}, 0)
+    groups = q3.frame_groups(v.grid_thw, 2, [i / meta.fps for i in idx], 2)
+    assert q3.placeholder_text(groups) == want
+    enc = _encode(tok, MCQ, v)
+    text = tok.decode(enc.input_ids)
+    assert want in text and "<|vision_start|><|vision_start|>" not in text and text.count("seconds>") == 32
+    assert sum(t == 2 for t in enc.mm_token_type_ids) == v.num_tokens
+    with pytest.raises(ValueError, match="make 2 groups but the grid has t=32"):
+        q3.frame_groups(v.grid_thw, 2, [0.0, 1.0, 2.0], 2)
+
+
+def test_positions_equal_transformers_get_rope_index_on_long_videos(qwen3_vl):
+    path, model, tok = qwen3_vl
+    spec = VisionSpec.from_model_dir(path)
+    vids = [_video(spec, 64, 600.0, 3), _video(spec, 32, 640.0, 4)]  # 18.75 s and 40 s per temporal patch
+    batch = collate([_encode(tok, r, v) for r, v in zip((MCQ, NUM), vids, strict=True)], vids, tok.pad_token_id)
+    ours = rope_positions(model, batch)
+    ref, _ = model.model.get_rope_index(batch.input_ids, batch.mm_token_type_ids, video_grid_thw=batch.video_grid_thw,
+                                        attention_mask=batch.attention_mask)
+    real = batch.attention_mask.bool()
+    assert torch.equal(ours[:, real], ref[:, real])
+    # time enters only through the timestamp text: every frame group's tokens share one T value
+    row = ours[:, 1, real[1]]
+    vid = batch.mm_token_type_ids[1, real[1]] == 2
+    t_vals = row[0, vid].unique()
+    assert len(t_vals) == 16 and bool((row[1, vid] >= row[0, vid]).all())
+
+
+def test_cached_deepstack_embeddings_equal_the_pixel_path_and_rollout_equals_trainer(qwen3_vl):
+    path, model, tok = qwen3_vl
+    spec = VisionSpec.from_model_dir(path)
+    vids = [_video(spec, 64, 600.0, 5), _video(spec, 32, 320.0, 6)]
+    exs = [_encode(tok, r, v) for r, v in zip((MCQ, NUM), vids, strict=True)]
+    batch = collate(exs, vids, tok.pad_token_id)
+    H = model.config.text_config.hidden_size
+    levels = len(model.config.vision_config.deepstack_visual_indexes)
+    with torch.no_grad():
+        cached = encode_videos(model, batch.pixel_values_videos, batch.video_grid_thw)
+        assert [c.shape for c in cached] == [(v.num_tokens, (1 + levels) * H) for v in vids]
+        ours = model.lm_head(hidden_states(model, batch, cached))
+        native = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                       pixel_values_videos=batch.pixel_values_videos, video_grid_thw=batch.video_grid_thw,
+                       mm_token_type_ids=batch.mm_token_type_ids, position_ids=rope_positions(model, batch)).logits
+        without = model.lm_head(hidden_states(model, batch, [c[:, :H] for c in cached]))
+    real = batch.attention_mask.bool()
+    assert torch.equal(ours[real], native[real])  # bitwise
+    assert (without[real] - native[real]).abs().max() > 1e-3  # the DeepStack features matter
+    gen = generate(model, batch, [tok.convert_tokens_to_ids("<|im_end|>")], tok.pad_token_id, max_new_tokens=8,
+                   video_embeds=cached, generator=torch.Generator().manual_seed(0))
+    full = collate([append_response_ids(e, g) for e, g in zip(exs, gen.token_ids, strict=True)], vids,
+                   tok.pad_token_id, with_pixels=False)
+    with torch.no_grad():
+        lp, _ = token_logprobs(model, hidden_states(model, full, cached), full.input_ids, full.loss_mask)
+        lp2, _ = sequence_logprobs(model, full, cached)  # the GRPO scorer (right-aligned rows)
+    for i in range(2):
+        sel = full.loss_mask[i].bool()
+        want = torch.tensor(gen.logprobs[i])
+        assert len(want) > 0
+        assert (lp[i][sel] - want).abs().max() <= 1e-5
+        assert (lp2[i][sel] - want).abs().max() <= 1e-5
+
+
+def test_wide_embeddings_are_refused_by_families_without_deepstack(tiny_model_dir):
+    from training.mm_batch import embed_with_video
+
+    model = load_model(tiny_model_dir)
+    ids = torch.zeros((1, 3), dtype=torch.long)
+    mask = torch.tensor([[False, True, False]])
+    with pytest.raises(ValueError, match="width 128 do not fit token embeddings of width 64"):
+        embed_with_video(model, ids, [torch.zeros((1, 128))], mask)
