@@ -56,14 +56,12 @@ def paired_bootstrap_ci(
 
 
 def read_predictions(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line cut by a kill; the run's own resume drops it too
-    return rows
+    """A run's predictions: a last line cut by a kill is left out with a warning (the run's own
+    resume asks it again); a broken line before it is damage, named file:line (was skipped
+    silently, so a comparison could run on fewer questions than the run holds)."""
+    from common.jsonl import read_jsonl
+
+    return read_jsonl(path)
 
 
 def benchmark_dirs(run: Path) -> dict[str, Path]:

@@ -92,3 +92,34 @@ def test_judge_cache_torn_tail_dropped_and_damage_named(tmp_path, caplog):
     cache.write_text('{"key": "a", "correct": true}\n{"key": "b", "cor\n{"key": "c", "correct": true}\n')
     with pytest.raises(JsonlError, match=r"judge_cache.jsonl:2: not valid JSON"):
         LLMJudge(JudgeConfig(cache_path=str(cache)))
+
+
+def test_compare_leaves_out_a_torn_prediction_and_names_damage(tmp_path, caplog):
+    from eval.compare import compare_runs
+    from eval.runner import base_record
+    from eval.task import EvalItem, get_task
+
+    task = get_task("mlvu")
+    items = [EvalItem(qid=f"plotQA_{i}", video_path=f"v/{i}.mp4", question="q?", answer="B",
+                      options=["w", "x", "y", "z"], breakdown={"question_type": "plotQA"}, cluster=f"{i}")
+             for i in range(6)]
+
+    def rec(item, correct):
+        letter = "B" if correct else "C"
+        return {**base_record(task, item), "status": "answered", "correct": correct, "error": None,
+                "prompt": "p", "raw_output": letter, "extracted": letter}
+
+    for name, right in (("A", 6), ("B", 3)):
+        d = tmp_path / name / "mlvu"
+        d.mkdir(parents=True)
+        (d / "predictions.jsonl").write_text("".join(json.dumps(rec(it, i < right)) + "\n" for i, it in enumerate(items)))
+    _tear(tmp_path / "A" / "mlvu" / "predictions.jsonl", '{"qid": "plotQA_6", "stat')
+    with caplog.at_level(logging.WARNING, logger="longrl.jsonl"):
+        res = compare_runs(tmp_path / "A", tmp_path / "B", n_boot=50)["benchmarks"]["mlvu"]
+    assert res["n"] == 6 and "predictions.jsonl:7: dropped a torn last line" in caplog.text
+    lines = (tmp_path / "B" / "mlvu" / "predictions.jsonl").read_text().splitlines()
+    lines[2] = lines[2][:20]
+    (tmp_path / "B" / "mlvu" / "predictions.jsonl").write_text("\n".join(lines) + "\n")
+    result = runner.invoke(app, ["eval", "compare", str(tmp_path / "A"), str(tmp_path / "B")])
+    line = _error_line(result)  # was: the broken line skipped, 5 questions compared silently
+    assert "predictions.jsonl:3: not valid JSON" in line

@@ -176,7 +176,7 @@ class MetricsLogger:
     def history(self) -> list[dict]:
         if not self.path.is_file():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        return read_jsonl(self.path)  # a torn last line is left out with a warning, as on resume
 
     def plot(self) -> list[Path]:
         """PNG curves in out/plots/ (matplotlib, Agg); logged to MLflow when a run is active."""
