@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
-from data_gen.video_io import VideoError, probe_video, read_frames, sample_indices
+from data_gen.video_io import VideoError, frame_times, probe_video, read_frames, sample_indices
 
 # qwen-vl-utils' video defaults, used when neither the config nor the model folder sets a budget.
 QWEN_VIDEO_MIN_PIXELS = 128 * 28 * 28
@@ -206,5 +206,5 @@ def load_video_patches(path: str | Path, sampling: VideoSampling, spec: VisionSp
     sample_fps = len(indices) / span if span > 0 else info.fps
     if not np.isfinite(sample_fps) or sample_fps <= 0:
         raise VideoError(path, f"cannot derive a sampling rate from span {span}")
-    timestamps = [float(i) / info.fps for i in indices]
+    timestamps = frame_times(info, indices)  # the stream's timestamps on a variable-rate file
     return frames_to_patches(frames, sample_fps, spec, sampling, timestamps)
