@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import string
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
 CATEGORIES = ("Temporal", "Goal & Purpose", "Spatial", "Plot & Narrative")
@@ -81,6 +81,11 @@ class QARecord:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> QARecord:
         known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        missing = [f.name for f in fields(cls) if f.name not in known
+                   and f.default is MISSING and f.default_factory is MISSING]
+        if missing:  # a dataset without a column: name it (was a TypeError about __init__)
+            who = f"record {data.get('id') or '<no id>'}"
+            raise RecordError(f"{who}: missing field(s) {', '.join(missing)} (the dataset lacks the column)")
         rec = cls(**known)
         rec.options = list(rec.options or [])
         rec.modality = rec.modality or "video"  # files written before the field existed

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from pipelines.cli_common import console
+from pipelines.cli_common import console, fail
 
 app = typer.Typer(help="Model folders: build tiny random models of every supported family for tests and demos.",
                   no_args_is_help=True)
@@ -30,6 +30,13 @@ def tiny(
     spec = TinyModelSpec(seed=seed, arch=arch, hidden_size=hidden_size, intermediate_size=2 * hidden_size,
                          num_layers=layers, vision_depth=vision_depth,
                          vision_fullatt_blocks=[vision_depth - 1])
-    path = write_tiny_model_folder(out, spec)
+    if out.exists() and not out.is_dir():
+        fail(f"--out {out} is a file; give a folder to write the model into (new or a model folder)", 2)
+    try:
+        path = write_tiny_model_folder(out, spec)
+    except ValueError as exc:  # an unknown --arch or impossible sizes, named by the model kit
+        fail(str(exc), 2)
+    except OSError as exc:  # a read-only or full disk, a parent that is a file
+        fail(f"--out {out}: cannot write the model ({exc.strerror or exc})", 1)
     n = sum(f.stat().st_size for f in path.iterdir())
     console.print(f"[green]wrote[/green] tiny {arch} model to {path} ({n / 1e6:.1f} MB, seed {seed})")

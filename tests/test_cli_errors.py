@@ -129,3 +129,29 @@ def test_print_config_is_the_resolved_config_and_loads_back(command, tmp_path, m
         again = runner.invoke(app, [*COMMANDS[command], "--print-config", "--config", str(saved)])
         assert yaml.safe_load(again.stdout) == data
     assert not (tmp_path / "O").exists()  # printed, nothing run
+
+
+def test_model_tiny_out_an_existing_file_is_one_line(tmp_path):
+    existing = tmp_path / "notes.txt"
+    existing.write_text("keep me")
+    result = runner.invoke(app, ["model", "tiny", "--out", str(existing)])
+    _one_line_error(result, f"--out {existing} is a file", "give a folder")
+    assert existing.read_text() == "keep me"
+    result = runner.invoke(app, ["model", "tiny", "--out", str(existing / "sub")])
+    _one_line_error(result, "cannot write the model")
+    result = runner.invoke(app, ["model", "tiny", "--out", str(tmp_path / "m"), "--arch", "gemma"])
+    _one_line_error(result, "arch 'gemma' has no tiny model")
+
+
+def test_a_dataset_missing_a_column_names_it(tiny_model_dir, sft_records, tmp_path):
+    import pandas as pd
+
+    rows = [{k: v for k, v in r.to_dict().items() if k != "answer"} for r in sft_records[:3]]
+    path = tmp_path / "sft.parquet"
+    pd.DataFrame(rows).to_parquet(path)
+    result = runner.invoke(app, ["train", "sft", "--model", str(tiny_model_dir), "--data", str(path),
+                                 "--out", str(tmp_path / "o")])
+    _one_line_error(result, str(path), "missing field(s) answer (the dataset lacks the column)")
+    result = runner.invoke(app, ["train", "sft", "--model", str(tiny_model_dir), "--data", str(tmp_path / "nope"),
+                                 "--out", str(tmp_path / "o")])
+    _one_line_error(result, str(tmp_path / "nope"), "no split 'sft' found")
