@@ -56,6 +56,9 @@ class EvalConfig:
     seed: int = 0
     bootstrap: int = 2000  # bootstrap resamples for the 95 % intervals
     overwrite: bool = False  # discard existing predictions in OUT instead of resuming
+    # "i/n": answer only shard i of n of each benchmark (one process/GPU each, same --out);
+    # the last shard to finish merges (eval/shards.py); "": the whole benchmark
+    shard: str = ""
     vllm_max_model_len: int = 32768
     vllm_gpu_memory_utilization: float = 0.85
     vllm_tensor_parallel_size: int = 1  # GPUs one vLLM engine shards the model over
@@ -113,6 +116,13 @@ class EvalConfig:
                 f"--tensor-parallel-size {self.vllm_tensor_parallel_size} needs --engine vllm"
             )
         check_limit(self.limit)
+        from eval.shards import parse_shard
+
+        if parse_shard(self.shard) is not None and self.overwrite:
+            raise ValueError(
+                "--overwrite with --shard would discard the other shards' predictions: start "
+                "a fresh sharded run in another --out (or run --overwrite once without --shard)"
+            )
 
 
 def benchmark_dir_name(task: TaskSpec, subtitles: bool) -> str:
@@ -207,9 +217,11 @@ def resolved_dtype(cfg: EvalConfig) -> str:
 
 
 def check_resume(bench_dir: Path, settings: dict[str, Any], overwrite: bool) -> None:
+    from eval.shards import shard_files
+
     info_path, preds = bench_dir / RUN_INFO, bench_dir / PREDICTIONS
     if overwrite:
-        for p in (info_path, preds):
+        for p in (info_path, preds, *shard_files(bench_dir)):
             p.unlink(missing_ok=True)
     elif info_path.is_file():
         old = json.loads(info_path.read_text())["settings"]
@@ -218,7 +230,7 @@ def check_resume(bench_dir: Path, settings: dict[str, Any], overwrite: bool) -> 
             for k, v in settings.items()
             if old.get(k) != v and k not in NOT_COMPARED
         }
-        if diff and preds.is_file():
+        if diff and (preds.is_file() or shard_files(bench_dir)):
             raise SettingsMismatch(
                 f"{bench_dir} holds predictions made with other settings "
                 + ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())

@@ -14,6 +14,7 @@ prompt style, subtitles, decoding) in run_info.json; resuming with different set
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from typing import Any
 
 from common.answers import numbers_match
 from common.short_answers import exact_open, short_answer_matches
-from eval import lmms_output, report
+from eval import lmms_output, report, shards
 from eval.config import (  # noqa: F401 - EvalConfig and SettingsMismatch are part of this API
     PREDICTIONS,
     REASONING_MAX_NEW_TOKENS,
@@ -239,16 +240,25 @@ def evaluate_benchmark(
     bench_dir = out / bench_name
     settings = run_settings(cfg, task, style, max_new)
     check_resume(bench_dir, settings, cfg.overwrite)
-    store = PredictionStore(bench_dir / PREDICTIONS)
+    merged = PredictionStore(bench_dir / PREDICTIONS)
+    shard = shards.parse_shard(cfg.shard)
+    if shard is None:  # predictions.jsonl, with whatever shard processes have answered
+        store, mine, absorbed = merged, items, shards.absorb(bench_dir, merged)
+    else:  # this process's share, into its own file (see eval/shards.py)
+        store, absorbed = PredictionStore(shards.shard_path(bench_dir, *shard)), 0
+        mine = shards.shard_items(task, items, *shard)
     retried = drop_retryable(store)
-    done = store.load()
-    todo = [it for it in items if it.qid not in done]
-    resumed = len(items) - len(todo)
+    done = set(store.load())
+    if shard is not None:  # answered by an earlier merge already
+        done |= {q for q, r in merged.load(repair=False).items() if shards.final(r)}
+    todo = [it for it in mine if it.qid not in done]
+    resumed = len(mine) - len(todo)
     store.append(error_record(task, it, it.error) for it in todo if it.error)
     runnable = [it for it in todo if not it.error]
     t0 = time.perf_counter()
+    label = bench_name + (f" (shard {cfg.shard})" if shard else "")
     bar = (
-        progress.add_task(bench_name, total=len(items), completed=len(items) - len(runnable))
+        progress.add_task(label, total=len(mine), completed=len(mine) - len(runnable))
         if progress
         else None
     )
@@ -259,6 +269,24 @@ def evaluate_benchmark(
         if progress:
             progress.advance(bar, len(batch))
     gen_s = time.perf_counter() - t0
+    if shard is not None:
+        info = {"benchmark": bench_name, "shard": cfg.shard, "questions": len(items),
+                "shard_questions": len(mine), "resumed": resumed, "generated": len(runnable),
+                "retried": retried, "generation_seconds": round(gen_s, 3),
+                "engine": engine.describe() if engine else None}  # fmt: skip
+        if shards.complete(bench_dir, merged, items):
+            with shards.MergeLock(bench_dir) as lock:
+                if lock.held:  # the last shard to finish: merge and score the whole benchmark
+                    whole = dataclasses.replace(cfg, shard="", overwrite=False)
+                    m = evaluate_benchmark(whole, name, get_engine, out, None, stamp)
+                    m["merged_by_shard"] = info
+                    report.write_json(bench_dir / "metrics.json", m)
+                    return m
+            info["note"] = f"complete; another process holds {lock.path} and merges"
+        else:
+            info["note"] = ("other shards still to answer; the last shard to finish merges "
+                            "(or run without --shard to merge and answer what is left)")
+        return info
     by_qid = {it.qid: it for it in items}
     records = [r for q, r in store.load().items() if q in by_qid]
     by_record = {r["qid"]: r for r in records}  # the same dicts: judging updates them in place
@@ -285,6 +313,7 @@ def evaluate_benchmark(
         resumed=resumed,
         generated=len(runnable),
         retried=retried,
+        absorbed_from_shards=absorbed,
         generation_seconds=round(gen_s, 3),
         judges=judges_used(records),
         judge_protocol=judge_metrics(records),
@@ -356,6 +385,7 @@ def evaluate(cfg: EvalConfig, console: Any = None) -> dict[str, Any]:
         return holder["engine"]
 
     per_benchmark: dict[str, dict[str, Any]] = {}
+    shard_infos: list[dict[str, Any]] = []
     started = time.time()
     stamp = lmms_output.date_id(started)
     with tracking.stage_run("eval", config=cfg, tags={"eval.model": cfg.model}) as run:
@@ -370,6 +400,15 @@ def evaluate(cfg: EvalConfig, console: Any = None) -> dict[str, Any]:
         ) as progress:
             for name in cfg.benchmarks:
                 m = evaluate_benchmark(cfg, name, get_engine, out, progress, stamp)
+                if "score" not in m:  # a shard's share, not yet merged (eval/shards.py)
+                    shard_infos.append(m)
+                    if console is not None:
+                        console.print(
+                            f"{m['benchmark']}: shard {m['shard']} answered "
+                            f"{m['generated']} (resumed {m['resumed']}) of its "
+                            f"{m['shard_questions']} questions; {m['note']}", markup=False
+                        )
+                    continue
                 per_benchmark[m["benchmark"]] = m
                 for note in m["notes"] if console is not None else ():
                     console.print(f"{m['benchmark']}: {note}", markup=False)
@@ -386,9 +425,13 @@ def evaluate(cfg: EvalConfig, console: Any = None) -> dict[str, Any]:
                 for k, m in per_benchmark.items()
             },
         }
-        report.write_summary(out, summary)  # merged with benchmarks of earlier commands into OUT
-        lmms_output.write_results(
-            out, cfg, stamp, {m["task"]: m["lmms_eval"] for m in per_benchmark.values()}, started
-        )
+        if per_benchmark:
+            report.write_summary(out, summary)  # merged with earlier commands' benchmarks
+            lmms_output.write_results(
+                out, cfg, stamp, {m["task"]: m["lmms_eval"] for m in per_benchmark.values()},
+                started,
+            )
+        if shard_infos:
+            summary["shards"] = shard_infos
         report.log_to_mlflow(run, out, summary, per_benchmark)
     return summary

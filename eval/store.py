@@ -20,8 +20,10 @@ class PredictionStore:
         self.path = Path(path)
         self.dropped_partial = False
 
-    def load(self) -> dict[str, dict[str, Any]]:
-        """{qid: record} of the complete lines (repairing a torn tail, see the module doc)."""
+    def load(self, repair: bool = True) -> dict[str, dict[str, Any]]:
+        """{qid: record} of the complete lines (repairing a torn tail, see the module doc).
+        `repair=False` reads another process's file: an unterminated last line is then only
+        skipped, never cut off (its writer may be in the middle of appending it)."""
         if not self.path.is_file():
             return {}
         data = self.path.read_bytes()
@@ -45,7 +47,7 @@ class PredictionStore:
             if rec is not None:
                 records.setdefault(str(rec["qid"]), rec)
             pos = good_end = nl + 1
-        if good_end < len(data):
+        if good_end < len(data) and repair:
             self.dropped_partial = True
             with self.path.open("r+b") as fh:
                 fh.truncate(good_end)

@@ -54,6 +54,12 @@ def run(
         "groups (VNBench), spread over every task of a mean-over-tasks headline (MLVU); "
         "metrics.json says what was evaluated.",
     ),
+    shard: str = typer.Option(
+        None,
+        "--shard",
+        help="i/n: answer only shard i of n of each benchmark (one process or GPU per shard, "
+        "same --out); the last shard to finish merges and scores, as one run would.",
+    ),
     tensor_parallel_size: int = typer.Option(
         None,
         "--tensor-parallel-size",
@@ -117,6 +123,7 @@ def run(
         "frames": frames,
         "fps": fps,
         "limit": limit,
+        "shard": shard,
         "vllm_tensor_parallel_size": tensor_parallel_size,
         "engine": engine,
         "endpoint.base_url": base_url,
@@ -141,6 +148,9 @@ def run(
         fail(f"endpoint unavailable: {exc}", 1)
     from eval.report import console_table
 
+    if not summary["benchmarks"] and summary.get("shards"):  # shard runs, merged later
+        console.print(f"shard {cfg.shard}: predictions in {cfg.out}/<benchmark>/shards/")
+        return
     console.print(console_table(summary))
     console.print(
         f"results in {cfg.out} (summary.json, <benchmark>/metrics.json, accuracy.png, predictions.jsonl)"
