@@ -66,6 +66,29 @@ def test_fsdp_loading_holds_a_shard_per_rank_and_the_exact_weights(tmp_path):
         # recomputed, not the uninitialised memory `to_empty` leaves (which only moves q/k)
         assert res["buffers"].keys() == want_buffers.keys() and len(want_buffers) == 4, rank
         assert all(torch.equal(res["buffers"][k], v) for k, v in want_buffers.items()), rank
-    # Not yet asserted: the profiler's peak of torch CPU allocations during the meta load is still
-    # ~1.0x the full parameter bytes (measured; cause not found yet) - the ~1/world target is open.
+        # never more than ~1/world of the parameters live at any moment of the load (torch's own
+        # allocation events; safetensors' safe_open used to map each whole file: 1.0x)
+        assert res["peak"] <= 0.55 * full_bytes, (rank, res["peak"] / full_bytes)
+    # the measurement sees a full model where there is one (the load it replaces)
     assert all(res["peak"] >= 0.95 * full_bytes for res in plain), [r["peak"] / full_bytes for r in plain]
+
+
+def test_meta_load_converts_the_saved_dtype_and_names_a_misfit(tmp_path):
+    """A bf16 model from the fp32 folder (the buffer path: saved dtype != model dtype) equals
+    transformers' own bf16 load; a tensor of another shape is an error naming file and tensor."""
+    import json
+
+    from training.model_loading import load_sharded_weights, meta_model
+
+    folder = write_tiny_model_folder(tmp_path / "m", SPEC)
+    got = load_sharded_weights(meta_model(folder, dtype="bfloat16"), folder, "cpu").state_dict()
+    want = load_model(folder, dtype="bfloat16").state_dict()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], v) for k, v in want.items())
+    config = json.loads((folder / "config.json").read_text())
+    text = config.get("text_config", config)
+    text["intermediate_size"] = SPEC.intermediate_size * 2
+    (folder / "config.json").write_text(json.dumps(config))
+    import pytest
+
+    with pytest.raises(ValueError, match=r"model.safetensors:.*mlp.*the model wants"):
+        load_sharded_weights(meta_model(folder), folder, "cpu")
