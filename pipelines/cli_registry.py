@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 
 import typer
 
@@ -26,6 +27,20 @@ def _tracking(uri: str | None) -> None:
         fail("no MLflow server: set MLFLOW_TRACKING_URI or pass --tracking-uri", code=2)
 
 
+@contextmanager
+def _server_errors(what: str):
+    """An unknown model name or version (MLflow's RESOURCE_DOES_NOT_EXIST) and other server
+    refusals as one line, not a traceback."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MlflowException as exc:
+        msg = str(getattr(exc, "message", "") or exc).split(": ", 1)[-1].strip().splitlines()[0]
+        hint = "; `longrl registry show` lists the models and versions" if "not found" in msg else ""
+        fail(f"{what}: {msg}{hint}", 2 if "not found" in msg else 1)
+
+
 @app.command()
 def show(
     name: str | None = typer.Option(None, "--name", help="Registered model name (default: all models)."),
@@ -40,7 +55,8 @@ def show(
 
     from common import registry
 
-    rows = registry.describe(name)
+    with _server_errors(f"registry show --name {name}" if name else "registry show"):
+        rows = registry.describe(name)
     if as_json:
         typer.echo(json.dumps(rows, indent=1))
         return
@@ -73,7 +89,8 @@ def promote(
     from common import registry
 
     try:
-        mv = registry.promote(name, version, alias=alias, force=force, reason=reason, actor="cli")
+        with _server_errors(f"registry promote --name {name} --version {version}"):
+            mv = registry.promote(name, version, alias=alias, force=force, reason=reason, actor="cli")
     except registry.RegistryError as exc:
         fail(str(exc))
     console.print(f"{name} v{mv.version} is now @{alias}")
@@ -86,6 +103,9 @@ def gate(
     metric: str = typer.Option("accuracy", help="Eval metric compared (an eval.<metric> tag)."),
     min_margin: float = typer.Option(0.0, help="The candidate must beat the champion by more than this."),
     lower_is_better: bool = typer.Option(False, help="The metric is an error (lower wins)."),
+    fail_if_not_promoted: bool = typer.Option(
+        False, "--fail-if-not-promoted",
+        help="Exit 3 when the candidate is not promoted (for scripts; default: exit 0 either way)."),
     tracking_uri: str | None = typer.Option(None, help=TRACKING_HELP),
 ) -> None:
     """Apply the promotion gate to a version using the eval.* tags of it and of the champion;
@@ -94,6 +114,9 @@ def gate(
     from common import registry
 
     cfg = registry.GateConfig(metric=metric, min_margin=min_margin, higher_is_better=not lower_is_better)
-    decision = registry.gate_and_promote(name, version, cfg, actor="cli")
+    with _server_errors(f"registry gate --name {name} --version {version}"):
+        decision = registry.gate_and_promote(name, version, cfg, actor="cli")
     verdict = "promoted to @champion" if decision.promote else "not promoted"
     console.print(f"{name} v{version}: {verdict} ({decision.reason})")
+    if fail_if_not_promoted and not decision.promote:
+        raise typer.Exit(3)
