@@ -113,7 +113,7 @@ def test_positions_equal_transformers_get_rope_index_on_long_videos(qwen3_vl):
 def test_cached_deepstack_embeddings_equal_the_pixel_path_and_rollout_equals_trainer(qwen3_vl):
     path, model, tok = qwen3_vl
     spec = VisionSpec.from_model_dir(path)
-    vids = [_video(spec, 64, 600.0, 5), _video(spec, 32, 320.0, 6)]
+    vids = [_video(spec, 32, 300.0, 5), _video(spec, 24, 240.0, 6)]  # 18.75 s and 20 s per temporal patch
     exs = [_encode(tok, r, v) for r, v in zip((MCQ, NUM), vids, strict=True)]
     batch = collate(exs, vids, tok.pad_token_id)
     H = model.config.text_config.hidden_size
@@ -152,3 +152,32 @@ def test_wide_embeddings_are_refused_by_families_without_deepstack(tiny_model_di
     mask = torch.tensor([[False, True, False]])
     with pytest.raises(ValueError, match="width 128 do not fit token embeddings of width 64"):
         embed_with_video(model, ids, [torch.zeros((1, 128))], mask)
+
+
+def test_sft_and_grpo_steps_through_the_cli(qwen3_vl, sft_records, colour_task, tmp_path):
+    """The unchanged CLI on a Qwen3-VL folder: SFT (frame groups in the scan and the batches),
+    then GRPO (vision tower once per video, rollout == trainer log-probs)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    from .fixtures.grpo import grpo_overrides
+    from .fixtures.sft import TINY_SFT_OVERRIDES, write_split
+
+    path, _, _ = qwen3_vl
+    runner = CliRunner()
+    data = write_split(sorted(sft_records, key=lambda r: len(r.reasoning))[:4], tmp_path / "data")
+    r = runner.invoke(app, ["train", "sft", "--model", str(path), "--data", str(data), "--out", str(tmp_path / "sft"),
+                            *TINY_SFT_OVERRIDES, "micro_batch_size=4", "epochs=1"])
+    assert r.exit_code == 0, r.output
+    s = json.loads((tmp_path / "sft/summary.json").read_text())
+    assert s["examples_used"] == 4 and s["examples_skipped"] == 0
+    r = runner.invoke(app, ["train", "grpo", "--model", str(tmp_path / "sft/model"), "--data", str(colour_task),
+                            "--out", str(tmp_path / "grpo"), *grpo_overrides(max_steps=1)])
+    assert r.exit_code == 0, r.output
+    (m,) = [json.loads(line) for line in (tmp_path / "grpo/metrics.jsonl").read_text().splitlines()]
+    assert m["rows"] == 6 and m["vision_calls_per_video"] == 1.0 and m["rollout/logprob_diff_max"] <= 1e-5
+    samples = (tmp_path / "grpo/samples.jsonl").read_text()
+    assert samples

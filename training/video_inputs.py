@@ -90,6 +90,7 @@ class VideoPatches:
     second_per_grid_t: float  # seconds covered by one temporal patch (for M-RoPE time ids)
     timestamps_s: list[float]  # timestamp of each sampled frame
     merge_size: int = 2
+    frame_groups: bool = False  # the prompt lays it out as timestamped frame groups (Qwen3-VL)
 
     @property
     def num_tokens(self) -> int:
@@ -169,6 +170,7 @@ def frames_to_patches(frames: np.ndarray, sample_fps: float, spec: VisionSpec, s
         second_per_grid_t=spec.temporal_patch_size / sample_fps,
         timestamps_s=list(timestamps_s or []),
         merge_size=spec.merge_size,
+        frame_groups=spec.clip_budget,  # Qwen3-VL's processor: clip budget and frame groups
     )
 
 

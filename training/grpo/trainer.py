@@ -36,6 +36,7 @@ from training.grpo.rollout import RolloutPrompt, SamplingSettings
 from training.grpo.setup import TrainerSetup
 from training.grpo.update import UpdateInputs, old_pass_is_redundant, policy_update
 from training.grpo.video_cache import StepVideo
+from training.models.qwen3_vl import video_groups
 from training.prompts import SYSTEM_PROMPT, encode_example
 
 
@@ -200,7 +201,9 @@ class GRPOTrainer(TrainerSetup):
         with timer("encode"):
             records, videos = self._prompts_with_videos(want)
         prompts = [encode_example(self.tokenizer, rec, videos[rec.id].num_tokens,
-                                  system_prompt=cfg.system_prompt or SYSTEM_PROMPT) for rec in records]
+                                  system_prompt=cfg.system_prompt or SYSTEM_PROMPT,
+                                  video_groups=video_groups(videos[rec.id]))  # Qwen3-VL: timestamped groups
+                   for rec in records]
         with timer("rollout"):
             vids = [videos[rec.id] for rec in records]
             embeds = self.embedder.rollout_embeds(vids)

@@ -19,7 +19,7 @@ import hashlib
 import json
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
@@ -41,6 +41,8 @@ class StepVideo:
     patches: VideoPatches | None = None
     embeds: torch.Tensor | None = None  # [num_tokens, hidden], no grad
     ref_embeds: torch.Tensor | None = None  # the reference's, when its vision tower differs
+    timestamps_s: list[float] = field(default_factory=list)  # sampled frames' (Qwen3-VL prompt text)
+    frame_groups: bool = False  # laid out as timestamped frame groups (training.models.qwen3_vl)
 
     @property
     def num_tokens(self) -> int:
@@ -172,7 +174,8 @@ class VideoEmbedder:
                 self.store.popitem(last=False)
         self.store.move_to_end(key)
         return StepVideo(key, rec.video_id, tuple(patches.grid_thw), patches.second_per_grid_t,
-                         patches.merge_size, patches=patches)
+                         patches.merge_size, patches=patches, timestamps_s=list(patches.timestamps_s),
+                         frame_groups=patches.frame_groups)
 
     def _sampling(self, rec: QARecord) -> VideoSampling:
         return sampling_for(rec, self.sampling, self.use_record_frames)

@@ -63,6 +63,15 @@ def frame_groups(grid_thw: Sequence[int], merge: int, frame_timestamps_s: Sequen
     return [(s, h * w // merge**2) for s in stamps]
 
 
+def video_groups(video) -> list[tuple[float, int]] | None:
+    """The frame groups of a video input (VideoPatches, StepVideo) whose model lays videos out
+    as timestamped frame groups; None for the other families and for rows without video."""
+    if not getattr(video, "frame_groups", False) or video.num_tokens == 0:
+        return None
+    t = int(video.grid_thw[0])
+    return frame_groups(video.grid_thw, video.merge_size, video.timestamps_s, -(-len(video.timestamps_s) // t))
+
+
 def placeholder_text(groups: Sequence[tuple[float, int]]) -> str:
     """The text one video becomes (what the processor writes, with pads spelled out)."""
     return "".join(f"<{s:.1f} seconds>{VISION_START}{VIDEO_PAD * n}{VISION_END}" for s, n in groups)

@@ -21,6 +21,7 @@ from pathlib import Path
 from data_gen.schema import QARecord
 from data_gen.video_io import VideoError
 from training.distributed import DistContext, all_gather_objects
+from training.models.qwen3_vl import video_groups
 from training.prompts import EncodedExample, encode_example, format_response
 from training.sft.config import SFTConfig
 from training.video_inputs import (
@@ -96,17 +97,18 @@ def load_patches(record: QARecord, cfg: SFTConfig, spec: VisionSpec) -> VideoPat
     return load_video_patches(record.video_path, sampling_for(record, cfg), spec, start, end)
 
 
-def _video_plan(record: QARecord, cfg: SFTConfig, spec: VisionSpec) -> tuple[int, int] | str:
-    """(video tokens, frames) or the reason the video cannot be used."""
+def _video_plan(record: QARecord, cfg: SFTConfig, spec: VisionSpec) -> tuple[int, int, list | None] | str:
+    """(video tokens, frames, Qwen3-VL frame groups or None) or the reason the video cannot be
+    used. Qwen3-VL prompts hold each group's timestamp, so its videos are decoded in the scan."""
     if not record.has_video:
-        return 0, 0  # a text-only record
+        return 0, 0, None  # a text-only record
     try:
-        if cfg.scan_decode:
+        if cfg.scan_decode or spec.clip_budget:
             p = load_patches(record, cfg, spec)
-            return p.num_tokens, p.grid_thw[0] * spec.temporal_patch_size
+            return p.num_tokens, p.grid_thw[0] * spec.temporal_patch_size, video_groups(p)
         start, end = clip_span(record)
         t, h, w = planned_grid(record.video_path, sampling_for(record, cfg), spec, start, end)
-        return t * h * w // spec.merge_size**2, t * spec.temporal_patch_size
+        return t * h * w // spec.merge_size**2, t * spec.temporal_patch_size, None
     except VideoError as exc:
         return f"video: {exc.reason}"
     except (ValueError, OSError) as exc:  # e.g. a span outside the video, unreadable file
@@ -130,9 +132,9 @@ def scan_records(records: list[QARecord], indices: list[int], tokenizer, spec: V
         elif isinstance(plan, str):
             entry.reason = plan
         else:
-            entry.video_tokens, entry.frames = plan
+            entry.video_tokens, entry.frames, groups = plan
             enc = encode_example(tokenizer, rec, entry.video_tokens, response=target_text(rec),
-                                 system_prompt=cfg.system_prompt)
+                                 system_prompt=cfg.system_prompt, video_groups=groups)
             entry.seq_len, entry.loss_tokens = len(enc.input_ids), enc.response_len
             if entry.seq_len > cfg.max_seq_len:
                 entry.reason = f"{entry.seq_len} tokens (prompt + response) > max_seq_len {cfg.max_seq_len}"
@@ -209,5 +211,5 @@ def load_example(record: QARecord, entry: ScanEntry, tokenizer, spec: VisionSpec
         raise VideoError(record.video_path, f"now gives {video.num_tokens} video tokens, the scan found "
                                             f"{entry.video_tokens} (the file changed during the run)")
     enc = encode_example(tokenizer, record, video.num_tokens, response=target_text(record),
-                         system_prompt=cfg.system_prompt)
+                         system_prompt=cfg.system_prompt, video_groups=video_groups(video))
     return LoadedExample(entry, enc, video)

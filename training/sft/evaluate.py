@@ -19,6 +19,7 @@ from data_gen.schema import QARecord
 from training.distributed import DistContext, all_reduce_sum
 from training.generation import generate
 from training.grpo.rewards import format_reward, grade_numeric, multiple_choice_reward
+from training.models.qwen3_vl import video_groups
 from training.prompts import encode_example
 from training.sft.data import LoadedExample
 from training.sft.step import autocast_context, make_batch, nll_sum
@@ -54,7 +55,8 @@ def greedy_answers(model, tokenizer, eval_set: EvalSet, n: int, max_new_tokens: 
     texts = []
     for ex in eval_set.examples[:n]:
         rec = eval_set.records[ex.entry.index]
-        prompt = encode_example(tokenizer, rec, ex.video.num_tokens, system_prompt=system_prompt)
+        prompt = encode_example(tokenizer, rec, ex.video.num_tokens, system_prompt=system_prompt,
+                                video_groups=video_groups(ex.video))
         batch = make_batch([LoadedExample(ex.entry, prompt, ex.video)], tokenizer.pad_token_id, device)
         with autocast_context(device, bf16):
             out = generate(model, batch, stop, tokenizer.pad_token_id, max_new_tokens=max_new_tokens, greedy=True)
