@@ -1,7 +1,8 @@
 """GRPO step time with cached video embeddings vs re-encoding pixels on every pass (MR-SP stage 1).
 
-For several frame counts, runs the real trainer (tiny model, real video files) three ways and
-prints them side by side with ratios:
+For several frame counts, runs the real trainer (tiny model, real video files) three ways,
+interleaved (rounds of a few steps per mode, order rotated, fixed threads, one warm-up step
+each; bench_grpo_step.interleave) and prints min/median step times and ratios side by side:
 - pixels:  the vision tower runs for the rollout and again for every row of every training pass
            (old policy, reference, update) - what the reference does;
 - online:  once per unique video per step, embeddings reused everywhere (our default);
@@ -11,7 +12,7 @@ The bench model's vision/LLM cost ratio is set to Qwen2.5-VL-7B's: forward FLOPs
 tower per merged video token over the LLM's forward FLOPs per token (weights only, attention
 score terms left out) - printed for both, with the measured time ratio of the tiny model.
 
-    .venv/bin/python bench/bench_grpo_cache.py [--frames 8,16,32] [--steps 3] [--group 4]
+    .venv/bin/python bench/bench_grpo_cache.py [--frames 16,64] [--repeats 3] [--fail-below 1.1]
     .venv/bin/python bench/bench_grpo_cache.py --preset qwen7b --frames 64,128,256,512  # GPU
 """
 
@@ -28,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from training.tiny_model import TinyModelSpec  # noqa: E402
 
@@ -107,38 +109,35 @@ def measured_ratio(model_dir: Path, data: Path, frames: int) -> float:
     return t_vis / t_llm
 
 
-def run_mode(model_dir: Path, data: Path, out: Path, mode: str, frames: int, args, cache: Path) -> dict:
-    from common.config import load_config
-    from training.grpo.config import GRPOConfig
-    from training.grpo.trainer import GRPOTrainer
-
-    over = [f"max_steps={args.steps + 1}", f"rollout.prompts_per_step={args.prompts}",
-            f"rollout.group_size={args.group}", f"rollout.max_new_tokens={args.new_tokens}",
-            f"video.num_frames={frames}", f"video.embeddings={mode}",
-            f"video.embed_cache={cache}", "progress=false", "plots=false", "save_every=1000000",
-            "optim.lr=0.0001", f"dtype={args.dtype}"]
-    GRPOTrainer(load_config(GRPOConfig, None, over), model_dir, data, out).train()
-    hist = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][1:]  # skip warm-up
-
-    def med(k: str) -> float:
-        return statistics.median(h[k] for h in hist)
-
-    return {"step": med("time/step"), "calls": med("vision_calls_per_video"),
-            **{p: med(f"time/{p}") for p in ("encode", "rollout", "logprob", "update")}}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--frames", default="8,16,32")
-    ap.add_argument("--steps", type=int, default=3, help="timed steps per setting (after one warm-up)")
+    ap.add_argument("--frames", default="16,64")
+    ap.add_argument("--repeats", type=int, default=3, help="rounds; each runs --block steps of every mode")
+    ap.add_argument("--block", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--prompts", type=int, default=2)
     ap.add_argument("--group", type=int, default=4)
     ap.add_argument("--new-tokens", type=int, default=8)
     ap.add_argument("--preset", choices=["bench", "qwen7b"], default="bench")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--size", default="112x112", help="video frame size WIDTHxHEIGHT")
+    ap.add_argument("--fail-below", type=float, default=0.0,
+                    help="exit 1 when pixels/online (median) is below this at any frame count")
+    ap.add_argument("--json", default="")
     args = ap.parse_args()
 
+    from bench_grpo_step import (
+        drop_prefetch,
+        interleave,
+        longrl_step,
+        make_trainer,
+        set_threads,
+        summary,
+        trainer_overrides,
+        write_task,
+    )
+
+    set_threads(args.threads)
     from training.grpo.embed_cache import build_cache
     from training.model_io import load_model
     from training.records import load_records
@@ -150,42 +149,58 @@ def main() -> None:
     size = tuple(int(v) for v in args.size.split("x"))
     print(f"vision/LLM forward FLOPs per video token: bench model {flops_ratio(spec):.2f}, "
           f"Qwen2.5-VL-7B {flops_ratio(QWEN7B_SPEC):.2f}")
+    rows = []
     with tempfile.TemporaryDirectory(dir=Path(__file__).resolve().parent.parent / ".tmp") as tmp:
         root = Path(tmp)
         model_dir = write_tiny_model_folder(root / "model", TinyModelSpec(seed=0, **spec))
-        rows = []
         for frames in frames_list:
-            data = root / f"data{frames}"
-            data.mkdir()
-            recs = write_videos(data, args.prompts, max(frames, 16), size)
-            (data / "rl.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+            data = write_task(root / f"data{frames}", args.prompts, frames, size)
             cache = root / f"cache{frames}"
             t0 = time.perf_counter()
             build_cache(load_model(model_dir, args.dtype), load_records(data).records, cache,
                         VideoSampling(num_frames=frames), VisionSpec.from_model_dir(model_dir), progress=False)
             build_s = time.perf_counter() - t0
-            res = {m: run_mode(model_dir, data, root / f"out{frames}_{m}", m, frames, args, cache)
-                   for m in ("pixels", "online", "offline")}
+            modes, after = {}, {}
+            for m in ("pixels", "online", "offline"):
+                over = trainer_overrides(args.prompts, args.group, args.new_tokens, frames)
+                tr = make_trainer(model_dir, data, root / f"out{frames}_{m}",
+                                  [*over, f"video.embeddings={m}", f"video.embed_cache={cache}", f"dtype={args.dtype}"])
+                modes[m], after[m] = longrl_step(tr), (lambda t=tr: drop_prefetch(t))
+            print(f"{frames} frames:", flush=True)
+            runs = interleave(modes, args.repeats, args.block, after)
+            res = {m: {**summary(v), "calls": statistics.median(x["calls"] for x in v)} for m, v in runs.items()}
             rows.append((frames, res, build_s, measured_ratio(model_dir, data, frames)))
-            print(f"  done {frames} frames", flush=True)
 
     g = args.group
-    print(f"\nGRPO step, {args.prompts} prompts x G={g}, {args.new_tokens} new tokens, median of "
-          f"{args.steps} steps ({args.preset} model, {args.dtype}); vision = vision-tower calls per video per step")
-    head = (f"{'frames':>6} {'vis/LLM time':>12} | {'pixels s':>8} {'online s':>8} {'offline s':>9} | "
-            f"{'pixels/online':>13} {'pixels/offline':>14} | {'vision px':>9} {'on':>4} {'off':>4} | "
+    print(f"\nGRPO step, {args.prompts} prompts x G={g}, {args.new_tokens} new tokens ({args.preset} model, "
+          f"{args.dtype}, {args.threads} thread(s)), {args.repeats} rounds x {args.block} steps per mode interleaved; "
+          f"median (min) wall s/step; vision = vision-tower calls per video per step")
+    head = (f"{'frames':>6} {'vis/LLM time':>12} | {'pixels s':>13} {'online s':>13} {'offline s':>13} | "
+            f"{'pixels/online':>13} {'pixels/offline':>14} {'cpu px/on':>9} | {'vision px':>9} {'on':>4} {'off':>4} | "
             f"{'cache build s':>13}")
     print(head)
     print("-" * len(head))
+    failed = []
+    out = []
     for frames, res, build_s, ratio in rows:
         p, o, f = res["pixels"], res["online"], res["offline"]
-        print(f"{frames:>6} {ratio:>12.2f} | {p['step']:>8.2f} {o['step']:>8.2f} {f['step']:>9.2f} | "
-              f"{p['step'] / o['step']:>12.2f}x {p['step'] / f['step']:>13.2f}x | "
-              f"{p['calls']:>9.0f} {o['calls']:>4.0f} {f['calls']:>4.0f} | {build_s:>13.2f}")
-    print("\nphase seconds (pixels -> online): " + "; ".join(
+        po = p["median"] / o["median"]
+        cells = " ".join(f"{r['median']:>6.2f} ({r['min']:>4.2f})" for r in (p, o, f))
+        print(f"{frames:>6} {ratio:>12.2f} | {cells} | {po:>12.2f}x {p['median'] / f['median']:>13.2f}x "
+              f"{p['cpu_median'] / o['cpu_median']:>8.2f}x | {p['calls']:>9.0f} {o['calls']:>4.0f} {f['calls']:>4.0f} | "
+              f"{build_s:>13.2f}")
+        out.append({"frames": frames, "modes": res, "pixels/online": po, "vision_llm_time": ratio})
+        if args.fail_below and po < args.fail_below:
+            failed.append(f"{frames} frames: pixels/online {po:.2f}x < {args.fail_below:.2f}x")
+    print("\nphase median seconds (pixels -> online): " + "; ".join(
         f"{frames}f " + ", ".join(f"{k} {res['pixels'][k]:.2f}->{res['online'][k]:.2f}"
                                   for k in ("encode", "rollout", "logprob", "update"))
         for frames, res, _, _ in rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1))
+    if failed:
+        print("FAIL: " + "; ".join(failed))
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -161,3 +161,28 @@ def test_trainer_runs_the_old_pass_only_when_needed(tiny_model_dir, colour_task,
     if cfg.algorithm.ppo_epochs == 1:  # the update's first pass stands in for the trainer's view
         assert m["rollout/logprob_diff_max"] <= 1e-5
 
+
+
+@pytest.mark.parametrize("source", ["trainer", "rollout"])
+def test_old_logprobs_rollout_takes_the_engines_logprobs(tiny_model_dir, colour_task, tmp_path, source):
+    """The engine's log-probs are shifted by -0.3: with old_logprobs=rollout the update's ratio
+    sees them (approx_kl = mean(old - new) = -0.3), with the trainer's it sees its own (0)."""
+    cfg = grpo_config(max_steps=1, **{"algorithm.kl_coef": 0.0, "algorithm.old_logprobs": source})
+    t = GRPOTrainer(cfg, tiny_model_dir, colour_task, tmp_path / "out")
+    real = t.engine.generate
+
+    def shifted(prompts, sampling):
+        groups = real(prompts, sampling)
+        for g in groups:
+            for r in g:
+                r.logprobs = [lp - 0.3 for lp in r.logprobs]
+        return groups
+
+    t.engine.generate = shifted
+    t.train()
+    import json
+    m = json.loads((tmp_path / "out" / "metrics.jsonl").read_text().splitlines()[0])
+    if source == "rollout":
+        assert abs(m["actor/approx_kl"] + 0.3) <= 1e-4
+    else:
+        assert abs(m["actor/approx_kl"]) <= 1e-6

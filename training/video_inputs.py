@@ -10,6 +10,9 @@ Qwen2-VL video processor: rows of C*temporal_patch*patch*patch values ordered
 from __future__ import annotations
 
 import json
+import os
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +21,14 @@ import numpy as np
 import torch
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
-from data_gen.video_io import VideoError, frame_times, probe_video, read_frames, sample_indices
+from data_gen.video_io import (
+    VideoError,
+    VideoInfo,
+    frame_times,
+    probe_video,
+    read_frames,
+    sample_indices,
+)
 
 # qwen-vl-utils' video defaults, used when neither the config nor the model folder sets a budget.
 QWEN_VIDEO_MIN_PIXELS = 128 * 28 * 28
@@ -105,6 +115,54 @@ def no_video() -> VideoPatches:
                         timestamps_s=[], merge_size=1)
 
 
+@dataclass
+class DecodedVideo:
+    """One video span decoded and resized to the model's frame size, still uint8: a quarter of
+    its float32 patches, and `to_patches` rebuilds them bit for bit."""
+
+    frames: np.ndarray  # uint8 [T, h, w, 3] (h, w multiples of patch * merge)
+    sample_fps: float
+    timestamps_s: list[float]
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.frames.nbytes)
+
+    def to_patches(self, spec: VisionSpec) -> VideoPatches:
+        return patches_from_resized(self.frames, self.sample_fps, spec, self.timestamps_s)
+
+
+# probe_video decodes a file's index and its first and last frames: once per file version is
+# enough (planned_grid, then every load of the same video). Keyed by path, size and mtime so a
+# changed file is probed again; failures are not kept (the caller records them).
+_PROBES: OrderedDict[tuple[str, int, int], VideoInfo] = OrderedDict()
+_PROBES_MAX = 200_000
+_PROBES_LOCK = threading.Lock()
+probe_stats = {"probes": 0, "hits": 0}
+
+
+def probe_once(path: str | Path) -> VideoInfo:
+    """data_gen.video_io.probe_video, memoised per file version (thread-safe)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return probe_video(path)  # its own error for a missing/unreadable file
+    key = (os.fspath(path), st.st_size, st.st_mtime_ns)
+    with _PROBES_LOCK:
+        info = _PROBES.get(key)
+        if info is not None:
+            _PROBES.move_to_end(key)
+            probe_stats["hits"] += 1
+            return info
+    info = probe_video(path)
+    with _PROBES_LOCK:
+        probe_stats["probes"] += 1
+        _PROBES[key] = info
+        while len(_PROBES) > _PROBES_MAX:
+            _PROBES.popitem(last=False)
+    return info
+
+
 def frame_size(height: int, width: int, num_frames: int, sampling: VideoSampling, spec: VisionSpec) -> tuple[int, int]:
     """Target (height, width) for every frame of a clip."""
     min_px = sampling.min_pixels or spec.min_pixels
@@ -153,13 +211,24 @@ def patchify(frames: np.ndarray, spec: VisionSpec) -> tuple[np.ndarray, tuple[in
     return np.ascontiguousarray(x.reshape(gt * gh * gw, c * tp * p * p)), (gt, gh, gw)
 
 
-def frames_to_patches(frames: np.ndarray, sample_fps: float, spec: VisionSpec, sampling: VideoSampling,
-                      timestamps_s: list[float] | None = None) -> VideoPatches:
-    """uint8 RGB frames sampled at `sample_fps` -> VideoPatches."""
+def resize_for_model(frames: np.ndarray, sampling: VideoSampling, spec: VisionSpec) -> np.ndarray:
+    """uint8 RGB frames [T,H,W,3] -> uint8 frames at the model's frame size."""
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"expected uint8 RGB frames [T,H,W,3], got {frames.dtype} {frames.shape}")
     h, w = frame_size(frames.shape[1], frames.shape[2], frames.shape[0], sampling, spec)
-    resized = resize_frames(frames, h, w).astype(np.float32) / 255.0
+    return resize_frames(frames, h, w)
+
+
+def frames_to_patches(frames: np.ndarray, sample_fps: float, spec: VisionSpec, sampling: VideoSampling,
+                      timestamps_s: list[float] | None = None) -> VideoPatches:
+    """uint8 RGB frames sampled at `sample_fps` -> VideoPatches."""
+    return patches_from_resized(resize_for_model(frames, sampling, spec), sample_fps, spec, timestamps_s)
+
+
+def patches_from_resized(resized_u8: np.ndarray, sample_fps: float, spec: VisionSpec,
+                         timestamps_s: list[float] | None = None) -> VideoPatches:
+    """uint8 frames already at the model's frame size -> normalised patches."""
+    resized = resized_u8.astype(np.float32) / 255.0
     mean = np.asarray(spec.image_mean, dtype=np.float32)
     std = np.asarray(spec.image_std, dtype=np.float32)
     normed = (resized - mean) / std
@@ -191,7 +260,7 @@ def planned_grid(path: str | Path, sampling: VideoSampling, spec: VisionSpec, st
                  end_s: float | None = None) -> tuple[int, int, int]:
     """grid_thw that `load_video_patches` would produce, from the file's header alone (no frame
     is decoded): lets a trainer know every example's length before decoding any video."""
-    info = probe_video(path)
+    info = probe_once(path)
     n = len(frame_indices(info, sampling, spec, start_s, end_s))
     h, w = frame_size(info.height, info.width, n, sampling, spec)
     return n // spec.temporal_patch_size, h // spec.patch_size, w // spec.patch_size
@@ -201,7 +270,14 @@ def load_video_patches(path: str | Path, sampling: VideoSampling, spec: VisionSp
                        start_s: float = 0.0, end_s: float | None = None) -> VideoPatches:
     """Decode, sample and patch one video span. Raises data_gen.video_io.VideoError when the
     video cannot be used (callers record and skip it)."""
-    info = probe_video(path)
+    return load_video_frames(path, sampling, spec, start_s, end_s).to_patches(spec)
+
+
+def load_video_frames(path: str | Path, sampling: VideoSampling, spec: VisionSpec,
+                      start_s: float = 0.0, end_s: float | None = None) -> DecodedVideo:
+    """Decode and sample one video span, resized to the model's frame size (uint8); the file
+    is probed once per version (`probe_once`). VideoError when the video cannot be used."""
+    info = probe_once(path)
     indices = frame_indices(info, sampling, spec, start_s, end_s)
     frames = read_frames(path, indices)
     span = (min(end_s, info.duration_s) if end_s is not None else info.duration_s) - max(0.0, start_s)
@@ -209,4 +285,4 @@ def load_video_patches(path: str | Path, sampling: VideoSampling, spec: VisionSp
     if not np.isfinite(sample_fps) or sample_fps <= 0:
         raise VideoError(path, f"cannot derive a sampling rate from span {span}")
     timestamps = frame_times(info, indices)  # the stream's timestamps on a variable-rate file
-    return frames_to_patches(frames, sample_fps, spec, sampling, timestamps)
+    return DecodedVideo(resize_for_model(frames, sampling, spec), sample_fps, timestamps)

@@ -62,7 +62,8 @@ class VideoConfig(VideoSampling):
     embeddings: str = "online"
     embed_cache: str = ""  # folder of an offline embedding cache
     freeze_vision: bool = True  # train the LLM only (vision tower + merger frozen)
-    decoded_cache_mb: int = 2048  # decoded, patched videos kept in host memory across steps
+    decoded_cache_mb: int = 2048  # decoded videos (uint8 frames) kept in host memory across steps (0: off)
+    prefetch_workers: int = 2  # threads decoding the next step's videos during this step (0: off)
 
     @property
     def sampling(self) -> VideoSampling:
@@ -124,7 +125,7 @@ class GRPOConfig:
         "launcher", "cpus_per_worker", "device", "attn_implementation", "ref_offload",
         "rollout.engine", "rollout.generate_rows", "rollout.share_prefix", "rollout.vllm_gpu_memory_utilization",
         "algorithm.logprob_rows", "algorithm.logprob_chunk", "algorithm.micro_batch_rows",
-        "video.decoded_cache_mb", "video.embeddings", "video.embed_cache", "parallel", "reward.judge")
+        "video.decoded_cache_mb", "video.prefetch_workers", "video.embeddings", "video.embed_cache", "parallel", "reward.judge")
 
     max_steps: int = 100  # training steps (each: prompts_per_step x group_size rollouts)
     seed: int = 0  # prompt order, rollout sampling

@@ -45,6 +45,17 @@ class PromptSampler:
                 out.append(rec)
         return out
 
+    def peek(self, n: int) -> list[QARecord]:
+        """The records the next `next(n)` will return (bad ones skipped), without drawing them:
+        what the video prefetch decodes ahead. The sampler's state is unchanged."""
+        saved = (self.epoch, self.pos, self._order)
+        try:
+            return self.next(n)
+        except DataError:
+            return []
+        finally:
+            self.epoch, self.pos, self._order = saved
+
     def mark_bad(self, record: QARecord, reason: str) -> None:
         self.bad[record.id] = reason
 

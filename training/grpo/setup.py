@@ -132,8 +132,10 @@ class TrainerSetup:
 
     def make_embedder(self, model: torch.nn.Module, spec: VisionSpec, offline) -> VideoEmbedder:
         v = self.cfg.video
-        return VideoEmbedder(model, v.embeddings, v.sampling, spec, not v.freeze_vision,
-                             v.decoded_cache_mb, offline, v.use_record_frames)
+        emb = VideoEmbedder(model, v.embeddings, v.sampling, spec, not v.freeze_vision,
+                            v.decoded_cache_mb, offline, v.use_record_frames, prefetch_workers=v.prefetch_workers)
+        emb.plan_store(self.records)
+        return emb
 
     def build_engine(self, resume: Path | None):
         cfg = self.cfg

@@ -69,6 +69,9 @@ class GRPOTrainer(TrainerSetup):
                         self.save_checkpoint()
                     if self.on_step is not None:
                         self.on_step(self.step, metrics)
+            close = getattr(self.embedder, "close", None)
+            if close is not None:
+                close()  # the prefetch threads
             final = export_model_folder(self.runner.model, self.tokenizer, self.out / "model", self.model_dir,
                                         self.ctx)
             summary = None
@@ -76,7 +79,8 @@ class GRPOTrainer(TrainerSetup):
                 plots = logger.plot() if cfg.plots else []
                 run.log_artifact(self.out / "metrics.jsonl")
                 run.log_checkpoint(final)
-                summary = {**_summary(logger.history(), first, self.step, final, plots), **self.summary_extra()}
+                summary = {**_summary(logger.history(), first, self.step, final, plots), **self.summary_extra(),
+                           "video": self._video_summary()}
                 (self.out / "summary.json").write_text(json.dumps(summary, indent=1))
         return broadcast_object(summary, self.ctx)
 
@@ -169,6 +173,10 @@ class GRPOTrainer(TrainerSetup):
                "time/step": step_s, "throughput/tokens_per_s": tokens / step_s,
                "throughput/response_tokens": float(lengths.sum())}
         out.update(self.scorer.ctx.judge.last_stats.as_metrics())
+        note = getattr(self.embedder, "store_note", "")
+        if note and not getattr(self, "_store_noted", False) and self.ctx.is_main:
+            self._store_noted = True
+            warn(note)
         self._record_errors(step, rows)
         self._record_samples(step, groups)
         return out
@@ -238,6 +246,10 @@ class GRPOTrainer(TrainerSetup):
                     records.append(rec)
             videos.update(got)
             if len(records) == want:
+                # decode the next step's videos while this one computes (sampler order is fixed)
+                peek = getattr(self.sampler, "peek", None)
+                if peek is not None:
+                    self.embedder.prefetch(peek(want))
                 if self.ref_embedder:
                     with self._ref_on_device():
                         ref_videos, _ = self.ref_embedder.prepare(records)
@@ -256,6 +268,18 @@ class GRPOTrainer(TrainerSetup):
                 self.ref.to("cpu")
         else:
             yield
+
+    def _video_summary(self) -> dict[str, float]:
+        """Decoded-video store hits and prefetched decodes of this process's run (summary.json:
+        not in metrics.jsonl, whose numbers a resumed run must reproduce - a fresh process
+        starts with an empty store)."""
+        st = getattr(self.embedder, "stats", None)
+        if not st:
+            return {}
+        looked = st["store_hits"] + st["store_misses"]
+        return {"store_hit_rate": st["store_hits"] / looked if looked else 0.0,
+                "prefetched_share": st["prefetched"] / st["store_misses"] if st["store_misses"] else 0.0,
+                "store_on": float(self.embedder.store_on), "decoded": float(st["store_misses"])}
 
     def _kl_metrics(self, rows, old_lps, ref_lps) -> dict[str, float]:
         if ref_lps is None:

@@ -11,14 +11,21 @@ Modes (`video.embeddings`):
 
 Every vision-tower call is counted so `vision_calls_per_video` is measured, not assumed. An
 embedding whose video or shape does not match its prompt is an error, never replaced.
+
+Decoding is taken off the step: `prefetch(records)` (the next step's records, from the
+sampler's `peek`) decodes them in background threads while this step computes, and `prepare`
+takes the finished result (a decode error then surfaces as the record's failure, as before).
+The decoded-video store keeps uint8 frames at the model's frame size (a quarter of the float32
+patches, rebuilt bit for bit); it is switched off when it cannot hit (`plan_store`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field, replace
 
 import torch
@@ -26,7 +33,14 @@ import torch
 from data_gen.schema import QARecord
 from data_gen.video_io import VideoError
 from training.mm_batch import encode_videos
-from training.video_inputs import VideoPatches, VideoSampling, VisionSpec, load_video_patches
+from training.video_inputs import (
+    DecodedVideo,
+    VideoPatches,
+    VideoSampling,
+    VisionSpec,
+    load_video_frames,
+    load_video_patches,
+)
 
 
 @dataclass
@@ -95,6 +109,11 @@ def load_patches(record: QARecord, sampling: VideoSampling, spec: VisionSpec) ->
     return load_video_patches(record.video_path, sampling, spec, record.clip_start_s, end)
 
 
+def load_decoded(record: QARecord, sampling: VideoSampling, spec: VisionSpec) -> DecodedVideo:
+    end = record.clip_end_s if record.clip_end_s > record.clip_start_s else None
+    return load_video_frames(record.video_path, sampling, spec, record.clip_start_s, end)
+
+
 def vision_fingerprint(model) -> str:
     """sha256 over the vision tower's parameters (names, shapes, bytes)."""
     from training.mm_batch import base_model
@@ -110,16 +129,23 @@ def vision_fingerprint(model) -> str:
 class VideoEmbedder:
     def __init__(self, model, mode: str, sampling: VideoSampling, spec: VisionSpec,
                  trainable_vision: bool, store_mb: int = 2048, offline=None,
-                 use_record_frames: bool = False) -> None:
+                 use_record_frames: bool = False, prefetch_workers: int = 0) -> None:
         self.model, self.mode = model, mode
         self.sampling, self.spec = sampling, spec
         self.use_record_frames = use_record_frames
         self.trainable_vision = trainable_vision
         self.offline = offline  # embed_cache.EmbeddingCache in offline mode
         # Decoded videos survive across steps (LRU, bounded in bytes: one 512-frame video at
-        # Qwen's default pixel budget is ~1 GB of float32 patches).
-        self.store: OrderedDict[str, VideoPatches] = OrderedDict()
+        # Qwen's default pixel budget is ~250 MB of uint8 frames, ~1 GB as float32 patches).
+        self.store: OrderedDict[str, DecodedVideo] = OrderedDict()
         self.store_bytes = store_mb * 2**20
+        self.store_on = store_mb > 0
+        self.store_note = ""  # why the store was switched off (plan_store)
+        self.stats = {"store_hits": 0, "store_misses": 0, "prefetched": 0}
+        self._distinct: int | None = None  # distinct video spans of the split (plan_store)
+        self._pool = (ThreadPoolExecutor(prefetch_workers, thread_name_prefix="video-prefetch")
+                      if prefetch_workers > 0 and mode != "offline" else None)
+        self._pending: dict[str, Future] = {}  # key -> decode in flight (prefetch)
         self.calls = 0  # vision-tower encodings of one video, this step
         self.step_videos: dict[str, StepVideo] = {}  # unique videos of this step
 
@@ -161,21 +187,84 @@ class VideoEmbedder:
         self.step_videos.update(new)
         return out, failures
 
+    def plan_store(self, records: Sequence[QARecord]) -> None:
+        """Note how many distinct video spans the split has and whether any is asked by more
+        than one record. Without repeats a video comes back only an epoch later, so the store
+        can hit only if the whole split fits; checked at the first decode (`_remember`)."""
+        spans = Counter((r.video_path, r.clip_start_s, r.clip_end_s) for r in records
+                        if getattr(r, "has_video", True))
+        self._distinct = len(spans) if spans and max(spans.values()) == 1 else None
+
+    def prefetch(self, records: Sequence[QARecord]) -> None:
+        """Start decoding `records`' videos in the background (those not stored, in flight or
+        in this step). Decodes asked earlier and not in `records` are dropped."""
+        if self._pool is None:
+            return
+        want: dict[str, QARecord] = {}
+        for rec in records:
+            if not getattr(rec, "has_video", True):
+                continue
+            try:
+                key = video_key(rec, self._sampling(rec), self.spec)
+            except (VideoError, OSError, ValueError):
+                continue  # prepare records the failure
+            if key not in self.store and key not in self.step_videos:
+                want.setdefault(key, rec)
+        for key in [k for k in self._pending if k not in want]:
+            self._pending.pop(key).cancel()
+        for key, rec in want.items():
+            if key not in self._pending:
+                self._pending[key] = self._pool.submit(load_decoded, rec, self._sampling(rec), self.spec)
+
+    def drop_prefetch(self) -> None:
+        """Forget every prefetch: queued ones are cancelled, running ones waited for and dropped."""
+        pending, self._pending = list(self._pending.values()), {}
+        for f in pending:
+            f.cancel()
+        wait(pending)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            for f in self._pending.values():
+                f.cancel()
+            self._pending.clear()
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
     def _load(self, rec: QARecord, key: str) -> StepVideo:
         if self.mode == "offline":
             return self.offline.get(key, rec)
-        patches = self.store.get(key)
-        if patches is None:
-            patches = load_patches(rec, self._sampling(rec), self.spec)
-            self.store[key] = patches
-            while len(self.store) > 1 and sum(
-                    p.pixel_values.numel() * p.pixel_values.element_size() for p in self.store.values()
-            ) > self.store_bytes:
-                self.store.popitem(last=False)
-        self.store.move_to_end(key)
+        decoded = self.store.get(key)
+        if decoded is not None:
+            self.stats["store_hits"] += 1
+            self.store.move_to_end(key)
+        else:
+            self.stats["store_misses"] += 1
+            pending = self._pending.pop(key, None)
+            if pending is not None:
+                self.stats["prefetched"] += 1
+                decoded = pending.result()  # a decode error raises here: the record's failure
+            else:
+                decoded = load_decoded(rec, self._sampling(rec), self.spec)
+            self._remember(key, decoded)
+        patches = decoded.to_patches(self.spec)
         return StepVideo(key, rec.video_id, tuple(patches.grid_thw), patches.second_per_grid_t,
                          patches.merge_size, patches=patches, timestamps_s=list(patches.timestamps_s),
                          frame_groups=patches.frame_groups)
+
+    def _remember(self, key: str, decoded: DecodedVideo) -> None:
+        if not self.store_on:
+            return
+        if self._distinct is not None and self._distinct * decoded.nbytes > self.store_bytes:
+            self.store_on, self.store_note = False, (
+                f"decoded-video store off: each of the {self._distinct} videos is asked once per epoch "
+                f"and they do not fit in video.decoded_cache_mb ({self.store_bytes >> 20} MB)")
+            self.store.clear()
+            return
+        self.store[key] = decoded
+        total = sum(d.nbytes for d in self.store.values())
+        while len(self.store) > 1 and total > self.store_bytes:
+            total -= self.store.popitem(last=False)[1].nbytes
 
     def _sampling(self, rec: QARecord) -> VideoSampling:
         return sampling_for(rec, self.sampling, self.use_record_frames)
