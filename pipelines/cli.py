@@ -6,6 +6,9 @@ library lazily inside the command, so `longrl --help` stays fast and never loads
 
 from __future__ import annotations
 
+import os
+import sys
+
 import typer
 
 from pipelines import (
@@ -27,6 +30,23 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
     add_completion=False,
 )
+
+# Off a terminal (pod logs, CI, `tee`, a pipe) rich would draw for 80 columns: tables cut,
+# commands hard-wrapped mid-option. Give it room there, for the command only.
+WIDE_COLUMNS = "200"
+
+
+def _any_terminal() -> bool:
+    return any(getattr(s, "isatty", lambda: False)() for s in (sys.stdin, sys.stdout, sys.stderr))
+
+
+@app.callback()
+def _root(ctx: typer.Context) -> None:
+    if "COLUMNS" in os.environ or _any_terminal():
+        return
+    os.environ["COLUMNS"] = WIDE_COLUMNS
+    ctx.call_on_close(lambda: os.environ.pop("COLUMNS", None))
+
 
 app.add_typer(cli_model.app, name="model")
 app.command("synth")(cli_synth.synth)

@@ -180,7 +180,9 @@ def compare(
         result = compare_runs(a, b, n_boot=bootstrap)
     except (FileNotFoundError, ValueError) as exc:
         fail(str(exc), 2)
-    table = Table(title=f"A = {a}   B = {b}")
+    # the runs on their own lines, whole (as a table title, long paths were wrapped or cut)
+    console.print(f"A = {a}\nB = {b}", soft_wrap=True, highlight=False)
+    table = Table()
     for col in (
         "benchmark",
         "n",

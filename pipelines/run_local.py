@@ -153,5 +153,7 @@ def _print_results(console: Any, out: Path, model_name: str, uri: str, seconds: 
     db, art = out / "mlflow" / "mlflow.db", out / "mlflow" / "artifacts"
     console.print("MLflow UI (runs, metrics, plots, registry):\n"
                   f"  .venv/bin/mlflow server --backend-store-uri sqlite:///{db} --artifacts-destination {art} "
-                  "--host 127.0.0.1 --port 5000   # then open http://127.0.0.1:5000")  # fmt: skip
-    console.print(f"registry: MLFLOW_TRACKING_URI=<that server> .venv/bin/longrl registry show --name {model_name}")
+                  "--host 127.0.0.1 --port 5000   # then open http://127.0.0.1:5000", soft_wrap=True)  # fmt: skip
+    # soft_wrap: commands are printed whole on one line (a hard wrap broke pasting them)
+    console.print(f"registry: MLFLOW_TRACKING_URI=<that server> .venv/bin/longrl registry show --name {model_name}",
+                  soft_wrap=True)
