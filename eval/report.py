@@ -149,9 +149,67 @@ def summary_figure(summary: Mapping[str, Any]) -> Any:
     ax.set_yticks(range(len(rows)), labels)
     ax.set_xlim(0, 108)  # room for the label of a bar at 100
     ax.set_ylim(len(rows) - 0.5, -0.5)  # first benchmark on top
-    ax.set_title(f"{summary.get('model', '')}: score by benchmark (%)", fontsize=9)
+    ax.set_title(f"{model_label(summary.get('model', ''))}: score by benchmark (%)", fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def model_label(model: str) -> str:
+    """A short name for a model in titles: the folder name, with its parent when the folder is a
+    stage's generic `model/` or a `step-N` checkpoint (`runs/grpo/model` -> `grpo/model`); the
+    absolute path filled the title. Several models (", "-joined) are shortened each."""
+    parts = []
+    for m in [x for x in str(model).split(", ") if x] or [""]:
+        p = Path(m)
+        generic = p.name == "model" or p.name.startswith("step-") or p.parent.name == "checkpoints"
+        parts.append(f"{p.parent.name}/{p.name}" if generic and p.parent.name else p.name or m)
+    return ", ".join(parts)
+
+
+def comparison_figure(result: Mapping[str, Any], label_a: str = "A", label_b: str = "B") -> Any:
+    """Candidate vs base (eval compare): per benchmark, both runs' headline score on the shared
+    questions side by side, and A - B with its 95 % interval and the test's p-value."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = [(n, r) for n, r in result["benchmarks"].items() if r.get("n")]
+    fig, (ax, dx) = plt.subplots(1, 2, figsize=(10, 0.55 * max(1, len(rows)) + 1.4), sharey=True,
+                                 gridspec_kw={"width_ratios": [3, 2]})
+    ys = np.arange(len(rows))
+    for off, key, label, colour in ((-0.2, "accuracy_a", label_a, "#4C72B0"), (0.2, "accuracy_b", label_b, "#DD8452")):
+        vals = [100 * r[key] for _, r in rows]
+        ax.barh(ys + off, vals, height=0.38, color=colour, label=label)
+        for y, v in zip(ys + off, vals, strict=True):
+            ax.text(v + 1, y, f"{v:.1f}", va="center", fontsize=7)
+    ax.set_yticks(ys, [f"{n} (n={r['n']})" for n, r in rows])
+    ax.set_xlim(0, 110)
+    ax.set_xlabel("headline score on shared questions (%)")
+    ax.set_ylim(len(rows) - 0.5, -0.5)
+    ax.legend(fontsize=7, loc="lower right")
+    for y, (_, r) in zip(ys, rows, strict=True):
+        d = 100 * r["difference"]
+        lo, hi = (100 * c for c in (r.get("difference_ci95") or [r["difference"]] * 2))
+        dx.errorbar([d], [y], xerr=[[max(0.0, d - lo)], [max(0.0, hi - d)]], fmt="o",
+                    color="#55A868" if lo > 0 else "#C44E52" if hi < 0 else "#555555", capsize=3)
+        dx.text(hi + 1, y, f"{d:+.1f}, p={r.get('p_value', float('nan')):.2g}", va="center", fontsize=7)
+    dx.axvline(0, color="#999999", linewidth=0.8)
+    dx.set_xlabel(f"{label_a} - {label_b} (points, 95 % CI)")
+    fig.suptitle(f"{label_a} vs {label_b}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_comparison(result: Mapping[str, Any], path: Path, label_a: str = "A", label_b: str = "B") -> Path:
+    import matplotlib.pyplot as plt
+
+    fig = comparison_figure(result, label_a, label_b)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
 
 
 def plot_summary(summary: Mapping[str, Any], path: Path) -> Path | None:

@@ -165,6 +165,9 @@ def compare(
     a: Path = typer.Argument(..., help="Run A: an eval --out folder (or one benchmark's folder)."),
     b: Path = typer.Argument(..., help="Run B, on the same questions."),
     out: Path = typer.Option(None, "--out", help="Write the comparison as JSON here."),
+    plot: Path = typer.Option(
+        None, "--plot", help="Write a PNG: both runs' headline scores per benchmark and A - B with its interval."
+    ),
     bootstrap: int = typer.Option(
         2000, "--bootstrap", help="Bootstrap resamples for the difference's interval."
     ),
@@ -218,6 +221,11 @@ def compare(
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=1))
         console.print(f"wrote {out}")
+    if plot:
+        from eval.report import model_label, plot_comparison
+
+        plot_comparison(result, plot, f"A: {model_label(str(a))}", f"B: {model_label(str(b))}")
+        console.print(f"wrote {plot}")
 
 
 @app.command("list")
