@@ -67,7 +67,10 @@ def test_the_gate_reads_the_folder_eval_writes_with_subtitles(
     argv = eval_argv(tiny_model_dir, data, out, "videomme", 2, 2, [*FAST, "subtitles=true"])
     r = CliRunner().invoke(app, argv[argv.index("eval") :], catch_exceptions=False)
     assert r.exit_code == 0, r.output
-    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == names
+    # beside the benchmark folders only lmms-eval's (OUT/lmms_eval/<model>/, no metrics.json)
+    dirs = sorted(p.name for p in out.iterdir() if p.is_dir())
+    assert dirs == sorted([*names, "lmms_eval"])
+    assert not list((out / "lmms_eval").glob("*/metrics.json"))
     assert eval_succeeded(out, names, max_error_rate=0.0) == (True, "ok")
     # tasks without subtitles keep their name; unknown names fail before any model is run
     assert output_names("longvideo_reason, videomme", ["subtitles=true"]) == [
