@@ -55,6 +55,10 @@ class SynthConfig:
     # "full" (the step-by-step account) or "brief" (the one decisive fact, for small models).
     task_types: list[str] = field(default_factory=list)
     reasoning: str = "full"
+    # Drawn size of every object, times the default radius: the perception rungs (at tiny pixel
+    # budgets a default-size object is a few pixels of one merged video token). Above 1 only
+    # one-object worlds take it, above 2.5 only colour questions (synth_render's bounds).
+    object_scale: float = 1.0
 
     def check(self) -> None:
         if self.videos < 1:
@@ -70,6 +74,14 @@ class SynthConfig:
             raise ValueError(f"task_types {unknown} unknown; known: {sorted(synth_questions.SUBCATEGORIES)}")
         if self.reasoning not in synth_questions.REASONING_STYLES:
             raise ValueError(f"reasoning {self.reasoning!r} not in {synth_questions.REASONING_STYLES}")
+        if not 0.5 <= self.object_scale <= synth_render.MAX_OBJECT_SCALE:
+            raise ValueError(f"object_scale {self.object_scale} outside [0.5, {synth_render.MAX_OBJECT_SCALE}]")
+        if self.object_scale > synth_render.MAX_OBJECT_SCALE_IN_REGION and self.max_objects > 1:
+            raise ValueError(f"object_scale {self.object_scale} > {synth_render.MAX_OBJECT_SCALE_IN_REGION} "
+                             "lets objects overlap: use it with max_objects=1")
+        if self.object_scale > synth_render.MAX_OBJECT_SCALE_REGION_KEPT and self.task_types != ["state_change"]:
+            raise ValueError(f"object_scale {self.object_scale} > {synth_render.MAX_OBJECT_SCALE_REGION_KEPT} "
+                             "spreads the object over other regions: use it with task_types=[state_change]")
         if not 1 <= self.min_objects <= self.max_objects <= synth_world.MAX_OBJECTS:
             raise ValueError(f"need 1 <= min_objects <= max_objects <= {synth_world.MAX_OBJECTS}")
 
@@ -110,6 +122,7 @@ def generate_video(cfg: SynthConfig, index: int, out_dir: Path) -> tuple[dict, l
     n_obj = int(rng.integers(cfg.min_objects, cfg.max_objects + 1))
     duration = round(cfg.minutes * 60.0, 6)
     log = synth_world.build_world(world_ss, duration, cfg.fps, cfg.num_slots, n_obj, cfg.move_frac)
+    log["object_scale"] = cfg.object_scale
     video_id = f"synth_{index:04d}"
     path = out_dir / f"{video_id}.mp4"
     frames = synth_render.render_video(log, path, cfg.fps, cfg.width, cfg.height, cfg.codec)

@@ -17,6 +17,13 @@ from data_gen.synth_world import BACKGROUND, COLOURS, GRID_COLS, GRID_ROWS, MAX_
 
 CODECS = ("mp4v", "h264")
 BIG_SCALE = 1.5
+# SynthConfig.object_scale: up to 1.0 every object keeps to its cell of the region's 2x2
+# sub-grid (several objects per region never overlap); above it a lone object is drawn at its
+# region's centre - up to 2.5 it covers most of its region and stays inside it, beyond that (up
+# to 8) it spreads over the frame: the bottom, colour-only rungs of the task ladder.
+MAX_OBJECT_SCALE_IN_REGION = 1.0
+MAX_OBJECT_SCALE_REGION_KEPT = 2.5
+MAX_OBJECT_SCALE = 8.0
 BORDER = (72, 72, 72)
 
 
@@ -27,6 +34,12 @@ def object_center(region: str, obj_index: int, width: int, height: int) -> tuple
     rw, rh = width / GRID_COLS, height / GRID_ROWS
     sr, sc = divmod(obj_index % MAX_OBJECTS, 2)
     return c * rw + (sc + 0.5) * rw / 2, r * rh + (sr + 0.5) * rh / 2
+
+
+def region_center(region: str, obj_index: int, width: int, height: int) -> tuple[float, float]:
+    """Centre of `region` (where a lone, large object is drawn; obj_index is unused)."""
+    r, c = divmod(REGIONS.index(region), GRID_COLS)
+    return (c + 0.5) * width / GRID_COLS, (r + 0.5) * height / GRID_ROWS
 
 
 def object_radius(width: int, height: int) -> float:
@@ -96,17 +109,22 @@ def render_frame(log: dict, t: float, width: int, height: int, base: np.ndarray)
     glide = log["move_frac"] > 0 and u < log["move_frac"]
     alpha = _smooth(u / log["move_frac"]) if glide else 1.0
     frame = base.copy()
-    r0 = object_radius(width, height)
+    scale = log.get("object_scale", 1.0)
+    r0 = object_radius(width, height) * scale
+    centred = scale > MAX_OBJECT_SCALE_IN_REGION  # one object only (SynthConfig.check)
+    place = region_center if centred else object_center
     for j, name in enumerate(log["objects"]):
         st = cur.get(name)
         if not st or not st["visible"]:
             continue
-        cx, cy = object_center(st["region"], j, width, height)
+        cx, cy = place(st["region"], j, width, height)
         before = prev.get(name)
         if before and before["visible"] and before["region"] != st["region"] and alpha < 1.0:
-            px, py = object_center(before["region"], j, width, height)
+            px, py = place(before["region"], j, width, height)
             cx, cy = px + (cx - px) * alpha, py + (cy - py) * alpha
         r = r0 * (BIG_SCALE if st["big"] else 1.0)
+        if centred and scale <= MAX_OBJECT_SCALE_REGION_KEPT:  # a "big" one stays in its region too
+            r = min(r, 0.95 * min(width / GRID_COLS, height / GRID_ROWS) / 2)
         draw_shape(frame, name, cx, cy, r, COLOURS[st["colour"]])
     return frame
 

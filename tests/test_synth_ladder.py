@@ -50,8 +50,41 @@ def test_data_build_reasks_the_same_rung(tmp_path):
     assert len({q["subcategory"] for q in old}) >= 3
 
 
+def test_object_scale_rung_draws_a_lone_object_over_its_region(tmp_path):
+    """The perception rung: a lone object drawn at its region's centre, covering most of it -
+    measured on the decoded file, against the default size."""
+    import numpy as np
+
+    from data_gen.synth_world import COLOURS, GRID_COLS, GRID_ROWS, REGIONS
+    from data_gen.video_io import read_frames
+
+    cover = {}
+    for scale in (1.0, 2.5):
+        d = tmp_path / f"s{scale}"
+        cfg = SynthConfig(videos=1, minutes=0.2, fps=4.0, width=96, height=64, num_slots=6, min_objects=1,
+                          max_objects=1, questions_per_video=2, task_types=["state_change"], object_scale=scale)
+        m = generate(cfg, d, progress=False)
+        log = json.loads(events_path(d / m["videos"][0]["path"]).read_text())
+        assert log["object_scale"] == scale
+        # the still part of the last slot in which the object is on screen
+        k, st = next((k, s["objects"][o]) for k, s in reversed(list(enumerate(log["states"])))
+                     for o in s["objects"] if s["objects"][o]["visible"])
+        idx = int(np.ceil(log["states"][k]["hold_start_s"] * cfg.fps)) + 1
+        frame = read_frames(d / m["videos"][0]["path"], np.array([idx]))[0].astype(int)
+        r, c = divmod(REGIONS.index(st["region"]), GRID_COLS)
+        h, w = 64 // GRID_ROWS, 96 // GRID_COLS
+        cell = frame[r * h:(r + 1) * h, c * w:(c + 1) * w]
+        want = np.array(COLOURS[st["colour"]])
+        cover[scale] = float((np.abs(cell - want).sum(-1) < 60).mean())
+    assert cover[1.0] < 0.1 and cover[2.5] > max(0.25, 4 * cover[1.0]), cover
+    with pytest.raises(ValueError, match="max_objects=1"):
+        SynthConfig(object_scale=2.0, max_objects=2).check()
+
+
 @pytest.mark.parametrize(("over", "msg"), [({"task_types": ["colour"]}, "task_types"),
-                                           ({"reasoning": "short"}, "reasoning")])
+                                           ({"reasoning": "short"}, "reasoning"),
+                                           ({"object_scale": 9.0}, "object_scale"),
+                                           ({"object_scale": 4.0, "max_objects": 1}, "state_change")])
 def test_bad_knobs_are_named(over, msg):
     with pytest.raises(ValueError, match=msg):
         SynthConfig(**over).check()
