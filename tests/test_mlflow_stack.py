@@ -1,0 +1,252 @@
+"""The MLflow server exactly as manifests/base/mlflow/mlflow.yaml starts it (its command, args and
+env), against a real PostgreSQL (Debian's `postgresql`, a local cluster on 127.0.0.1) and an
+S3 server (moto's server mode, in its own venv like checkov): issue 15 findings 1, 13 and 17.
+
+- The backend URI the manifest builds works with the image's driver (psycopg2); plain
+  `postgresql://` needs psycopg v3 under SQLAlchemy 2.1 (the crash at start).
+- basic-auth: no request without a user; a reader cannot move @champion; the pipeline's user
+  logs a checkpoint (bytes land in the S3 bucket through the proxy), registers and promotes.
+- The promotion race of tests/test_registry_races.py on PostgreSQL: the better model wins.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+MOTO_VERSION = "5.2.5"
+# In CI these services must run, not skip (as kubectl in tests/test_manifests.py).
+REQUIRED = bool(os.environ.get("CI"))
+SECRETS = {("longrl-mlflow-db", "username"): "mlflow", ("longrl-mlflow-db", "password"): "db0pw0hex",
+           ("longrl-s3", "access-key-id"): "testing", ("longrl-s3", "secret-access-key"): "testing",
+           ("longrl-mlflow-auth", "admin-username"): "admin",
+           ("longrl-mlflow-auth", "admin-password"): "admin-pw-0123456789",
+           ("longrl-mlflow-auth", "flask-secret-key"): "flask-0123456789"}  # fmt: skip
+
+
+def _missing(what: str) -> None:
+    if REQUIRED:
+        pytest.fail(f"{what} is required in CI and was not found")
+    pytest.skip(f"{what} not available")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pg_bin() -> Path | None:
+    found = shutil.which("initdb")
+    if found:
+        return Path(os.path.realpath(found)).parent
+    cands = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if not cands and os.geteuid() == 0 and shutil.which("apt-get"):  # a fresh machine: install it
+        subprocess.run(["apt-get", "install", "-y", "-q", "postgresql"], capture_output=True, timeout=600)
+        cands = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    return cands[-1].parent if cands else None
+
+
+def _wait(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url}: exited {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except urllib.error.HTTPError:
+            return  # it answers
+        except OSError:
+            time.sleep(0.5)
+    raise RuntimeError(f"{url} not up after {timeout}s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def postgres(tmp_path_factory):
+    """A PostgreSQL cluster on 127.0.0.1 (run as the `postgres` user when we are root)."""
+    pg = _pg_bin()
+    if pg is None:
+        _missing("PostgreSQL (Debian package postgresql)")
+    root = Path(tmp_path_factory.mktemp("pg"))
+    data, pw = root / "data", root / "pw"
+    pw.write_text(SECRETS[("longrl-mlflow-db", "password")])
+    user = []
+    if os.geteuid() == 0:  # postgres refuses to run as root
+        shutil.chown(root, "postgres")
+        shutil.chown(pw, "postgres")
+        user = ["runuser", "-u", "postgres", "--"]
+        for parent in root.parents:  # the data folder must be reachable by that user
+            if parent.stat().st_mode & 0o001 == 0:
+                parent.chmod(parent.stat().st_mode | 0o001)
+    port = _free_port()
+    run = lambda *a: subprocess.run([*user, *a], check=True, capture_output=True, text=True)  # noqa: E731
+    run(str(pg / "initdb"), "-D", str(data), "-U", "mlflow", "--pwfile", str(pw), "--auth-local=trust",
+        "--auth-host=scram-sha-256")  # fmt: skip
+    run(str(pg / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w", "-o",
+        f"-c listen_addresses=127.0.0.1 -p {port} -k {root}", "start")  # fmt: skip
+    try:
+        run(str(pg / "createdb"), "-h", str(root), "-p", str(port), "-U", "mlflow", "mlflow")
+        yield {"host": "127.0.0.1", "port": port}
+    finally:
+        subprocess.run([*user, str(pg / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"], capture_output=True)
+
+
+def _moto_bin() -> Path:
+    venv = ROOT / ".tmp" / "tools" / "moto"
+    exe = venv / "bin" / "moto_server"
+    if not exe.exists():
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+        res = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", f"moto[server]=={MOTO_VERSION}"],
+                             capture_output=True, text=True)  # fmt: skip
+        if res.returncode != 0 or not exe.exists():
+            _missing(f"moto[server] ({res.stderr[-300:]})")
+    return exe
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    port = _free_port()
+    log = Path(tmp_path_factory.mktemp("moto")) / "log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([str(_moto_bin()), "-H", "127.0.0.1", "-p", str(port)], stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait(url, proc, log)
+        import boto3
+
+        client = boto3.client("s3", endpoint_url=url, aws_access_key_id="testing", aws_secret_access_key="testing",
+                              region_name="us-east-1")  # fmt: skip
+        client.create_bucket(Bucket="mlflow-artifacts")
+        yield {"url": url, "client": client}
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(15)
+
+
+def manifest_container() -> dict:
+    docs = yaml.safe_load_all((ROOT / "manifests/base/mlflow/mlflow.yaml").read_text())
+    deploy = next(d for d in docs if d["kind"] == "Deployment")
+    return deploy["spec"]["template"]["spec"]["containers"][0]
+
+
+def container_env(container: dict, overrides: dict[str, str]) -> dict[str, str]:
+    """The container's env as the kubelet builds it: Secret refs resolved, $(VAR) expanded from
+    the variables defined before it; `overrides` (local hosts and ports) replace values."""
+    env: dict[str, str] = {}
+    for item in container["env"]:
+        if item["name"] in overrides:
+            env[item["name"]] = overrides[item["name"]]
+        elif "value" in item:
+            env[item["name"]] = re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), item["value"])
+        else:
+            ref = item["valueFrom"]["secretKeyRef"]
+            env[item["name"]] = SECRETS[(ref["name"], ref["key"])]
+    return env
+
+
+@pytest.fixture(scope="module")
+def stack(postgres, s3, tmp_path_factory):
+    """`mlflow server` from the manifest's own command line and env."""
+    c = manifest_container()
+    root = Path(tmp_path_factory.mktemp("mlflow-stack"))
+    port = _free_port()
+    env = container_env(c, {"DB_HOST": postgres["host"], "DB_PORT": str(postgres["port"]),
+                            "MLFLOW_S3_ENDPOINT_URL": s3["url"], "HOME": str(root),
+                            "MLFLOW_AUTH_CONFIG_PATH": str(root / "basic_auth.ini"),
+                            "MLFLOW_ALLOWED_HOSTS": f"127.0.0.1:{port}"})  # fmt: skip
+    assert env["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql+psycopg2://mlflow:db0pw0hex@127.0.0.1:")
+    script = c["args"][0].replace("--host=0.0.0.0", "--host=127.0.0.1").replace("--port=5000", f"--port={port}")
+    script = script.replace("--workers=2", "--workers=1")  # 2 shared CPU cores
+    env["PATH"] = f"{Path(sys.executable).parent}:{os.environ['PATH']}"
+    log = root / "server.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([*c["command"], script], env=env, stdout=out, stderr=subprocess.STDOUT,
+                                cwd=root, start_new_session=True)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait(f"{url}/health", proc, log, timeout=180)
+        yield {"url": url, "env": env, "s3": s3}
+    finally:
+        os.killpg(proc.pid, 15)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+
+
+def test_plain_postgresql_uri_needs_psycopg3_which_the_image_lacks():
+    """Why the manifest spells the driver: SQLAlchemy 2.1's default PostgreSQL dialect."""
+    import sqlalchemy
+
+    with pytest.raises(ModuleNotFoundError, match="psycopg"):
+        sqlalchemy.create_engine("postgresql://u:p@127.0.0.1:1/x")
+    sqlalchemy.create_engine("postgresql+psycopg2://u:p@127.0.0.1:1/x")  # the image's driver
+
+
+def _as(monkeypatch, url: str, user: str, password: str) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", user)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+
+
+def test_manifest_server_on_postgres_and_s3_with_auth(stack, monkeypatch, tmp_path, tiny_model_dir):
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+    from mlflow.server.auth.client import AuthServiceClient
+
+    from common import registry, tracking
+
+    url = stack["url"]
+    req = urllib.request.Request(f"{url}/api/2.0/mlflow/experiments/search?max_results=1")
+    with pytest.raises(urllib.error.HTTPError) as anon:
+        urllib.request.urlopen(req, timeout=10)
+    assert anon.value.code == 401  # no user, no access: any pod could move @champion before
+
+    _as(monkeypatch, url, "admin", SECRETS[("longrl-mlflow-auth", "admin-password")])
+    admin = AuthServiceClient(url)
+    admin.create_user("pipeline", "pipeline-pw-0123456789")
+    admin.create_user("reader", "reader-pw-0123456789")
+
+    _as(monkeypatch, url, "pipeline", "pipeline-pw-0123456789")
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "stack")
+    with tracking.stage_run("sft") as run:
+        source = run.log_checkpoint(tiny_model_dir)  # transformers flavour: bytes go to S3
+    name = "lvr-stack"
+    mv = registry.register_version(name, source, run_id=run.run_id)
+    registry.record_eval(name, mv.version, {"lvr/score": 0.5}, succeeded=True, settings_digest="sha256:s")
+    registry.promote(name, mv.version, reason="first")
+    keys = [o["Key"] for o in stack["s3"]["client"].list_objects_v2(Bucket="mlflow-artifacts")["Contents"]]
+    assert any(k.endswith("model.safetensors") for k in keys), keys
+
+    _as(monkeypatch, url, "reader", "reader-pw-0123456789")
+    assert registry.version_by_alias(name, "champion").version == mv.version  # reading is allowed
+    with pytest.raises(MlflowException, match="PERMISSION_DENIED|Permission denied"):
+        MlflowClient().set_registered_model_alias(name, "champion", mv.version)
+    with pytest.raises(MlflowException, match="PERMISSION_DENIED|Permission denied"):
+        MlflowClient().delete_registered_model(name)
+
+
+def test_promotion_race_on_postgres(stack, monkeypatch, tmp_path):
+    from tests.test_registry_races import _race
+
+    from common import registry
+
+    _as(monkeypatch, stack["url"], "admin", SECRETS[("longrl-mlflow-auth", "admin-password")])
+    name = "lvr-race-pg"
+    _v1, _bad, good = _race(name, tmp_path, monkeypatch)
+    assert registry.version_by_alias(name, "champion").version == good
