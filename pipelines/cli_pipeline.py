@@ -51,16 +51,21 @@ def compile_cmd(
 @app.command()
 def submit(
     host: str = typer.Option(..., "--host", help="KFP API endpoint, e.g. https://kubeflow.example.com/pipeline."),
-    namespace: str = typer.Option(None, "--namespace", help="Kubeflow profile namespace (multi-user installs)."),
+    namespace: str = typer.Option(None, "--namespace", help="Profile namespace of a multi-user KFP (required there; "
+                                  "ignored by a standalone KFP, whose runs execute in its own namespace)."),
     experiment: str = typer.Option("longrl", "--experiment", help="KFP experiment (created if missing)."),
     param: list[str] = typer.Option(None, "--param", help="Pipeline parameter name=value (repeatable)."),
     run_name: str = typer.Option(None, "--run-name", help="Name of the run (default: pipeline name + package hash)."),
     service_account: str = typer.Option(None, "--service-account", help="Run the pods as this ServiceAccount (e.g. longrl-pipeline-runner)."),
     package: Path = typer.Option(None, "--package", help="A compiled pipeline YAML (default: compile now)."),
     cluster_config: Path = typer.Option(None, "--cluster-config", help=CONFIG_HELP + " Used when compiling."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Run every step afresh (caching off in the uploaded version)."),
+    wait: bool = typer.Option(False, "--wait", help="Wait for the run to end; the exit code follows it (0: succeeded)."),
+    wait_timeout: int = typer.Option(8 * 24 * 3600, "--wait-timeout", help="Seconds --wait waits at most."),
 ) -> None:
     """Upload the pipeline (new version if it exists), get or create the experiment and start a
-    run with --param values. The bearer token is read from $KFP_TOKEN (never an option)."""
+    run with --param values. The bearer token is read from $KFP_TOKEN (never an option). Pods
+    run as the run's normal ServiceAccount unless --service-account is given."""
     import tempfile
 
     from common.secrets import redact
@@ -72,13 +77,20 @@ def submit(
         try:
             params = parse_params(param or [], pipeline_parameters(pkg))
             done = do_submit(host, pkg, params, experiment=experiment, namespace=namespace, run_name=run_name,
-                             service_account=service_account)  # fmt: skip
+                             service_account=service_account, no_cache=no_cache,
+                             wait_s=wait_timeout if wait else 0)  # fmt: skip
         except SubmitError as exc:
             fail(str(exc), 2)
+        except TimeoutError:
+            fail(f"the run did not end within {wait_timeout} s (--wait-timeout); it goes on on the server")
         except Exception as exc:  # the KFP client's errors carry the server's answer
             fail(redact(f"submission failed: {type(exc).__name__}: {exc}"))
+    where = f", namespace {done.namespace}" if done.namespace else ""
     console.print(f"run {done.run_id} started (pipeline {done.pipeline_id}, version {done.version_id}, "
-                  f"experiment {done.experiment_id})\n{done.url}")  # fmt: skip
+                  f"experiment {done.experiment_id}{where})\n{done.url}")  # fmt: skip
+    if wait:
+        console.print(f"run {done.run_id} ended {done.state}")
+        raise typer.Exit(0 if done.state == "SUCCEEDED" else 1)
 
 
 @app.command("run-local")

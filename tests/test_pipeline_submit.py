@@ -119,22 +119,39 @@ def test_compile_refuses_a_leaked_secret(compiled, tmp_path, monkeypatch):
 
 
 def _kfp_script(state: dict):
+    """The v2beta1 API as the 2.17 backend answers it. Multi-user (`state["multi_user"]`): a
+    pipeline belongs to the namespace it was uploaded to ("" = shared), listing without a
+    namespace returns only shared pipelines, a name is unique per namespace (409 on a second
+    upload), experiments need a namespace. Single-user: namespaces are ignored."""
+    multi = state.get("multi_user", False)
+    state.setdefault("pipelines", [])
+
     def handler(req):
         p = req.path
+        ns = (req.query.get("namespace") or [""])[0]
         if p == f"{API}/healthz":
-            return 200, {"multi_user": False}
+            return 200, {"multi_user": multi}
         if req.method == "GET" and p == f"{API}/pipelines":
-            return 200, ({"pipelines": [{"pipeline_id": "p-1", "display_name": "long-video-reasoning"}]}
-                         if state["uploaded"] else {})  # fmt: skip
+            flt = json.loads(req.query["filter"][0]) if "filter" in req.query else {"predicates": []}
+            names = [pr["stringValue"] for pr in flt["predicates"] if pr["key"] == "display_name"]
+            found = [pl for pl in state["pipelines"] if (not multi or pl["namespace"] == ns)
+                     and (not names or pl["display_name"] in names)]  # fmt: skip
+            return 200, ({"pipelines": [{k: v for k, v in pl.items()} for pl in found]} if found else {})
         if req.method == "POST" and p == f"{API}/pipelines/upload":
-            state["uploaded"] = True
-            return 200, {"pipeline_id": "p-1", "display_name": req.query["name"][0]}
+            name = req.query["name"][0]
+            if any(pl["display_name"] == name and (not multi or pl["namespace"] == ns) for pl in state["pipelines"]):
+                return 409, {"error": f"pipeline {name} already exists", "code": 6}
+            pid = f"p-{len(state['pipelines']) + 1}"
+            state["pipelines"].append({"pipeline_id": pid, "display_name": name, "namespace": ns if multi else ""})
+            return 200, state["pipelines"][-1]
         if req.method == "POST" and p == f"{API}/pipelines/upload_version":
             return 200, {"pipeline_id": req.query["pipelineid"][0], "pipeline_version_id": "v-2",
                          "display_name": req.query["name"][0]}  # fmt: skip
-        if req.method == "GET" and p == f"{API}/pipelines/p-1/versions":
-            return 200, {"pipeline_versions": [{"pipeline_id": "p-1", "pipeline_version_id": "v-1"}]}
+        if req.method == "GET" and p.startswith(f"{API}/pipelines/") and p.endswith("/versions"):
+            return 200, {"pipeline_versions": [{"pipeline_id": p.split("/")[-2], "pipeline_version_id": "v-1"}]}
         if req.method == "GET" and p == f"{API}/experiments":
+            if multi and not ns:
+                return 400, {"error": "Invalid input error: In multi-user mode, the namespace is required", "code": 3}
             return 200, ({"experiments": [{"experiment_id": "e-1", "display_name": "exp1"}]}
                          if state["experiment"] else {})  # fmt: skip
         if req.method == "POST" and p == f"{API}/experiments":
@@ -143,6 +160,8 @@ def _kfp_script(state: dict):
         if req.method == "POST" and p == f"{API}/runs":
             state["runs"].append(req.json())
             return 200, {"run_id": f"r-{len(state['runs'])}", **req.json()}
+        if req.method == "GET" and p.startswith(f"{API}/runs/"):
+            return 200, {"run_id": p.rsplit("/", 1)[-1], "state": state.get("final_state", "SUCCEEDED")}
         return 404, {"error": f"unexpected {req.method} {p}"}
 
     return handler
@@ -163,6 +182,7 @@ def test_submit_end_to_end_through_kfp_client(scripted_server, compiled, monkeyp
 
     calls = [(r.method, r.path) for r in server.requests]
     assert calls == [
+        ("GET", f"{API}/healthz"),  # single- or multi-user: which namespace rules apply
         ("GET", f"{API}/pipelines"),  # look the pipeline up by name
         ("POST", f"{API}/pipelines/upload"),
         ("GET", f"{API}/pipelines/p-1/versions"),
@@ -171,10 +191,11 @@ def test_submit_end_to_end_through_kfp_client(scripted_server, compiled, monkeyp
         ("POST", f"{API}/runs"),
     ]
     assert all(r.headers.get("authorization") == f"Bearer {TOKEN}" for r in server.requests)
-    upload = server.requests[1]
-    assert upload.query["name"] == ["long-video-reasoning"] and upload.query["namespace"] == ["team-a"]
+    upload = server.requests[2]
+    # A standalone server has no namespaces: runs execute where KFP is installed; none is sent.
+    assert upload.query["name"] == ["long-video-reasoning"] and "namespace" not in upload.query
     assert b"pipelineInfo" in upload.body and TOKEN.encode() not in upload.body
-    assert json.loads(server.requests[4].body) == {"display_name": "exp1", "namespace": "team-a"}
+    assert json.loads(server.requests[5].body)["display_name"] == "exp1"
     run = state["runs"][0]
     assert run["experiment_id"] == "e-1" and run["service_account"] == "longrl-pipeline-runner"
     assert run["pipeline_version_reference"] == {"pipeline_id": "p-1", "pipeline_version_id": "v-1"}
@@ -185,8 +206,8 @@ def test_submit_end_to_end_through_kfp_client(scripted_server, compiled, monkeyp
     # Second submission: the pipeline exists -> a new version; the experiment is reused.
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
-    calls = [(r.method, r.path) for r in server.requests[6:]]
-    assert calls == [("GET", f"{API}/pipelines"), ("POST", f"{API}/pipelines/upload_version"),
+    calls = [(r.method, r.path) for r in server.requests[7:]]
+    assert calls == [("GET", f"{API}/healthz"), ("GET", f"{API}/pipelines"), ("POST", f"{API}/pipelines/upload_version"),
                      ("GET", f"{API}/experiments"), ("POST", f"{API}/runs")]  # fmt: skip
     assert state["runs"][1]["pipeline_version_reference"]["pipeline_version_id"] == "v-2"
 
@@ -200,3 +221,41 @@ def test_submit_rejects_bad_params_before_any_call(scripted_server, compiled):
         res = CliRunner().invoke(app, ["submit", "--host", server.url, "--package", str(path), *bad])
         assert res.exit_code == 2 and msg in res.output, res.output
     assert server.requests == []
+
+
+def test_multi_user_submit_uses_the_profile_namespace_and_resubmits(scripted_server, compiled, monkeypatch):
+    """Finding 8: on a multi-user server the pipeline is looked up in the profile namespace; the
+    old lookup without one found nothing on the second submission and the upload got 409."""
+    monkeypatch.setenv("KFP_TOKEN", TOKEN)
+    state = {"multi_user": True, "experiment": False, "runs": []}
+    server = scripted_server(_kfp_script(state))
+    path, _ = compiled
+    base = ["submit", "--host", server.url, "--experiment", "exp1", "--package", str(path)]
+    res = CliRunner().invoke(app, base)  # no namespace on a multi-user server: refused up front
+    assert res.exit_code == 2 and "multi-user" in res.output and "--namespace" in res.output, res.output
+    assert {r.path for r in server.requests} == {f"{API}/healthz"}  # nothing uploaded
+    for _ in range(2):
+        res = CliRunner().invoke(app, [*base, "--namespace", "team-a"])
+        assert res.exit_code == 0, res.output
+    assert state["pipelines"] == [{"pipeline_id": "p-1", "display_name": "long-video-reasoning", "namespace": "team-a"}]
+    lookups = [r for r in server.requests if r.method == "GET" and r.path == f"{API}/pipelines"]
+    assert all(r.query["namespace"] == ["team-a"] for r in lookups)
+    assert [r.path for r in server.requests if r.method == "POST"][-2:] == [f"{API}/pipelines/upload_version", f"{API}/runs"]
+    assert "namespace team-a" in res.output
+
+
+def test_submit_wait_and_no_cache(scripted_server, compiled, monkeypatch):
+    """`--wait`: the exit code follows the run; `--no-cache`: the uploaded version caches nothing."""
+    monkeypatch.setenv("KFP_TOKEN", TOKEN)
+    state = {"experiment": True, "runs": [], "final_state": "FAILED"}
+    server = scripted_server(_kfp_script(state))
+    path, _ = compiled
+    args = ["submit", "--host", server.url, "--package", str(path), "--wait", "--no-cache"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 1 and "ended FAILED" in res.output, res.output
+    upload = next(r for r in server.requests if r.path == f"{API}/pipelines/upload")
+    text = upload.body.decode()
+    assert "enableCache: true" not in text and text.count("enableCache: false") >= 15
+    state["final_state"] = "SUCCEEDED"
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0 and "ended SUCCEEDED" in res.output, res.output
