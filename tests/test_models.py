@@ -16,7 +16,7 @@ from training.mm_batch import collate, encode_videos, hidden_states, rope_positi
 from training.model_io import load_model, load_tokenizer
 from training.models import UnsupportedModelError, family_of
 from training.prompts import append_response_ids, encode_example
-from training.tiny_model import TinyModelSpec, write_tiny_model_folder
+from training.tiny_model import TinyModelSpec, build_tiny_model, write_tiny_model_folder
 from training.video_inputs import VideoSampling, VisionSpec, frames_to_patches
 
 from .test_model_kit import MCQ, NUM
@@ -87,3 +87,61 @@ def test_qwen2_vl_cached_equals_pixels_and_rollout_equals_trainer(qwen2_vl):
     for i in range(2):
         trainer = lp[i][full.loss_mask[i].bool()]
         assert (trainer - torch.tensor(gen.logprobs[i])).abs().max() <= 1e-5
+
+
+def _sp_inputs(tok):
+    """A tiny Qwen2-VL (3 query / 1 KV heads: neither SP size divides them) in train mode and a
+    left-padded batch of two long-video rows (600 s / 64 frames, 300 s / 31 frames) of odd length."""
+    model, _ = build_tiny_model(TinyModelSpec(arch="qwen2_vl", seed=1, hidden_size=48, num_heads=3, num_kv_heads=1),
+                                tok)
+    model.train()
+    vids = [_video(64, 600.0, 7), _video(31, 300.0, 8)]
+    exs = [encode_example(tok, r, v.num_tokens, response="<think>ok so</think><answer>B</answer>")
+           for r, v in zip((MCQ, NUM), vids, strict=True)]
+    batch = collate(exs, vids, tok.pad_token_id)
+    with torch.no_grad():
+        embeds = [e.clone() for e in encode_videos(model, batch.pixel_values_videos, batch.video_grid_thw)]
+    return model, batch, embeds
+
+
+def _sp_loss(lp, mask):
+    return -(lp * mask * torch.linspace(0.5, 1.5, lp.shape[1])).sum() / mask.sum()
+
+
+def _sp_rank(rank, world, tok):
+    import torch.distributed as dist
+
+    from training.mm_batch import video_positions
+    from training.sequence_parallel.mesh import ParallelConfig, build_log_prob_model, init_parallel
+
+    model, batch, embeds = _sp_inputs(tok)
+    lpm = build_log_prob_model(model, init_parallel(sp_size=world), ParallelConfig(sp_size=world, fsdp=False))
+    lp, _ = lpm(batch.input_ids, batch.attention_mask, rope_positions(model, batch), batch.loss_mask,
+                video_embeds=embeds, video_mask=video_positions(batch))
+    loss = _sp_loss(lp, batch.loss_mask)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    for g in grads.values():  # each SP rank holds a share of the gradient
+        dist.all_reduce(g)
+        g /= world
+    return lp.detach(), loss.detach(), grads
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_qwen2_vl_sequence_parallel_equals_one_process(world):
+    from training.grpo.logprobs import sequence_logprobs
+    from training.sequence_parallel.local_group import run_local_group
+    from training.tiny_model import train_tokenizer
+
+    tok = train_tokenizer(1024)
+    model, batch, embeds = _sp_inputs(tok)
+    ref = sequence_logprobs(model, batch, embeds)[0]
+    ref_loss = _sp_loss(ref, batch.loss_mask)
+    ref_loss.backward()
+    ref_grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert batch.input_ids.shape[1] % world and ref_grads
+    sel = batch.loss_mask.bool()
+    for lp, loss, grads in run_local_group(_sp_rank, world, tok):
+        assert (lp[sel] - ref[sel]).abs().max() <= 1e-5
+        assert abs(float(loss - ref_loss)) <= 1e-5
+        assert max(float((grads[n] - g).abs().max()) for n, g in ref_grads.items()) <= 1e-5
