@@ -242,9 +242,8 @@ def test_manifest_server_on_postgres_and_s3_with_auth(stack, monkeypatch, tmp_pa
 
 
 def test_promotion_race_on_postgres(stack, monkeypatch, tmp_path):
-    from tests.test_registry_races import _race
-
     from common import registry
+    from tests.test_registry_races import _race
 
     _as(monkeypatch, stack["url"], "admin", SECRETS[("longrl-mlflow-auth", "admin-password")])
     name = "lvr-race-pg"
