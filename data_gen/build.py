@@ -39,10 +39,9 @@ from data_gen.shards import (
     Part,
     fingerprint,
     load_parts,
+    merge_parts,
     run_workers,
     shard_videos,
-    sort_rejects,
-    sum_stats,
     write_part,
 )
 from data_gen.sources import Reject, VideoItem, clip_spans, discover, drop_duplicates, probe
@@ -401,39 +400,22 @@ class Build:
         return self.merge([part])
 
     def merge(self, parts: list[Part]) -> BuildResult:
-        """The global steps over all shards: same-bytes duplicates, then splits and reports."""
+        """The global steps over all shards (data_gen.shards.merge_parts), then splits and reports."""
         candidates, manifest_rejects = discover(self.cfg.videos)
-        order = {vid: n for n, (vid, _) in enumerate(candidates)}
-        probed = sorted((it for p in parts for it in p.probed), key=lambda it: order.get(it.video_id, -1))
-        items, dups = drop_duplicates(probed)
-        gone = {d.video_id for d in dups}
-        rejects = manifest_rejects + dups + [r for p in parts for r in p.rejects if r.video_id not in gone]
-        self.rejects = sort_rejects(rejects, order)
-
-        def records(kind: str) -> list[QARecord]:
-            recs = [r for p in parts for r in getattr(p, kind) if r.video_id not in gone]
-            return sorted(recs, key=lambda r: order.get(r.video_id, -1))
-
-        generated, kept = records("generated"), records("kept")
-        self.counts.update(videos_found=len(candidates), filter=parts[0].filter,
-                           clips=sum(n for p in parts for v, n in p.clips.items() if v not in gone))
-        if len(parts) > 1 or self.cfg.merge_shards:
-            self.counts["pipeline"] = sum_stats([p.pipeline for p in parts])
-            self.merged = {"requests": {}, "cache": sum_stats([p.cache for p in parts]),
-                           "seconds": {k: max(p.seconds.get(k, 0.0) for p in parts)
-                                       for k in {k for p in parts for k in p.seconds}}}
-            for p in parts:
-                for name, st in p.requests.items():
-                    self.merged["requests"][name] = sum_stats([self.merged["requests"].get(name, {}), st])
+        m = merge_parts(parts, candidates, manifest_rejects)
+        self.rejects = m.rejects
+        self.counts.update(videos_found=len(candidates), filter=parts[0].filter, clips=m.clips)
+        if len(parts) > 1 or self.cfg.merge_shards:  # counters added up over the shards
+            self.counts["pipeline"], self.merged = m.pipeline, m.counters
         try:
-            if not items:
+            if not m.items:
                 from data_gen.build_report import write_reports
 
                 write_reports(self.out, self.rejects)
                 reasons = "; ".join(f"{r.item}: {r.reason}" for r in self.rejects[:5])
                 raise BuildError(f"all {len(candidates)} videos were rejected ({reasons})" if candidates
                                  else f"no video files found in {self.cfg.videos}")
-            return self.finish(items, generated, kept)
+            return self.finish(m.items, m.generated, m.kept)
         except Exception as exc:
             from data_gen.build_report import write_failed_summary
 

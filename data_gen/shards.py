@@ -155,6 +155,43 @@ def sum_stats(dicts: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+@dataclass
+class Merged:
+    items: list[VideoItem]
+    generated: list[QARecord]
+    kept: list[QARecord]
+    rejects: list[Reject]
+    clips: int
+    pipeline: dict
+    counters: dict  # requests / cache summed, seconds the slowest shard's
+
+
+def merge_parts(parts: list[Part], candidates: list[tuple[str, Path]], manifest_rejects: list[Reject]) -> Merged:
+    """Same-bytes duplicates across all shards (the later one in discovery order is rejected and
+    its records and rejects dropped, as a single process never works on it), one reject order."""
+    from data_gen.sources import drop_duplicates
+
+    order = {vid: n for n, (vid, _) in enumerate(candidates)}
+    probed = sorted((it for p in parts for it in p.probed), key=lambda it: order.get(it.video_id, -1))
+    items, dups = drop_duplicates(probed)
+    gone = {d.video_id for d in dups}
+    rejects = manifest_rejects + dups + [r for p in parts for r in p.rejects if r.video_id not in gone]
+
+    def records(kind: str) -> list[QARecord]:
+        recs = [r for p in parts for r in getattr(p, kind) if r.video_id not in gone]
+        return sorted(recs, key=lambda r: order.get(r.video_id, -1))
+
+    requests: dict[str, dict] = {}
+    for p in parts:
+        for name, st in p.requests.items():
+            requests[name] = sum_stats([requests.get(name, {}), st])
+    seconds = {k: max(p.seconds.get(k, 0.0) for p in parts) for k in {k for p in parts for k in p.seconds}}
+    return Merged(items, records("generated"), records("kept"), sort_rejects(rejects, order),
+                  sum(n for p in parts for v, n in p.clips.items() if v not in gone),
+                  sum_stats([p.pipeline for p in parts]),
+                  {"requests": requests, "cache": sum_stats([p.cache for p in parts]), "seconds": seconds})
+
+
 def run_workers(cfg: BuildConfig) -> Any:
     """Run `cfg.workers` shards as Ray tasks (skipping finished ones), then merge them."""
     import ray
