@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# The GPU check, as one prepared call on one H100/H200 (about 10 minutes):
+# The GPU check, as one prepared call on one H100/H200 (under 10 minutes; part limits 300+180+200 s):
 #   1. the tests that are skipped without CUDA (vLLM rollout/eval engines, colocated vLLM weight
 #      sync, transformers' video-processor layout), plus the CPU-default tests that take the GPU
 #      path when CUDA is there (positions/log-probs on long videos, bf16-compute precision);
 #   2. vLLM's positions and log-probs against the trainer's on a long-video prompt
 #      (bench/gpu_vllm_check.py: 64 frames of a 10-minute clip, 18.75 s per temporal patch);
-#   3. the scale figures: 3B-shaped MR-SP vs naive step time at 64/256/512 frames and the
-#      largest frame count that fits on one GPU (bench/gpu_scale_check.py).
+#   3. the scale figures (issue 12): 3B-shaped MR-SP vs naive step time and peak memory at
+#      64/256/512 frames and the largest frame count each fits on one GPU, and the bf16 vs fp32
+#      tiled log-prob kernel at 7B width (bench/gpu_scale_check.py, ~3 min).
 # Every part prints its figures; a part that cannot run (no vLLM on the machine, say) says why
 # and the rest still runs. The exit code is the number of failed parts.
 #
@@ -53,8 +54,6 @@ part tests 300 $PY -m pytest -q -p no:cacheprovider -rs -o addopts="" \
     "tests/test_model_kit.py::test_patch_layout_equals_transformers_video_processor" \
     tests/test_positions.py tests/test_precision.py
 part vllm_positions 180 $PY bench/gpu_vllm_check.py --frames 64 --seconds 600
-if [ -f bench/gpu_scale_check.py ]; then
-    part scale 240 $PY bench/gpu_scale_check.py
-fi
+part scale 200 $PY bench/gpu_scale_check.py --frames 64,256,512 --budget-s 150
 echo "gpu_check: $failed part(s) failed"
 exit "$failed"

@@ -46,6 +46,9 @@ TOL = 1e-5
 DEFAULT = TinyModelSpec(seed=3)  # 4 query heads / 2 KV heads
 ODD_HEADS = TinyModelSpec(seed=4, hidden_size=48, num_heads=3, num_kv_heads=1)  # SP 4: kv_gather (auto)
 UNEVEN_GQA = TinyModelSpec(seed=6, hidden_size=48, num_heads=6, num_kv_heads=2)  # SP 4: heads 2,2,1,1
+# Qwen2.5-VL-7B's 28 / 4 heads halved (group of 7): at SP 4 the query heads split 4,4,3,3 and rank 1
+# reads two KV heads - 7B's layout at SP 8 (4,4,4,4,3,3,3,3; KV 1,2,1,2,1,2,1,1) in miniature
+QWEN7B_SHRUNK = TinyModelSpec(seed=8, hidden_size=112, num_heads=14, num_kv_heads=2)
 PADDED_ROWS = [(5, 2, 4, 4, 3, 6), (3, 1, 4, 8, 2, 10)]  # L = 23, rows of 22 and 23 tokens
 SINGLE_ROW = [(4, 3, 4, 4, 2, 7)]  # L = 25
 SCENARIOS = {
@@ -59,6 +62,7 @@ SCENARIOS = {
                                   layout="kv_gather", kv_block=5),
     # query heads spanning two KV heads on one rank: only the KV heads read are sent
     "uneven_gqa_heads": dict(spec=UNEVEN_GQA, rows=PADDED_ROWS, cached=True, checkpointing=False),
+    "qwen7b_heads_shrunk": dict(spec=QWEN7B_SHRUNK, rows=PADDED_ROWS, cached=True, checkpointing=False),
 }
 VISION_GRIDS = {"uneven": [(3, 4, 4), (1, 4, 8), (2, 8, 4)], "fewer_frames_than_ranks": [(1, 4, 4), (2, 4, 4)]}
 FSDP_ROWS = [PADDED_ROWS, [(4, 1, 4, 4, 3, 7)]]  # one batch per data-parallel replica
@@ -255,6 +259,7 @@ def test_sequence_split_is_balanced_without_padding():
         (28, 4, 4, [7] * 4, [1] * 4),  # Qwen2.5-VL-7B at SP 4
         (28, 4, 8, [4, 4, 4, 4, 3, 3, 3, 3], [1, 2, 1, 2, 1, 2, 1, 1]),  # 7B at SP 8: 11 KV heads sent, not 32
         (3, 1, 2, [2, 1], [1, 1]),  # odd test model
+        (14, 2, 4, [4, 4, 3, 3], [1, 2, 1, 1]),  # the shrunk 7B test model at SP 4
     ],
 )
 def test_head_plans(heads, kv, sp, q_counts, kv_counts):

@@ -59,3 +59,40 @@ def test_linear_logprobs_bf16_compute_within_bf16_tolerance_of_fp32(how):
         rel = ((g - x).abs().max() / x.abs().max()).item()
         assert 0 < rel <= 2 ** -6, rel
     assert got[2].dtype == torch.float32 and got[0].dtype == torch.float32
+
+
+def test_packed_scoring_builds_no_mask_and_calls_sdpa_without_one(sp_tokenizer):
+    """Issue 12.2: with packed rows (the default) no [B, 1, L, L] (or any) mask is made - the
+    causal mask function is never called and every SDPA call of the language model is causal with
+    attn_mask=None - and the log-probs equal the padded-mask path's on left-padded rows."""
+    from unittest import mock
+
+    import torch.nn.functional as F
+    import transformers.masking_utils as mu
+
+    from tests.fixtures.sequence_parallel import make_video_batch, reference_logprobs
+    from training.mm_batch import encode_videos, rope_positions
+    from training.sequence_parallel import attention
+    from training.sequence_parallel.policy import LogProbModel
+    from training.tiny_model import TinyModelSpec, build_tiny_model
+
+    model, _ = build_tiny_model(TinyModelSpec(seed=3), sp_tokenizer)
+    batch = make_video_batch(sp_tokenizer, [(5, 2, 4, 4, 3, 6), (3, 1, 4, 8, 2, 10)])
+    assert (batch.attention_mask == 0).any()  # left-padded: the padded path needs a 4-D mask
+    with torch.no_grad():
+        embeds = encode_videos(model, batch.pixel_values_videos, batch.video_grid_thw)
+        pos = rope_positions(model, batch)
+        calls, real = [], F.scaled_dot_product_attention
+        spy = lambda *a, **k: calls.append((k.get("attn_mask"), k.get("is_causal"))) or real(*a, **k)  # noqa: E731
+        lpm = LogProbModel(model)
+        with mock.patch.object(F, "scaled_dot_product_attention", side_effect=spy), \
+                mock.patch.object(mu, "create_causal_mask", side_effect=AssertionError("mask built")), \
+                mock.patch.object(attention, "create_causal_mask", side_effect=AssertionError("mask built")):
+            lp, _ = lpm(batch.input_ids, batch.attention_mask, pos, batch.loss_mask, video_embeds=embeds)
+        padded, _ = LogProbModel(model, pack=False)(batch.input_ids, batch.attention_mask, pos, batch.loss_mask,
+                                                    video_embeds=embeds)
+    # one causal call per row per layer, none with a mask
+    assert len(calls) == 2 * model.config.text_config.num_hidden_layers
+    assert all(m is None and c for m, c in calls)
+    assert (lp - padded).abs().max().item() <= 1e-5
+    assert (lp - reference_logprobs(model, batch, embeds)).abs().max().item() <= 1e-5
