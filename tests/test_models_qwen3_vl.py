@@ -181,3 +181,33 @@ def test_sft_and_grpo_steps_through_the_cli(qwen3_vl, sft_records, colour_task, 
     assert m["rows"] == 6 and m["vision_calls_per_video"] == 1.0 and m["rollout/logprob_diff_max"] <= 1e-5
     samples = (tmp_path / "grpo/samples.jsonl").read_text()
     assert samples
+
+
+def test_offline_cache_carries_deepstack_and_timestamps(qwen3_vl, colour_task, tmp_path):
+    """`embed-cache build` on a Qwen3-VL, then GRPO from the cache: no vision call, and the same
+    rollouts, rewards and log-probs as the online run (one vision call per video)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    from .fixtures.grpo import grpo_overrides
+
+    path, _, _ = qwen3_vl
+    runner = CliRunner()
+    r = runner.invoke(app, ["embed-cache", "build", "--model", str(path), "--data", str(colour_task),
+                            "--out", str(tmp_path / "cache"), "video.num_frames=4", "progress=false"])
+    assert r.exit_code == 0 and "8 videos: 8 encoded" in r.output, r.output
+    runs = {}
+    for mode, extra in (("online", {}), ("offline", {"video.embeddings": "offline",
+                                                     "video.embed_cache": str(tmp_path / "cache")})):
+        r = runner.invoke(app, ["train", "grpo", "--model", str(path), "--data", str(colour_task),
+                                "--out", str(tmp_path / mode), *grpo_overrides(max_steps=1, **extra)])
+        assert r.exit_code == 0, r.output
+        (runs[mode],) = [json.loads(line) for line in (tmp_path / mode / "metrics.jsonl").read_text().splitlines()]
+        runs[mode]["samples"] = (tmp_path / mode / "samples.jsonl").read_text()
+    on, off = runs["online"], runs["offline"]
+    assert on["vision_calls_per_video"] == 1.0 and off["vision_calls_per_video"] == 0.0
+    assert off["samples"] == on["samples"] and off["reward/total"] == on["reward/total"]
+    assert off["rollout/logprob_diff_max"] <= 1e-5 and off["actor/kl"] == on["actor/kl"]

@@ -4,8 +4,10 @@ Layout of the cache folder:
 
     index.json                {"format": "longrl-embed-cache", "version", "vision_fingerprint",
                                "hidden_size", "sampling", "spec", "model_dir"}
-    emb/<key>.safetensors     one video: tensor "embeds" [num_tokens, hidden] and metadata
-                              (video_id, video_digest, grid_thw, second_per_grid_t, merge_size)
+    emb/<key>.safetensors     one video: tensor "embeds" [num_tokens, hidden] (Qwen3-VL:
+                              [num_tokens, (1 + DeepStack levels) * hidden]) and metadata
+                              (video_id, video_digest, grid_thw, second_per_grid_t, merge_size,
+                              timestamps_s and frame_groups for Qwen3-VL's timestamped prompt)
 
 `<key>` is `video_cache.video_key` (file digest + clip span + sampling + pixel layout), so a
 changed file, span or sampling finds no entry - an error, never another video's embedding.
@@ -33,6 +35,7 @@ from training.grpo.video_cache import (
     video_key,
     vision_fingerprint,
 )
+from training.models.qwen3_vl import embedding_width
 from training.video_inputs import VideoSampling, VisionSpec
 
 FORMAT = "longrl-embed-cache"
@@ -59,7 +62,7 @@ class EmbeddingCache:
         if self.index["vision_fingerprint"] != fp:
             raise EmbedCacheError(f"{self.folder} was built with another vision tower "
                                   f"({self.index['vision_fingerprint'][:12]} != {fp[:12]}); rebuild it")
-        self.hidden = int(model.config.text_config.hidden_size)
+        self.hidden = embedding_width(model)  # Qwen3-VL: with its DeepStack levels
         if int(self.index["hidden_size"]) != self.hidden:
             raise EmbedCacheError(f"{self.folder}: hidden size {self.index['hidden_size']} != model's {self.hidden}")
         self.sampling, self.spec = sampling, spec
@@ -90,7 +93,9 @@ class EmbeddingCache:
             raise EmbedCacheError(f"video {record.video_id}: cached embedding {path.name} does not "
                                   f"match: {'; '.join(problems)}")
         return StepVideo(key, record.video_id, grid, float(meta["second_per_grid_t"]), merge,
-                         embeds=embeds.to(self.device, self.dtype))
+                         embeds=embeds.to(self.device, self.dtype),
+                         timestamps_s=json.loads(meta.get("timestamps_s", "[]")),
+                         frame_groups=meta.get("frame_groups") == "1")
 
 
 def build_cache(model, records: Iterable[QARecord], out: str | Path, sampling: VideoSampling,
@@ -105,7 +110,7 @@ def build_cache(model, records: Iterable[QARecord], out: str | Path, sampling: V
     out = Path(out)
     (out / "emb").mkdir(parents=True, exist_ok=True)
     fp = vision_fingerprint(model)
-    hidden = int(model.config.text_config.hidden_size)
+    hidden = embedding_width(model)
     index_path = out / "index.json"
     if index_path.is_file():
         old = json.loads(index_path.read_text())
@@ -141,7 +146,9 @@ def build_cache(model, records: Iterable[QARecord], out: str | Path, sampling: V
         meta = {"video_id": rec.video_id, "video_digest": video_digest(rec),
                 "grid_thw": json.dumps(list(patches.grid_thw)),
                 "second_per_grid_t": repr(patches.second_per_grid_t),
-                "merge_size": str(patches.merge_size)}
+                "merge_size": str(patches.merge_size),
+                # Qwen3-VL prompts hold each frame group's timestamp (training.models.qwen3_vl)
+                "timestamps_s": json.dumps(patches.timestamps_s), "frame_groups": str(int(patches.frame_groups))}
         tmp = path.with_suffix(".tmp")
         save_file({"embeds": emb.detach().to("cpu").contiguous()}, str(tmp), metadata=meta)
         os.replace(tmp, path)

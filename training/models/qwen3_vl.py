@@ -118,6 +118,14 @@ def deepstack_levels(model) -> int:
     return len(model.config.vision_config.deepstack_visual_indexes)
 
 
+def embedding_width(model) -> int:
+    """Width of one cached video-embedding row: the text hidden size, times (1 + DeepStack
+    levels) for Qwen3-VL."""
+    cfg = model.config
+    hidden = int(cfg.text_config.hidden_size)
+    return hidden * (1 + deepstack_levels(model)) if cfg.model_type == "qwen3_vl" else hidden
+
+
 def _split_wide_embeds(module, args, kwargs):
     """Pre-hook of the text model: a wide inputs_embeds [B, L, (1 + levels) * H] becomes the
     embedding [B, L, H] plus DeepStack levels added at every position (zeros off the visual ones)."""
