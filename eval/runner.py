@@ -425,13 +425,20 @@ def evaluate(cfg: EvalConfig, console: Any = None) -> dict[str, Any]:
                 for k, m in per_benchmark.items()
             },
         }
+        lmms_files: list[Path] = []
         if per_benchmark:
             report.write_summary(out, summary)  # merged with earlier commands' benchmarks
-            lmms_output.write_results(
+            lmms_files.append(lmms_output.write_results(
                 out, cfg, stamp, {m["task"]: m["lmms_eval"] for m in per_benchmark.values()},
                 started,
-            )
+            ))  # fmt: skip
+            lmms_files += [out / m["lmms_eval"]["samples"] for m in per_benchmark.values()]
         if shard_infos:
             summary["shards"] = shard_infos
         report.log_to_mlflow(run, out, summary, per_benchmark)
+        if getattr(run, "active", False) and per_benchmark:  # the lmms-eval files, the commit
+            commit = lmms_output.harness()["git_commit"]
+            run.set_tags({"eval.git_commit": commit or "unknown"})
+            for f in lmms_files:
+                run.log_artifact(f, str(Path("eval") / f.parent.relative_to(out)))
     return summary

@@ -304,6 +304,12 @@ def test_results_reach_mlflow_when_configured(
         "eval/synth/accuracy.png",
         "eval/synth/predictions.jsonl",
     } <= names
+    # lmms-eval's files beside ours, and the commit that ran
+    lmms_dir = next(a.path for a in client.list_artifacts(run.info.run_id, "eval/lmms_eval"))
+    lmms = {a.path.rsplit("/", 1)[1] for a in client.list_artifacts(run.info.run_id, lmms_dir)}
+    assert any(n.endswith("_results.json") for n in lmms)
+    assert any(n.endswith("_samples_synth.jsonl") for n in lmms)
+    assert run.data.tags["eval.git_commit"] == m["harness"]["git_commit"]
 
 
 def test_videomme_with_subtitles_end_to_end(tiny_model_dir, make_benchmark, tmp_path) -> None:
