@@ -3,13 +3,55 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import typer
+from typer.core import TyperGroup
 
-from pipelines.cli_common import CONFIG_HELP, console, fail, resolve_config
+from pipelines.cli_common import CONFIG_HELP, PRINT_CONFIG_HELP, console, fail, resolve_config
+
+OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
+# The frame/pixel keys every other command spells under video.*: the same spelling works here.
+VIDEO_KEYS = {"video.num_frames": "frames", "video.fps": "fps", "video.min_frames": "min_frames",
+              "video.max_frames": "max_frames", "video.min_pixels": "min_pixels",
+              "video.max_pixels": "max_pixels", "video.total_pixels": "total_pixels"}
+
+
+class _EvalGroup(TyperGroup):
+    """`longrl eval` is a group (compare, list) whose own callback runs the evaluation: take its
+    positional `key=value` overrides out before click looks for a sub-command among them, so
+    eval reads settings like every other command (`--config`, then `key.sub=value`)."""
+
+    def parse_args(self, ctx, args):
+        value_opts = {o for p in self.params if not getattr(p, "is_flag", False) and not getattr(p, "count", False)
+                      for o in getattr(p, "opts", [])}
+        kept, found, skip = [], [], False
+        for i, arg in enumerate(args):
+            if skip:
+                kept.append(arg)
+                skip = False
+            elif arg in self.commands:  # a sub-command: everything after is its own
+                kept.extend(args[i:])
+                break
+            elif arg in value_opts:
+                kept.append(arg)
+                skip = True
+            elif not arg.startswith("-") and OVERRIDE.match(arg):
+                found.append(arg)
+            else:
+                kept.append(arg)
+        ctx.meta["eval_overrides"] = found
+        return super().parse_args(ctx, kept)
+
+
+def _eval_key(item: str) -> str:
+    key, _, value = item.partition("=")
+    return f"{VIDEO_KEYS.get(key, key)}={value}"
+
 
 app = typer.Typer(
+    cls=_EvalGroup,
     invoke_without_command=True,
     no_args_is_help=False,
 )
@@ -89,10 +131,11 @@ def run(
         False, "--overwrite", help="Discard predictions already in --out instead of resuming."
     ),
     config: Path = typer.Option(None, "--config", help=CONFIG_HELP),
+    print_config: bool = typer.Option(False, "--print-config", help=PRINT_CONFIG_HELP),
     overrides: list[str] = typer.Option(
         None,
         "--set",
-        help="Config override key.sub=value (repeatable), e.g. --set judge.base_url=http://127.0.0.1:8000/v1 --set max_pixels=50176.",
+        help="Same as a positional key.sub=value override (kept for old scripts), e.g. --set judge.base_url=http://127.0.0.1:8000/v1.",
     ),
 ) -> None:
     """Evaluate a model on long-video benchmarks; `longrl eval compare A B` compares two runs.
@@ -103,12 +146,17 @@ def run(
     (accuracy overall and by category with bootstrap 95 % intervals) and accuracy.png, plus
     OUT/summary.json. Open-ended answers are graded by an LLM judge (--set judge.base_url=...,
     judge.model=...; key from $OPENAI_API_KEY). Frame count / fps / pixel budget are recorded
-    with the results. A killed run continues where it stopped when started again."""
+    with the results. A killed run continues where it stopped when started again.
+
+    Settings as in every command: --config FILE, then positional key.sub=value overrides (e.g.
+    max_pixels=50176 judge.model=NAME; video.num_frames / video.max_pixels also work), then the
+    options above; --print-config lists the keys."""
     if ctx.invoked_subcommand is not None:
         return
     if frames is not None and fps is not None:
         fail("give --frames or --fps, not both", 2)
-    if model is None and config is None:
+    overrides = [_eval_key(o) for o in [*ctx.meta.get("eval_overrides", []), *(overrides or [])]]
+    if model is None and config is None and not print_config and not overrides:
         console.print(ctx.get_help())
         raise typer.Exit(0)
     from eval.engines.openai_engine import EndpointUnavailable
@@ -134,7 +182,7 @@ def run(
     }
     if fps is not None:
         values["frames"] = 0
-    cfg = resolve_config(EvalConfig, config, overrides, **values)
+    cfg = resolve_config(EvalConfig, config, overrides, print_config, **values)
     try:
         cfg.check()
         if cfg.engine in ("hf", "vllm"):  # a local folder: refuse a broken one before loading weights

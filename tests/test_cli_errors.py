@@ -155,3 +155,22 @@ def test_a_dataset_missing_a_column_names_it(tiny_model_dir, sft_records, tmp_pa
     result = runner.invoke(app, ["train", "sft", "--model", str(tiny_model_dir), "--data", str(tmp_path / "nope"),
                                  "--out", str(tmp_path / "o")])
     _one_line_error(result, str(tmp_path / "nope"), "no split 'sft' found")
+
+
+def test_eval_reads_settings_like_every_command(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ["eval", "--model", "M", "--benchmark", "synth", "--data", "D", "--out", "O", "--print-config"]
+    result = runner.invoke(app, [*args, "video.num_frames=6", "video.max_pixels=12544", "max_new_tokens=9",
+                                 "--set", "judge.base_url=http://127.0.0.1:9/v1"])
+    assert result.exit_code == 0, result.output
+    data = yaml.safe_load(result.stdout)
+    assert (data["frames"], data["max_pixels"], data["max_new_tokens"]) == (6, 12544, 9)
+    assert data["judge"]["base_url"] == "http://127.0.0.1:9/v1" and "  # " in result.stdout
+    saved = tmp_path / "eval.yaml"
+    saved.write_text(result.stdout)
+    again = runner.invoke(app, ["eval", "--print-config", "--config", str(saved)])
+    assert yaml.safe_load(again.stdout) == data
+    _one_line_error(runner.invoke(app, [*args[:-1], "max_pixel=5"]), "did you mean max_pixels?")
+    assert not (tmp_path / "O").exists()
+    listed = runner.invoke(app, ["eval", "list"])  # sub-commands are still found
+    assert listed.exit_code == 0 and "synth" in listed.output

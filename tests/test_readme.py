@@ -49,4 +49,5 @@ def test_readme_walkthrough_runs_in_order(tmp_path, monkeypatch):
     assert max(r["reward/format"] for r in rows) > 0, rows
     assert max(r["advantage/abs_mean"] for r in rows) > 0, rows
     assert (tmp_path / "runs/eval-base/summary.json").is_file()
+    assert (tmp_path / "runs/compare.png").stat().st_size > 5000  # candidate vs base plot
     assert (tmp_path / "runs/pipeline.yaml").is_file()
