@@ -239,3 +239,61 @@ def test_sft_and_grpo_steps_through_the_cli(tmp_path):
         assert m["rollout/logprob_diff_max"] <= 1e-5
         assert set(k for k in m if k.startswith("accuracy/")) <= {"accuracy/Math", "accuracy/Logic"}
     assert type(load_model(tmp_path / "grpo/model")).__name__ == "Qwen3ForCausalLM"
+
+
+def _sp_inputs(tok, arch):
+    """A tiny text LM (3 query / 1 KV heads: no SP size divides them) in train mode, and two
+    left-padded text rows."""
+    from training.tiny_model import build_tiny_model
+
+    model, _ = build_tiny_model(TinyModelSpec(arch=arch, seed=2, hidden_size=48, num_heads=3, num_kv_heads=1), tok)
+    model.train()
+    recs = [_text(), _text(id="t2", question="Ana has 3 boxes of 4 pens and gives away 5. How many pens are left?",
+                           answer="7")]
+    exs = [encode_example(tok, r, 0, response=f"<think>{r.reasoning}</think>\n<answer>{r.answer}</answer>")
+           for r in recs]
+    return model, collate(exs, [no_video(), no_video()], tok.pad_token_id)
+
+
+def _sp_loss(lp, mask):
+    return -(lp * mask * torch.linspace(0.5, 1.5, lp.shape[1])).sum() / mask.sum()
+
+
+def _sp_rank(rank, world, tok, arch):
+    import torch.distributed as dist
+
+    from training.mm_batch import video_positions
+    from training.sequence_parallel.mesh import ParallelConfig, build_log_prob_model, init_parallel
+
+    model, batch = _sp_inputs(tok, arch)
+    lpm = build_log_prob_model(model, init_parallel(sp_size=world), ParallelConfig(sp_size=world, fsdp=False))
+    empty = [torch.zeros((0, model.config.hidden_size))] * batch.size
+    lp, _ = lpm(batch.input_ids, batch.attention_mask, rope_positions(model, batch), batch.loss_mask,
+                video_embeds=empty, video_mask=video_positions(batch))
+    loss = _sp_loss(lp, batch.loss_mask)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    for g in grads.values():
+        dist.all_reduce(g)
+        g /= world
+    return lp.detach(), loss.detach(), grads
+
+
+@pytest.mark.parametrize("arch,world", [("qwen3", 2), ("qwen2", 4)])
+def test_sequence_parallel_equals_one_process(arch, world):
+    """Ulysses SP on long text prompts: log-probs, loss and every gradient equal one process."""
+    from training.sequence_parallel.local_group import run_local_group
+    from training.tiny_model import train_tokenizer
+
+    tok = train_tokenizer(1024)
+    model, batch = _sp_inputs(tok, arch)
+    ref = sequence_logprobs(model, batch, [])[0]
+    ref_loss = _sp_loss(ref, batch.loss_mask)
+    ref_loss.backward()
+    ref_grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert batch.input_ids.shape[1] % world and len(ref_grads) == sum(1 for _ in model.parameters())
+    sel = batch.loss_mask.bool()
+    for lp, loss, grads in run_local_group(_sp_rank, world, tok, arch):
+        assert (lp[sel] - ref[sel]).abs().max() <= 1e-5
+        assert abs(float(loss - ref_loss.detach())) <= 1e-5
+        assert max(float((grads[n] - g).abs().max()) for n, g in ref_grads.items()) <= 1e-5

@@ -126,11 +126,12 @@ def register_ulysses_attention(inner: str = "sdpa") -> str:
 def use_ulysses_attention(model: torch.nn.Module, inner: str | None = None) -> str:
     """Switch the language model of a Qwen2.5-VL model to Ulysses attention around `inner`
     (default: its current implementation). The vision tower keeps its own kernel."""
-    text_config = model.config.text_config
+    vlm = hasattr(model.config, "text_config")  # a text-only LM's config is its text config
+    text_config = model.config.text_config if vlm else model.config
     current = text_config._attn_implementation or "sdpa"
     name = register_ulysses_attention(inner or current.removeprefix(PREFIX))
     if current != name:
-        model.set_attn_implementation({"text_config": name})
+        model.set_attn_implementation({"text_config": name} if vlm else name)
     return name
 
 

@@ -128,7 +128,7 @@ def shard_log_prob_model(lpm: LogProbModel, state: ParallelState, cfg: ParallelC
     inner = base_model(lpm.model)
     for layer in inner.language_model.layers:
         fully_shard(layer, **kwargs)
-    for block in inner.visual.blocks:
+    for block in (inner.visual.blocks if hasattr(inner, "visual") else ()):  # text-only LMs have none
         fully_shard(block, **kwargs)
     fully_shard(lpm, **kwargs)
     register_fsdp_forward_method(lpm, "generate")

@@ -58,13 +58,13 @@ class LogProbModel(torch.nn.Module):
         self.sp_rank = dist.get_rank(sp_group) if sp_group is not None else 0
         self.token_chunk, self.vocab_chunk = token_chunk, vocab_chunk
         self.pack = pack  # rows packed end to end (varlen attention), never a [B, 1, L, L] mask
-        text = model.config.text_config
+        text = getattr(model.config, "text_config", model.config)  # text-only LMs: the config itself
         self.layout = attention_layout(layout, text.num_attention_heads, self.sp_size)
         if self.layout == "kv_gather" and not pack:
             raise ValueError("parallel.attention_layout=kv_gather needs packed rows (parallel.pack=true)")
         self.kv_block = kv_block
         use_ulysses_attention(model, attention)
-        if vision_attention == "varlen":
+        if vision_attention == "varlen" and hasattr(model.config, "vision_config"):
             use_varlen_vision_attention(model)
 
     @property
