@@ -211,3 +211,67 @@ def test_offline_cache_carries_deepstack_and_timestamps(qwen3_vl, colour_task, t
     assert on["vision_calls_per_video"] == 1.0 and off["vision_calls_per_video"] == 0.0
     assert off["samples"] == on["samples"] and off["reward/total"] == on["reward/total"]
     assert off["rollout/logprob_diff_max"] <= 1e-5 and off["actor/kl"] == on["actor/kl"]
+
+
+def _sp_inputs(tok):
+    """A tiny Qwen3-VL (3 query / 1 KV heads) in train mode, two left-padded rows of long videos
+    (18.75 and 20 s per temporal patch) and their cached DeepStack-wide embeddings."""
+    from training.tiny_model import build_tiny_model
+
+    model, _ = build_tiny_model(TinyModelSpec(arch="qwen3_vl", seed=2, hidden_size=48, num_heads=3, num_kv_heads=1),
+                                tok)
+    model.train()
+    spec = VisionSpec(patch_size=16, image_mean=[0.5] * 3, image_std=[0.5] * 3, min_pixels=4096,
+                      max_pixels=64 * 64 * 64, clip_budget=True)
+    vids = [_video(spec, 16, 150.0, 7), _video(spec, 8, 80.0, 8)]
+    exs = [encode_example(tok, r, v.num_tokens, response="<think>ok so</think><answer>B</answer>",
+                          video_groups=q3.video_groups(v)) for r, v in zip((MCQ, NUM), vids, strict=True)]
+    batch = collate(exs, vids, tok.pad_token_id)
+    with torch.no_grad():
+        embeds = [e.clone() for e in encode_videos(model, batch.pixel_values_videos, batch.video_grid_thw)]
+    return model, batch, embeds
+
+
+def _sp_loss(lp, mask):
+    return -(lp * mask * torch.linspace(0.5, 1.5, lp.shape[1])).sum() / mask.sum()
+
+
+def _sp_rank(rank, world, tok):
+    import torch.distributed as dist
+
+    from training.mm_batch import video_positions
+    from training.sequence_parallel.mesh import ParallelConfig, build_log_prob_model, init_parallel
+
+    model, batch, embeds = _sp_inputs(tok)
+    lpm = build_log_prob_model(model, init_parallel(sp_size=world), ParallelConfig(sp_size=world, fsdp=False))
+    lp, _ = lpm(batch.input_ids, batch.attention_mask, rope_positions(model, batch), batch.loss_mask,
+                video_embeds=embeds, video_mask=video_positions(batch))
+    loss = _sp_loss(lp, batch.loss_mask)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    for g in grads.values():
+        dist.all_reduce(g)
+        g /= world
+    return lp.detach(), loss.detach(), grads
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_sequence_parallel_with_deepstack_equals_one_process(world):
+    """Ulysses SP from cached embeddings: the DeepStack levels travel with their tokens' shard."""
+    from training.sequence_parallel.local_group import run_local_group
+    from training.tiny_model import train_tokenizer
+
+    tok = train_tokenizer(1024)
+    model, batch, embeds = _sp_inputs(tok)
+    ref = sequence_logprobs(model, batch, embeds)[0]
+    H = model.config.text_config.hidden_size
+    plain = sequence_logprobs(model, batch, [e[:, :H] for e in embeds])[0].detach()
+    ref_loss = _sp_loss(ref, batch.loss_mask)
+    ref_loss.backward()
+    ref_grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    sel = batch.loss_mask.bool()
+    assert batch.input_ids.shape[1] % world and (plain[sel] - ref[sel]).abs().max() > 1e-4
+    for lp, loss, grads in run_local_group(_sp_rank, world, tok):
+        assert (lp[sel] - ref[sel]).abs().max() <= 1e-5
+        assert abs(float(loss - ref_loss.detach())) <= 1e-5
+        assert max(float((grads[n] - g).abs().max()) for n, g in ref_grads.items()) <= 1e-5
