@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -99,22 +100,40 @@ def complete(bench_dir: Path, merged: PredictionStore, items: list[EvalItem]) ->
 
 class MergeLock:
     """Exclusive, non-blocking: the first shard to finish the benchmark merges; another that
-    finds the lock taken leaves it to that one. A lock left by a killed merger is named in the
-    message; a run without --shard merges regardless."""
+    finds the lock taken leaves it to that one. The lock names its holder (host and pid): one
+    left by a merger killed on this host is taken over; one from another host is left (a run
+    without --shard merges regardless)."""
 
     def __init__(self, bench_dir: Path) -> None:
         self.path = Path(bench_dir) / SHARDS / LOCK
         self.held = False
 
+    def _stale(self) -> bool:
+        try:
+            host, pid = self.path.read_text().split(":", 1)
+            if host != socket.gethostname():
+                return False  # another machine's process: cannot tell, leave it
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True  # its holder is gone
+        except (OSError, ValueError):
+            return False
+        return False
+
     def __enter__(self) -> MergeLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                if not self._stale():
+                    return self
+                self.path.unlink(missing_ok=True)  # then try once more
+                continue
+            with os.fdopen(fd, "w") as fh:
+                fh.write(f"{socket.gethostname()}:{os.getpid()}")
+            self.held = True
             return self
-        with os.fdopen(fd, "w") as fh:
-            fh.write(str(os.getpid()))
-        self.held = True
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -6,6 +6,7 @@ openai engine merge once, and bad specs are one clear line."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -150,3 +151,25 @@ def test_reading_another_shard_never_cuts_its_last_line(tmp_path) -> None:
     path.write_text(whole + '{"qid": "b", "sta')  # its writer is mid-append
     assert list(shard_records(tmp_path)) == ["a"]
     assert path.read_text().endswith('{"qid": "b", "sta')  # left for the writer to finish
+
+
+def test_a_lock_left_by_a_killed_merger_is_taken_over(tmp_path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    from eval.shards import MergeLock
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    lock = tmp_path / "shards" / "merge.lock"
+    lock.parent.mkdir()
+    lock.write_text(f"{socket.gethostname()}:{dead}")  # its process has exited
+    with MergeLock(tmp_path) as held:
+        assert held.held and lock.read_text().endswith(f":{os.getpid()}")
+        with MergeLock(tmp_path) as second:  # a live holder (this process) is respected
+            assert not second.held
+    assert not lock.exists()
+    lock.write_text("another-host:1")  # another machine's holder: left alone
+    with MergeLock(tmp_path) as other:
+        assert not other.held
