@@ -216,10 +216,16 @@ def resolved_dtype(cfg: EvalConfig) -> str:
     return resolve_dtype(cfg.dtype, resolve_device(cfg.device))
 
 
-def check_resume(bench_dir: Path, settings: dict[str, Any], overwrite: bool) -> None:
+def check_resume(bench_dir: Path, settings: dict[str, Any], overwrite: bool, record: bool = True) -> None:
+    """Refuse predictions made with other settings (SettingsMismatch); then, with `record`,
+    start the folder (run_info.json; --overwrite discards what it held). `record=False` only
+    checks: the runner checks every benchmark before writing anything (a refused resume must
+    not leave the refused settings in eval_config.yaml)."""
     from eval.shards import shard_files
 
     info_path, preds = bench_dir / RUN_INFO, bench_dir / PREDICTIONS
+    if not record and overwrite:
+        return
     if overwrite:
         for p in (info_path, preds, *shard_files(bench_dir)):
             p.unlink(missing_ok=True)
@@ -236,5 +242,7 @@ def check_resume(bench_dir: Path, settings: dict[str, Any], overwrite: bool) -> 
                 + ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
                 + "; use --overwrite or another --out"
             )
+    if not record:
+        return
     bench_dir.mkdir(parents=True, exist_ok=True)
     report.write_json(info_path, {"settings": settings})

@@ -218,6 +218,26 @@ def grade_exact_open(records: list[dict[str, Any]], items: dict[str, EvalItem]) 
     return changed
 
 
+def prompt_settings(cfg: EvalConfig, task: TaskSpec) -> tuple[str, int]:
+    """(prompt style, max new tokens) a benchmark runs with."""
+    style = task.native_style if cfg.prompt_style == "auto" else cfg.prompt_style
+    max_new = cfg.max_new_tokens or (
+        max(task.max_new_tokens, REASONING_MAX_NEW_TOKENS)
+        if style == "reasoning"
+        else task.max_new_tokens
+    )
+    return style, max_new
+
+
+def check_all_resumable(cfg: EvalConfig, out: Path) -> None:
+    """Every benchmark's resume guard, before anything is written (issue 16.11)."""
+    for name in cfg.benchmarks:
+        task = get_task(name)
+        bench_dir = out / benchmark_dir_name(task, cfg.subtitles)
+        check_resume(bench_dir, run_settings(cfg, task, *prompt_settings(cfg, task)), cfg.overwrite,
+                     record=False)
+
+
 def evaluate_benchmark(
     cfg: EvalConfig,
     name: str,
@@ -227,12 +247,7 @@ def evaluate_benchmark(
     stamp: str | None = None,
 ) -> dict[str, Any]:
     task = get_task(name)
-    style = task.native_style if cfg.prompt_style == "auto" else cfg.prompt_style
-    max_new = cfg.max_new_tokens or (
-        max(task.max_new_tokens, REASONING_MAX_NEW_TOKENS)
-        if style == "reasoning"
-        else task.max_new_tokens
-    )
+    style, max_new = prompt_settings(cfg, task)
     data = Path(cfg.data).resolve()
     items, evaluated = limit_items(task, task.load(data), cfg.limit)
     coverage = task.coverage(data)
@@ -373,6 +388,7 @@ def evaluate(cfg: EvalConfig, console: Any = None) -> dict[str, Any]:
 
     cfg.check()
     out = Path(cfg.out)
+    check_all_resumable(cfg, out)  # a refused resume leaves eval_config.yaml as it was
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out, "eval_config.yaml")
     holder: dict[str, Engine] = {}

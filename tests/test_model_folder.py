@@ -161,7 +161,14 @@ def test_eval_resume_refuses_another_model_of_the_same_shapes(tiny_model_dir, sy
     first = runner.invoke(app, ["eval", "--model", str(tiny_model_dir), "--benchmark", "synth", "--data",
                                 str(synth_bench), "--out", str(out), *fast])
     assert first.exit_code == 0, first.output
+    saved = (out / "eval_config.yaml").read_text()
     second = runner.invoke(app, ["eval", "--model", str(other), "--benchmark", "synth", "--data",
                                  str(synth_bench), "--out", str(out), *fast])
     line = _one_line_error(second, "other settings", "model_fingerprint")
     assert "--overwrite or another --out" in line
+    # a refused resume records nothing: eval_config.yaml keeps the settings of the predictions
+    assert (out / "eval_config.yaml").read_text() == saved and str(other) not in saved
+    third = runner.invoke(app, ["eval", "--model", str(tiny_model_dir), "--benchmark", "synth", "--data",
+                                str(synth_bench), "--out", str(out), *fast[2:], "--frames", "4"])
+    _one_line_error(third, "other settings", "frames: 2 -> 4")
+    assert (out / "eval_config.yaml").read_text() == saved
