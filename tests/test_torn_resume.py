@@ -123,3 +123,21 @@ def test_compare_leaves_out_a_torn_prediction_and_names_damage(tmp_path, caplog)
     result = runner.invoke(app, ["eval", "compare", str(tmp_path / "A"), str(tmp_path / "B")])
     line = _error_line(result)  # was: the broken line skipped, 5 questions compared silently
     assert "predictions.jsonl:3: not valid JSON" in line
+
+
+def test_a_failed_build_still_writes_its_summary(tmp_path, corrupt_videos):
+    import shutil
+
+    from data_gen.build import BuildError, run_build
+    from data_gen.build_config import BuildConfig
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for kind in ("zero_bytes", "text"):
+        shutil.copy(corrupt_videos[kind][0], videos / f"{kind}.mp4")
+    cfg = BuildConfig(videos=str(videos), out=str(tmp_path / "out"), annotator="groundtruth", progress=False)
+    with pytest.raises(BuildError):
+        run_build(cfg)
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["error"].startswith("BuildError: ")
+    assert summary["rejects"] == 2 and "requests" in summary and "cache" in summary
