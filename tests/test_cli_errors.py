@@ -174,3 +174,30 @@ def test_eval_reads_settings_like_every_command(tmp_path, monkeypatch):
     assert not (tmp_path / "O").exists()
     listed = runner.invoke(app, ["eval", "list"])  # sub-commands are still found
     assert listed.exit_code == 0 and "synth" in listed.output
+
+
+def test_malformed_jsonl_data_names_file_and_line(tiny_model_dir, sft_records, tmp_path):
+    import json
+
+    path = tmp_path / "sft.jsonl"
+    rows = [json.dumps(r.to_dict()) for r in sft_records[:3]]
+    path.write_text("\n".join([rows[0], '{"id": "x", "question": ', *rows[1:]]) + "\n")
+    for stage in ("sft", "grpo"):
+        result = runner.invoke(app, ["train", stage, "--model", str(tiny_model_dir), "--data", str(path),
+                                     "--out", str(tmp_path / stage)])
+        _one_line_error(result, f"{path}:2: not valid JSON", "fix or remove the line")
+
+
+def test_eval_records_without_answer_or_video_are_named_and_recorded(tmp_path):
+    import json
+
+    from eval.task import get_task
+
+    good = {"id": "q1", "video_id": "v", "video_path": "v.mp4", "question": "How many?", "answer": "3",
+            "answer_type": "numeric", "category": "Temporal"}
+    rows = [good, {**{k: v for k, v in good.items() if k != "answer"}, "id": "q2"},
+            {**{k: v for k, v in good.items() if k != "video_path"}, "id": "q3"}]
+    (tmp_path / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    items = {it.qid: it for it in get_task("longvideo_reason").load(tmp_path)}
+    assert "eval.jsonl:2" in items["q2"].error and "missing field(s) answer" in items["q2"].error
+    assert "eval.jsonl:3" in items["q3"].error and "missing field(s) video_path" in items["q3"].error
