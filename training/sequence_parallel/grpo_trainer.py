@@ -95,7 +95,11 @@ class ParallelGRPOTrainer(GRPOTrainer):
         st, load = self.par, self.load_kwargs()
         # bf16 compute on fp32 shards (FSDP2 MixedPrecisionPolicy, fp32 gradient reduction).
         self.parallel.param_dtype = self.precision.fsdp_param_dtype
-        self.replica = load_model(resume or self.model_dir, **load).requires_grad_(False)
+        # The replica is frozen and only samples (hf engine) and encodes the frozen tower: under
+        # bf16 compute it is held in bf16 (7B: 16.6 GB per GPU, not 33 GB in fp32); the fp32
+        # shards are copied into it (rounded) after every update.
+        replica_dtype = "bfloat16" if self.precision.bf16 else load["dtype"]
+        self.replica = load_model(resume or self.model_dir, **{**load, "dtype": replica_dtype}).requires_grad_(False)
         # Policy and reference: built on the meta device, each rank loading only its FSDP shards.
         meta = {k: v for k, v in load.items() if k != "device"}
         policy = meta_model(resume or self.model_dir, **meta)
