@@ -37,9 +37,12 @@ def test_results_and_samples_in_lmms_layout(openai_server, make_benchmark, tmp_p
     assert r["n-samples"]["perceptiontest_val_mc"] == {"original": 3, "effective": 3}
     assert r["configs"]["perceptiontest_val_mc"]["dataset_path"] == "lmms-lab/PerceptionTest_Val"
     assert r["config"]["model_args"] == "pretrained=scripted"
-    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True,
-                          text=True, check=True).stdout.strip()
-    assert r["git_hash"] == head[:7]
+    m = json.loads((out / "perceptiontest" / "metrics.json").read_text())
+    commit = m["harness"]["git_commit"]
+    assert r["git_hash"] == commit[:7] and len(commit) == 40
+    # the checkout's commit (HEAD when the process first asked; others may commit meanwhile)
+    subprocess.run(["git", "-C", str(ROOT), "merge-base", "--is-ancestor", commit, "HEAD"],
+                   check=True)
 
     lines = [json.loads(x) for x in samples_path.read_text().splitlines()]
     preds = {p["qid"]: p for p in (json.loads(x) for x in (
@@ -60,9 +63,10 @@ def test_results_and_samples_in_lmms_layout(openai_server, make_benchmark, tmp_p
     hashes = "".join(f"sample_{i}" + ln["doc_hash"] for i, ln in enumerate(lines))
     assert r["task_hashes"]["perceptiontest_val_mc"] == hashlib.sha256(hashes.encode()).hexdigest()
 
-    m = json.loads((out / "perceptiontest" / "metrics.json").read_text())
-    assert m["harness"]["name"] == "longrl" and m["harness"]["version"] == "0.1.0"
-    assert m["harness"]["git_commit"] == head
+    import importlib.metadata
+
+    assert m["harness"]["name"] == "longrl"
+    assert m["harness"]["version"] == importlib.metadata.version("longrl")
     assert m["lmms_eval"]["samples"] == str(samples_path.relative_to(out))
 
 
