@@ -106,12 +106,20 @@ def test_store_is_off_where_it_cannot_hit(tiny_model, tiny_model_dir, colour_tas
     small.store_bytes = one * 3  # fits 3 of the 8 videos, each asked once per epoch: never hits
     small.plan_store(recs)
     small.prepare(recs[:2])
-    assert not small.store_on and not small.store and "8 videos" in small.store_note
+    assert not small.store_on and not small.store and "3 of the 8 videos" in small.store_note
     repeated = _embedder(model, tiny_model_dir, store_mb=1)
     repeated.store_bytes = one * 3
     repeated.plan_store([*recs, replace(recs[0], id="again")])  # a video asked twice: it may hit
     repeated.prepare(recs[:2])
     assert repeated.store_on and len(repeated.store) == 2
+    fits = _embedder(model, tiny_model_dir, store_mb=1)
+    fits.store_bytes = one * 8  # the whole split fits: every video hits from the second epoch
+    fits.plan_store(recs)
+    fits.prepare(recs[:2])
+    assert fits.store_on and len(fits.store) == 2
+    est = VideoEmbedder.store_hit_estimate
+    assert est(104_000, 18_000, 18_000) == 1.0 and est(8, 8, 3) == 0.0
+    assert abs(est(104_000, 18_000, 17) - 17 / 18_000 * (1 - 18 / 104)) < 1e-12
 
 
 def test_training_with_prefetch_equals_training_without(tiny_model_dir, colour_task, tmp_path):

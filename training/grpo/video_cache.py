@@ -71,6 +71,7 @@ class StepVideo:
 
 
 _digests: dict[str, str] = {}
+MIN_STORE_HIT = 0.01  # below this expected hit rate the decoded-video store is not kept
 
 
 def video_digest(record: QARecord) -> str:
@@ -142,7 +143,7 @@ class VideoEmbedder:
         self.store_on = store_mb > 0
         self.store_note = ""  # why the store was switched off (plan_store)
         self.stats = {"store_hits": 0, "store_misses": 0, "prefetched": 0}
-        self._distinct: int | None = None  # distinct video spans of the split (plan_store)
+        self._plan: tuple[int, int] | None = None  # (records, distinct video spans) of the split
         self._pool = (ThreadPoolExecutor(prefetch_workers, thread_name_prefix="video-prefetch")
                       if prefetch_workers > 0 and mode != "offline" else None)
         self._pending: dict[str, Future] = {}  # key -> decode in flight (prefetch)
@@ -188,12 +189,22 @@ class VideoEmbedder:
         return out, failures
 
     def plan_store(self, records: Sequence[QARecord]) -> None:
-        """Note how many distinct video spans the split has and whether any is asked by more
-        than one record. Without repeats a video comes back only an epoch later, so the store
-        can hit only if the whole split fits; checked at the first decode (`_remember`)."""
+        """Note how many records and distinct video spans the split has, for `store_hit_estimate`
+        (checked at the first decode, when a video's size is known)."""
         spans = Counter((r.video_path, r.clip_start_s, r.clip_end_s) for r in records
                         if getattr(r, "has_video", True))
-        self._distinct = len(spans) if spans and max(spans.values()) == 1 else None
+        self._plan = (sum(spans.values()), len(spans)) if spans else None
+
+    @staticmethod
+    def store_hit_estimate(records: int, distinct: int, capacity: int) -> float:
+        """Expected share of loads the store serves, the sampler drawing records in a shuffled
+        order each epoch: 1 once every video fits (from the second epoch on); otherwise a load
+        hits when it repeats a video of the epoch (1 - distinct/records of the draws) still held
+        (about capacity/distinct of them in random order). bench/bench_video_store.py checks it
+        against the sampler's real order."""
+        if capacity >= distinct:
+            return 1.0
+        return (capacity / distinct) * (1.0 - distinct / records)
 
     def prefetch(self, records: Sequence[QARecord]) -> None:
         """Start decoding `records`' videos in the background (those not stored, in flight or
@@ -255,12 +266,16 @@ class VideoEmbedder:
     def _remember(self, key: str, decoded: DecodedVideo) -> None:
         if not self.store_on:
             return
-        if self._distinct is not None and self._distinct * decoded.nbytes > self.store_bytes:
-            self.store_on, self.store_note = False, (
-                f"decoded-video store off: each of the {self._distinct} videos is asked once per epoch "
-                f"and they do not fit in video.decoded_cache_mb ({self.store_bytes >> 20} MB)")
-            self.store.clear()
-            return
+        if self._plan is not None and not self.store:
+            records, distinct = self._plan
+            capacity = self.store_bytes // max(decoded.nbytes, 1)
+            est = self.store_hit_estimate(records, distinct, capacity)
+            if est < MIN_STORE_HIT:
+                self.store_on, self.store_note = False, (
+                    f"decoded-video store off: it holds ~{capacity} of the {distinct} videos "
+                    f"({records} records), an expected hit rate of {est:.2%} "
+                    f"(< {MIN_STORE_HIT:.0%}); raise video.decoded_cache_mb to keep it")
+                return
         self.store[key] = decoded
         total = sum(d.nbytes for d in self.store.values())
         while len(self.store) > 1 and total > self.store_bytes:
