@@ -52,6 +52,9 @@ def synth(
     import time
 
     if kind == "text":
+        video_opts = {"--videos": videos, "--minutes": minutes, "--fps": fps, "--size": size, "--codec": codec}
+        if given := [k for k, v in video_opts.items() if v is not None]:
+            fail(f"{', '.join(given)}: options of --kind video, not of --kind text", 2)
         _text(out, problems, seed, from_file, config, print_config, overrides)
         return
     if kind != "video":

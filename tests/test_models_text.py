@@ -213,6 +213,9 @@ def test_import_gsm8k_and_math_files_naming_bad_rows(tmp_path):
     bad = CliRunner().invoke(app, ["synth", "--kind", "text", "--from", str(tmp_path / "none.jsonl"), "--out",
                                    str(out)])
     assert bad.exit_code == 2 and "no such file" in bad.output
+    mixed = CliRunner().invoke(app, ["synth", "--kind", "text", "--videos", "3", "--out", str(tmp_path / "m")])
+    assert mixed.exit_code == 2 and "--videos: options of --kind video" in mixed.output
+    assert not (tmp_path / "m").exists()
 
 
 def test_sft_and_grpo_steps_through_the_cli(tmp_path):
