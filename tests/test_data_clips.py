@@ -77,3 +77,25 @@ def test_damaged_file_fails_like_the_plain_path(barcode_video, corrupt_videos):
     assert first[0] == 0 and [read_barcode(f) for f in first[1]] == [0, 39]
     with pytest.raises(VideoError, match="frame 40 out of range"):
         next(out)
+
+
+@pytest.mark.parametrize("codec", ["libx264", "mpeg4"])
+def test_one_pass_on_a_variable_frame_rate_file(tmp_path, codec):
+    """VFR (30/10/30 fps): the clips' frames are chosen by the stream timestamps; one pass
+    still returns exactly read_frames' frames for each clip."""
+    from data_gen.sources import VideoItem, clip_images, span_images
+    from tests.test_video_display import VFR_MS, write_h264
+
+    path = write_h264(tmp_path / "vfr.mp4", len(VFR_MS), pts_ms=VFR_MS, codec=codec)
+    info = probe_video(path)
+    spans = clip_spans(info.duration_s, 2.0, 0.5)
+    clips = _clips(info, 2.0, 4)
+    stats = ReaderStats()
+    got = dict(iter_clips(path, clips, stats))
+    for j, idx in enumerate(clips):
+        assert [read_barcode(f) for f in got[j]] == idx.tolist()
+        np.testing.assert_array_equal(got[j], read_frames(path, idx))
+    item = VideoItem("vfr", str(path), "d", info)
+    stream = dict(clip_images(item, [(a, b, 4) for a, b in spans], 64 * 48, 85, "stream"))
+    assert [stream[j] for j in range(len(spans))] == [span_images(item, a, b, 4, 64 * 48, 85) for a, b in spans]
+    assert stats.opens == 1 and stats.fallbacks == 0
