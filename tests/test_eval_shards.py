@@ -16,7 +16,7 @@ from pipelines.cli import app
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = ["--frames", "2", "--set", "min_pixels=784", "--set", "max_pixels=3136",
-        "--set", "max_new_tokens=6", "--set", "bootstrap=50"]  # fmt: skip
+        "--set", "max_new_tokens=6", "--set", "bootstrap=50", "--limit", "6"]  # fmt: skip
 SAME = ("qid", "raw_output", "extracted", "status", "correct", "prompt", "num_frames")
 
 
@@ -39,14 +39,14 @@ def _scores(m: dict) -> tuple:
 def test_shards_merge_into_what_one_run_gives(tiny_model_dir, synth_bench, tmp_path) -> None:
     ref, out = tmp_path / "ref", tmp_path / "sharded"
     assert _eval(tiny_model_dir, synth_bench, ref).exit_code == 0
-    r = _eval(tiny_model_dir, synth_bench, out, "--shard", "0/2", "--batch-size", "3")
+    r = _eval(tiny_model_dir, synth_bench, out, "--shard", "0/2", "--batch-size", "1")
     assert r.exit_code == 0, r.output
     said = " ".join(r.output.split())  # rich wraps long lines
-    assert "shard 0/2 answered 6" in said and "other shards still to answer" in said
+    assert "shard 0/2 answered 3" in said and "other shards still to answer" in said
     bench = out / "synth"
     assert not (bench / "metrics.json").exists() and not (out / "summary.json").exists()
-    assert len(_preds(bench / "shards" / "predictions-0-of-2.jsonl")) == 6
-    r = _eval(tiny_model_dir, synth_bench, out, "--shard", "1/2", "--batch-size", "5")
+    assert len(_preds(bench / "shards" / "predictions-0-of-2.jsonl")) == 3
+    r = _eval(tiny_model_dir, synth_bench, out, "--shard", "1/2", "--batch-size", "2")
     assert r.exit_code == 0, r.output
     merged = json.loads((bench / "metrics.json").read_text())
     expect = json.loads((ref / "synth" / "metrics.json").read_text())
@@ -59,7 +59,7 @@ def test_shards_merge_into_what_one_run_gives(tiny_model_dir, synth_bench, tmp_p
     # shards are disjoint and cover the benchmark
     a = _preds(bench / "shards" / "predictions-0-of-2.jsonl")
     b = _preds(bench / "shards" / "predictions-1-of-2.jsonl")
-    assert not set(a) & set(b) and len(a) + len(b) == 12
+    assert not set(a) & set(b) and len(a) + len(b) == 6
     # a shard run again asks nothing and merges again to the same numbers
     r = _eval(tiny_model_dir, synth_bench, out, "--shard", "0/2")
     assert r.exit_code == 0 and _scores(json.loads((bench / "metrics.json").read_text())) == (
@@ -71,13 +71,13 @@ def test_a_plain_run_merges_and_answers_the_rest(tiny_model_dir, synth_bench, tm
     out = tmp_path / "o"
     assert _eval(tiny_model_dir, synth_bench, out, "--shard", "2/3").exit_code == 0
     shard = _preds(out / "synth" / "shards" / "predictions-2-of-3.jsonl")
-    assert len(shard) == 4
+    assert len(shard) == 2
     r = _eval(tiny_model_dir, synth_bench, out)
     assert r.exit_code == 0, r.output
     m = json.loads((out / "synth" / "metrics.json").read_text())
-    assert m["absorbed_from_shards"] == 4 and m["generated"] == 8 and m["resumed"] == 4
+    assert m["absorbed_from_shards"] == 2 and m["generated"] == 4 and m["resumed"] == 2
     merged = _preds(out / "synth" / "predictions.jsonl")
-    assert len(merged) == 12 and all(merged[q] == rec for q, rec in shard.items())
+    assert len(merged) == 6 and all(merged[q] == rec for q, rec in shard.items())
     # changed settings are refused while shard files exist, as for predictions.jsonl
     r = _eval(tiny_model_dir, synth_bench, tmp_path / "p", "--shard", "0/2")
     r = _eval(tiny_model_dir, synth_bench, tmp_path / "p", "--shard", "1/2", "--frames", "4")
