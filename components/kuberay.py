@@ -319,6 +319,27 @@ def delete_rayjob(api_client: Any, namespace: str, name: str, log: Callable[[str
             raise
 
 
+def run_label(kfp_run_id: str) -> str:
+    """The `pipeline/runid` label value on every RayJob of one pipeline run."""
+    return job_name(kfp_run_id)
+
+
+def delete_run_rayjobs(api_client: Any, namespace: str, kfp_run_id: str,
+                       log: Callable[[str], None] = print) -> list[str]:  # fmt: skip
+    """The exit handler's cleanup: delete every RayJob this pipeline run left in `namespace`
+    (a cancelled run whose step pod died before its SIGTERM handler ran, a step that lost its
+    pod). Finished jobs go too (their clusters are already down). Returns the names deleted."""
+    from kubernetes.client import CustomObjectsApi
+
+    api = CustomObjectsApi(api_client)
+    found = api.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL,
+                                              label_selector=f"pipeline/runid={run_label(kfp_run_id)}")  # fmt: skip
+    names = [item["metadata"]["name"] for item in found.get("items", [])]
+    for name in names:
+        delete_rayjob(api_client, namespace, name, log=log)
+    return names
+
+
 def in_cluster_api_client() -> Any:
     """API client from the pod's service account (the pipeline runner's, see manifests/rbac)."""
     from kubernetes import client, config

@@ -29,6 +29,20 @@ class StepError(RuntimeError):
     pass
 
 
+def tracking_uri(param: str) -> str:
+    """The MLflow server a step uses: with KFP's MLflow integration on, the plugin's (its task
+    runs live there; the parameter, if it names another server, is ignored with a note - mixing
+    them crashed start-tracking), else the pipeline parameter ("" = MLflow off)."""
+    from common import tracking
+
+    if tracking.kfp_plugin_run():
+        plugin = os.environ.get("MLFLOW_TRACKING_URI", "")
+        if param and param.rstrip("/") != plugin.rstrip("/"):
+            print(f"KFP's MLflow integration is on: using its server {plugin}, not mlflow_tracking_uri={param}")
+        return plugin
+    return param
+
+
 def parent_run_id(tracking_uri: str, explicit: str = "", experiment: str = "longrl") -> str:
     """The pipeline's MLflow parent run: the id handed to the step, else `MLFLOW_RUN_ID` from
     the environment (Kubeflow's MLflow integration, or `longrl pipeline run-local`), else the run
@@ -36,6 +50,10 @@ def parent_run_id(tracking_uri: str, explicit: str = "", experiment: str = "long
     Cached steps use the environment, because a per-run parameter would defeat KFP's cache."""
     if not tracking_uri:
         return ""
+    from common import tracking
+
+    if tracking.kfp_plugin_run():  # this task's nested run: stage runs nest under it
+        return tracking.kfp_plugin_run() or ""
     if explicit:
         return explicit
     if os.environ.get("MLFLOW_RUN_ID"):
@@ -53,7 +71,12 @@ def mlflow_env(tracking_uri: str, parent_run_id: str) -> dict[str, str]:
     """Environment for a stage: the tracking URI and the pipeline's parent run (Kubeflow's
     MLflow convention). Empty values leave MLflow off. Credentials come from the pod's
     environment (Kubernetes secrets), never from parameters."""
+    from common import tracking
+
     env = {}
+    task_run = tracking.kfp_plugin_run()
+    if task_run:  # KFP's MLflow integration: its server, and this task's run as the parent
+        return {"MLFLOW_TRACKING_URI": os.environ.get("MLFLOW_TRACKING_URI", ""), "MLFLOW_RUN_ID": task_run}
     if tracking_uri:
         env["MLFLOW_TRACKING_URI"] = tracking_uri
         if parent_run_id:

@@ -12,10 +12,35 @@ from components.images import CPU
 
 
 @dsl.component(**CPU)
+def video_fingerprint(source: str) -> str:
+    """What a folder of videos holds (names, sizes, modification times), as a digest: the input
+    that makes prepare_videos' and build_data's cache keys change when videos are added, removed
+    or replaced (cached by the path alone, a grown folder silently reused the old dataset). Not
+    cached; reads only directory entries. "synth": its parameters already say everything."""
+    import hashlib
+    from pathlib import Path
+
+    if source == "synth":
+        return "synth"
+    folder = Path(source)
+    if not folder.is_dir():
+        return "missing"  # prepare_videos names the error
+    h = hashlib.sha256()
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    for p in files:
+        st = p.stat()
+        h.update(f"{p.relative_to(folder)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    digest = f"{len(files)}-{h.hexdigest()[:16]}"
+    print(f"{source}: {len(files)} files, fingerprint {digest}")
+    return digest
+
+
+@dsl.component(**CPU)
 def prepare_videos(source: str, synth_videos: int, synth_minutes: float, synth_fps: float, synth_seed: int,
-                   runs_root: str, videos: Output[Dataset]):
+                   runs_root: str, videos: Output[Dataset], fingerprint: str = ""):
     """`source="synth"`: render procedural videos with `longrl synth`; otherwise `source` is a
-    folder of videos (on the shared volume), recorded by reference (never copied)."""
+    folder of videos (on the shared volume), recorded by reference (never copied). `fingerprint`
+    (video_fingerprint) is part of the cache key and recorded in the artifact's metadata."""
     import hashlib
     from pathlib import Path
 
@@ -32,7 +57,7 @@ def prepare_videos(source: str, synth_videos: int, synth_minutes: float, synth_f
     if not folder.is_dir():
         raise StepError(f"video source {source!r} is neither 'synth' nor an existing folder")
     write_ref(videos.path, folder)
-    videos.metadata.update({"source": str(folder)})
+    videos.metadata.update({"source": str(folder), "fingerprint": fingerprint})
 
 
 @dsl.component(**CPU)
@@ -74,20 +99,23 @@ def build_data(videos: Input[Dataset], annotator: str, captioner_url: str, capti
         parent_run_id,
         resolve,
         run_step,
+        tracking_uri,
     )
 
     src = resolve(videos.path)
     sets = overrides_list(overrides)
-    key = hashlib.sha256(json.dumps([str(src), annotator, captioner_url, captioner_model, reasoner_url,
-                                     reasoner_model, sets]).encode())  # fmt: skip
+    # The folder's content (video_fingerprint) is part of the key: added videos get a new build.
+    key = hashlib.sha256(json.dumps([str(src), videos.metadata.get("fingerprint", ""), annotator, captioner_url,
+                                     captioner_model, reasoner_url, reasoner_model, sets]).encode())  # fmt: skip
     out = output_dir(dataset.path, runs_root, "cache", f"data-{key.hexdigest()[:16]}")
     argv = ["data", "build", "--videos", str(src), "--out", str(out), "--annotator", annotator, "--no-progress"]
     for flag, value in (("--captioner-url", captioner_url), ("--captioner-model", captioner_model),
                         ("--reasoner-url", reasoner_url), ("--reasoner-model", reasoner_model)):  # fmt: skip
         if value and annotator == "llm":
             argv += [flag, value]
-    parent = parent_run_id(mlflow_tracking_uri, experiment=mlflow_experiment)
-    run_step(longrl_argv(*argv, *sets), env=mlflow_env(mlflow_tracking_uri, parent))
+    uri = tracking_uri(mlflow_tracking_uri)
+    parent = parent_run_id(uri, experiment=mlflow_experiment)
+    run_step(longrl_argv(*argv, *sets), env=mlflow_env(uri, parent))
     summary = out / "summary.json"
     if summary.is_file():
         dataset.metadata.update({"summary": json.loads(summary.read_text())})

@@ -15,7 +15,10 @@ def resolve_champion(model_name: str, mlflow_tracking_uri: str) -> NamedTuple("C
     import os
     from collections import namedtuple
 
+    from components.launch import tracking_uri
+
     out = namedtuple("Champion", ["found", "model_uri"])
+    mlflow_tracking_uri = tracking_uri(mlflow_tracking_uri)
     if not mlflow_tracking_uri:
         print("no MLflow: no champion to compare with")
         return out(False, "")
@@ -43,8 +46,9 @@ def evaluate_models(candidate: Input[Model], base: Input[Model], data: Input[Dat
     from pathlib import Path
 
     from components.eval_launch import evaluate_all, markdown
-    from components.launch import overrides_list, parent_run_id, resolve
+    from components.launch import overrides_list, parent_run_id, resolve, tracking_uri
 
+    mlflow_tracking_uri = tracking_uri(mlflow_tracking_uri)
     work = Path(comparison.path)
     work.mkdir(parents=True, exist_ok=True)
     models = {"candidate": resolve(candidate.path), "base": resolve(base.path)}

@@ -26,7 +26,7 @@ def register_and_promote(candidate: Input[Model], comparison: Input[Artifact], d
     version, promoted, text = register_candidate(
         resolve(candidate.path), resolve(comparison.path), resolve(data.path), model_name, base_model,
         gate_metric, gate_min_margin, auto_promote, shared_volume, kfp_run_id, mlflow_tracking_uri,
-        mlflow_parent_run_id)
+        mlflow_parent_run_id, candidate_meta=dict(candidate.metadata))
     with open(decision.path, "w") as f:
         f.write(text)
     print(text)

@@ -22,7 +22,7 @@ def sft(model: Input[Model], data: Input[Dataset], frames: int, max_steps: int, 
     train_stage("sft", resolve(model.path), resolve(data.path), trained, metrics,
                 {"frames": frames, "max_steps": max_steps, "lr": lr}, overrides_list(overrides),
                 runs_root, kfp_run_id, mlflow_tracking_uri, mlflow_parent_run_id,
-                ray_workers, gpus_per_worker, rayjob_config_json)
+                ray_workers, gpus_per_worker, rayjob_config_json, model_meta=dict(model.metadata))
 
 
 @dsl.component(**GPU)
@@ -38,7 +38,7 @@ def grpo(model: Input[Model], data: Input[Dataset], frames: int, steps: int, lr:
     train_stage("grpo", resolve(model.path), resolve(data.path), trained, metrics,
                 {"frames": frames, "steps": steps, "lr": lr, "group_size": group_size, "kl_coef": kl_coef},
                 overrides_list(overrides), runs_root, kfp_run_id, mlflow_tracking_uri, mlflow_parent_run_id,
-                ray_workers, gpus_per_worker, rayjob_config_json)
+                ray_workers, gpus_per_worker, rayjob_config_json, model_meta=dict(model.metadata))
 
 
 

@@ -31,6 +31,17 @@ def log_data(run: Any, data_dir: Path) -> str:
     return f"sha256:{h.hexdigest()[:16]}"
 
 
+def training_checkpoint(meta: dict[str, Any], model_dir: Path) -> tuple[str | None, str | None, dict[str, str]]:
+    """(source URI, run id, lineage tags) of the checkpoint the training run logged, if it is of
+    `model_dir`; (None, None, tags) otherwise."""
+    run_id, source, logged_dir = meta.get("mlflow_run_id"), meta.get("mlflow_model_source"), meta.get("mlflow_model_dir")
+    tags = {"training.run_id": run_id, "training.stage": meta.get("stage", "")} if run_id else {}
+    same = logged_dir and Path(logged_dir).resolve() == Path(model_dir).resolve()
+    if run_id and source and same:
+        return source, run_id, tags
+    return None, None, tags
+
+
 def evaluated_champion(comparison: dict[str, Any]) -> str:
     """The champion version the eval step compared against ("" when there was none)."""
     uri = comparison.get("champion_uri")
@@ -41,25 +52,34 @@ def evaluated_champion(comparison: dict[str, Any]) -> str:
 
 def register_candidate(model_dir: Path, comparison_dir: Path, data_dir: Path, model_name: str, base_model: str,
                        gate_metric: str, gate_min_margin: float, auto_promote: bool, shared_volume: str,
-                       kfp_run_id: str, tracking_uri: str, parent_run_id: str) -> tuple[str, bool, str]:  # fmt: skip
-    """Returns (version, promoted, Markdown summary of the decision)."""
+                       kfp_run_id: str, tracking_uri: str, parent_run_id: str,
+                       candidate_meta: dict[str, Any] | None = None) -> tuple[str, bool, str]:  # fmt: skip
+    """Returns (version, promoted, Markdown summary of the decision). `candidate_meta`: the
+    trained model artifact's metadata; when it names the training run's logged checkpoint of
+    this same folder, that is what gets registered (no second copy of the weights)."""
+    from components.launch import mlflow_env
+    from components.launch import tracking_uri as resolve_uri
+
+    tracking_uri = resolve_uri(tracking_uri)
     if not tracking_uri:
         return "", False, "MLflow is not configured (no tracking URI): nothing registered.\n"
     from common import registry, tracking
 
-    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
-    if parent_run_id:
-        os.environ["MLFLOW_RUN_ID"] = parent_run_id
+    os.environ.update(mlflow_env(tracking_uri, parent_run_id))
     comparison = json.loads((comparison_dir / "comparison.json").read_text())
     cand = comparison["roles"]["candidate"]
     champ = comparison["roles"].get("champion")
     with tracking.stage_run("register", tags={"registry.model": model_name}) as run:
         digest = log_data(run, data_dir)
-        source = run.log_checkpoint(model_dir, location_uri=registry.location_uri(model_dir, shared_volume))
+        source, source_run, training = training_checkpoint(candidate_meta or {}, model_dir)
+        if source is None:  # the training run logged no checkpoint of this folder: log it here
+            source = run.log_checkpoint(model_dir, location_uri=registry.location_uri(model_dir, shared_volume))
+            source_run = run.run_id
         run.log_dict(comparison, "eval/comparison.json")
         tags = {"data.digest": digest, "pipeline.kfp_run_id": kfp_run_id, "pipeline.mlflow_run_id": parent_run_id,
-                "base_model": base_model, "eval.benchmarks": ",".join(comparison["benchmarks"])}  # fmt: skip
-        mv = registry.register_version(model_name, source, run_id=run.run_id, tags=tags, alias=registry.CHALLENGER)
+                "base_model": base_model, "eval.benchmarks": ",".join(comparison["benchmarks"]),
+                "register.run_id": run.run_id, **training}  # fmt: skip
+        mv = registry.register_version(model_name, source, run_id=source_run, tags=tags, alias=registry.CHALLENGER)
         registry.record_eval(model_name, mv.version, cand["metrics"], cand["succeeded"],
                              settings_digest=comparison.get("settings_digest"))  # fmt: skip
         if auto_promote:

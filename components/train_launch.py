@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from common.tracking import RUN_INFO_ENV
 from components.launch import (
     StepError,
     longrl_argv,
@@ -17,6 +18,7 @@ from components.launch import (
     output_dir,
     read_jsonl_last,
     run_step,
+    tracking_uri,
     write_ref,
 )
 
@@ -60,12 +62,18 @@ def yaml_scalar(value: Any) -> str:
 def train_stage(stage: str, model_in: Path, data_in: Path, out_artifact: Any, metrics_artifact: Any,
                 knobs: dict[str, Any], overrides: list[str], runs_root: str, kfp_run_id: str,
                 mlflow_tracking_uri: str, mlflow_parent_run_id: str, ray_workers: int = 0,
-                gpus_per_worker: int = 1, rayjob_config_json: str = "", api_client: Any = None) -> Path:  # fmt: skip
-    """Run `longrl train <stage>` and fill the KFP output artifacts; returns the model folder."""
+                gpus_per_worker: int = 1, rayjob_config_json: str = "", api_client: Any = None,
+                model_meta: dict[str, Any] | None = None) -> Path:  # fmt: skip
+    """Run `longrl train <stage>` and fill the KFP output artifacts; returns the model folder.
+    `model_meta`: the input model artifact's metadata (an SFT model carries its MLflow run)."""
     out = output_dir(out_artifact.path, runs_root, kfp_run_id, stage)
     args = ["train", stage, "--model", str(model_in), "--data", str(data_in), "--out", str(out),
             *knob_overrides(stage, knobs), *overrides]  # fmt: skip
-    env = mlflow_env(mlflow_tracking_uri, mlflow_parent_run_id)
+    env = mlflow_env(tracking_uri(mlflow_tracking_uri), mlflow_parent_run_id)
+    run_info = out / RUN_INFO_FILE
+    run_info.unlink(missing_ok=True)  # a retried step must not read the previous attempt's run
+    if env:
+        env[RUN_INFO_ENV] = str(run_info)
     if ray_workers > 0:
         if not runs_root:
             raise StepError("multi-node training (ray_workers > 0) needs runs_root on the shared volume")
@@ -79,9 +87,41 @@ def train_stage(stage: str, model_in: Path, data_in: Path, out_artifact: Any, me
     for name, value in numeric_items(final).items():
         metrics_artifact.log_metric(f"{stage}/{name}", value)
     out_artifact.metadata.update({"stage": stage, "model_dir": str(folder), "base_model": str(model_in)})
+    if run_info.is_file():
+        info = json.loads(run_info.read_text())
+        out_artifact.metadata.update({"mlflow_run_id": info.get("run_id", ""),
+                                      "mlflow_model_source": info.get("checkpoint_source", ""),
+                                      "mlflow_model_dir": info.get("checkpoint_dir", "")})  # fmt: skip
+        if info.get("run_id"):
+            link_lineage(info["run_id"], stage, data_in, model_in, model_meta or {})
     if folder != out:  # the stage wrote OUT/model beside its checkpoints: point the artifact at it
         write_ref(out_artifact.path, folder)
     return folder
+
+
+RUN_INFO_FILE = "mlflow_run.json"
+SPLIT_OF_STAGE = {"sft": "sft", "grpo": "rl"}
+
+
+def link_lineage(run_id: str, stage: str, data_in: Path, model_in: Path, model_meta: dict[str, Any]) -> None:
+    """What the training run was made from, on the run itself: its dataset split as a run input
+    (GRPO logged none) and its input model (a path, and the MLflow run that produced it when it
+    came from an earlier stage: GRPO after SFT), so version -> training run -> data and parent
+    model can be followed in MLflow. Logging to a finished run is allowed."""
+    from mlflow import MlflowClient
+
+    from common import tracking
+
+    run = tracking.StageRun(run_id, stage)
+    split = data_in / SPLIT_OF_STAGE[stage]
+    if not MlflowClient().get_run(run_id).inputs.dataset_inputs and (split / "dataset_info.json").is_file():
+        run.log_dataset(split, name=f"longvideo-reason-{split.name}", context="training")
+    tags = {"input.model": str(model_in)}
+    if model_meta.get("mlflow_run_id"):
+        tags["input.model_run_id"] = model_meta["mlflow_run_id"]
+    if model_meta.get("model"):  # prepare_model: the base model as given
+        tags["input.base_model"] = model_meta["model"]
+    run.set_tags(tags)
 
 
 def _run_on_ray(stage: str, entrypoint: list[str], env: dict[str, str], kfp_run_id: str, workers: int,
@@ -95,6 +135,7 @@ def _run_on_ray(stage: str, entrypoint: list[str], env: dict[str, str], kfp_run_
         delete_rayjob,
         in_cluster_api_client,
         job_name,
+        run_label,
         run_rayjob,
     )
 
@@ -109,7 +150,7 @@ def _run_on_ray(stage: str, entrypoint: list[str], env: dict[str, str], kfp_run_
                         "set runs_root under it and keep the base model and videos there")  # fmt: skip
     owner = {"name": os.environ.get("POD_NAME", ""), "uid": os.environ.get("POD_UID", "")}
     body = build_rayjob(cfg, job_name(kfp_run_id, stage), entrypoint, env=env, owner=owner,
-                        labels={"longrl/stage": stage, "pipeline/runid": job_name(kfp_run_id)})  # fmt: skip
+                        labels={"longrl/stage": stage, "pipeline/runid": run_label(kfp_run_id)})  # fmt: skip
     client = api_client or in_cluster_api_client()
     name = body["metadata"]["name"]
 

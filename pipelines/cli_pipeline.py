@@ -56,7 +56,7 @@ def submit(
     experiment: str = typer.Option("longrl", "--experiment", help="KFP experiment (created if missing)."),
     param: list[str] = typer.Option(None, "--param", help="Pipeline parameter name=value (repeatable)."),
     run_name: str = typer.Option(None, "--run-name", help="Name of the run (default: pipeline name + package hash)."),
-    service_account: str = typer.Option(None, "--service-account", help="Run the pods as this ServiceAccount (e.g. longrl-pipeline-runner)."),
+    service_account: str = typer.Option(None, "--service-account", help="Run the pods as this ServiceAccount instead of the run's own (which KFP gives what its pods need; manifests/run-namespace adds the RayJob rules to it)."),
     package: Path = typer.Option(None, "--package", help="A compiled pipeline YAML (default: compile now)."),
     cluster_config: Path = typer.Option(None, "--cluster-config", help=CONFIG_HELP + " Used when compiling."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Run every step afresh (caching off in the uploaded version)."),
@@ -98,11 +98,13 @@ def run_local(
     out: Path = typer.Option(Path("demo-out"), "--out", help="Folder for everything the run writes (MLflow store, artifacts, logs)."),
     param: list[str] = typer.Option(None, "--param", help="Pipeline parameter name=value (repeatable), over the demo defaults."),
     keep_server: bool = typer.Option(False, help="Leave the local MLflow server running at the end."),
+    tracking_uri: str = typer.Option(None, "--tracking-uri", help="Log to this existing MLflow server instead of "
+                                     "starting one (credentials from MLFLOW_TRACKING_USERNAME/PASSWORD)."),
 ) -> None:
     """Run the whole pipeline on this machine with kfp.local (subprocess runner), a local MLflow
     server and a tiny random Qwen2.5-VL on synthetic videos; prints the MLflow UI command, the
     registered model version and the evaluation table at the end."""
     from pipelines.run_local import run_local as do_run
 
-    code = do_run(out, param or [], keep_server=keep_server)
+    code = do_run(out, param or [], keep_server=keep_server, tracking_uri=tracking_uri)
     raise typer.Exit(code)

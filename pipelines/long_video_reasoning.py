@@ -14,7 +14,7 @@ from typing import Any
 from kfp import dsl
 
 from components.images import GPU_IMAGE
-from components.ops_data import build_data, prepare_model, prepare_videos
+from components.ops_data import build_data, prepare_model, prepare_videos, video_fingerprint
 from components.ops_eval import evaluate_models, resolve_champion
 from components.ops_registry import register_and_promote
 from components.ops_tracking import finish_tracking, start_tracking
@@ -128,9 +128,10 @@ def build_pipeline(cluster: ClusterConfig | None = None) -> Any:
                                        params_json=json.dumps({k: str(v) for k, v in params.items()})), cache=False,
                         kind="tracking")  # fmt: skip
             parent = start.output
+            fingerprint = cpu(video_fingerprint(source=video_source), cache=False, kind="inputs")
             videos = cpu(prepare_videos(source=video_source, synth_videos=synth_videos, synth_minutes=synth_minutes,
-                                        synth_fps=synth_fps, synth_seed=synth_seed, runs_root=runs_root), cache=True,
-                         kind="inputs")  # fmt: skip
+                                        synth_fps=synth_fps, synth_seed=synth_seed, runs_root=runs_root,
+                                        fingerprint=fingerprint.output), cache=True, kind="inputs")  # fmt: skip
             base = cpu(prepare_model(model=base_model), cache=True, kind="inputs")
             data = cpu(build_data(videos=videos.outputs["videos"], annotator=data_annotator,
                                   captioner_url=captioner_url, captioner_model=captioner_model,

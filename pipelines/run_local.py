@@ -69,8 +69,11 @@ def _latest(root: Path, pattern: str) -> Path | None:
     return found[-1] if found else None
 
 
-def run_local(out: str | Path, param_items: list[str], keep_server: bool = False) -> int:
-    """Run the pipeline; returns the process exit code (0: the pipeline succeeded)."""
+def run_local(out: str | Path, param_items: list[str], keep_server: bool = False,
+              tracking_uri: str | None = None) -> int:  # fmt: skip
+    """Run the pipeline; returns the process exit code (0: the pipeline succeeded). With
+    `tracking_uri` the runs and the registered version go to that existing MLflow server
+    (credentials from MLFLOW_TRACKING_USERNAME/PASSWORD or _TOKEN) instead of a local one."""
     from kfp import local
     from rich.console import Console
 
@@ -82,14 +85,22 @@ def run_local(out: str | Path, param_items: list[str], keep_server: bool = False
     console = Console()
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    pipeline = build_pipeline()
+    from pipelines.cluster import ClusterConfig
+
+    # kfp.local honours the retry policy (60 s backoff, doubling): a local failure is reported
+    # at once instead of after minutes of retries.
+    pipeline = build_pipeline(ClusterConfig(light_retries=0, data_retries=0, train_retries=0, eval_retries=0))
     declared = {name: {"type": _ir_type(spec.type)} for name, spec in pipeline.component_spec.inputs.items()}
     params = dict(DEMO_PARAMS)
     params.update(parse_params(param_items, declared))
 
     t0 = time.monotonic()
-    console.print(f"starting MLflow server (state in {out / 'mlflow'}) ...")
-    server, uri = start_mlflow_server(out / "mlflow")
+    if tracking_uri:
+        server, uri = None, tracking_uri
+        console.print(f"using the MLflow server at {uri}")
+    else:
+        console.print(f"starting MLflow server (state in {out / 'mlflow'}) ...")
+        server, uri = start_mlflow_server(out / "mlflow")
     saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME")}
     status = "FAILED"
     parent = None
@@ -111,13 +122,15 @@ def run_local(out: str | Path, param_items: list[str], keep_server: bool = False
         os.environ.pop("MLFLOW_RUN_ID", None)
         tracking.end_pipeline_run(parent, status)
         if status == "FINISHED":
-            _print_results(console, out, params["registered_model"], uri, time.monotonic() - t0)
+            _print_results(console, out, params["registered_model"], uri, time.monotonic() - t0, local=server is not None)
         for k, v in saved_env.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-        if keep_server:
+        if server is None:
+            pass  # not ours
+        elif keep_server:
             console.print(f"MLflow server left running at {uri} (pid {server.pid})")
         else:
             stop_mlflow_server(server)
@@ -130,7 +143,7 @@ def _ir_type(kfp_type: str) -> str:
             "List": "LIST", "Dict": "STRUCT"}.get(kfp_type, "STRING")  # fmt: skip
 
 
-def _print_results(console: Any, out: Path, model_name: str, uri: str, seconds: float) -> None:
+def _print_results(console: Any, out: Path, model_name: str, uri: str, seconds: float, local: bool = True) -> None:
     from rich.markdown import Markdown
 
     from common import registry
@@ -150,6 +163,9 @@ def _print_results(console: Any, out: Path, model_name: str, uri: str, seconds: 
         last = rows[-1]
         console.print(f"registered model: [bold]{model_name} v{last['version']}[/bold] "
                       f"aliases={last['aliases'] or '-'} source={last['source']}")  # fmt: skip
+    if not local:
+        console.print(f"MLflow UI: {uri}\nregistry: MLFLOW_TRACKING_URI={uri} .venv/bin/longrl registry show --name {model_name}")
+        return
     db, art = out / "mlflow" / "mlflow.db", out / "mlflow" / "artifacts"
     console.print("MLflow UI (runs, metrics, plots, registry):\n"
                   f"  .venv/bin/mlflow server --backend-store-uri sqlite:///{db} --artifacts-destination {art} "

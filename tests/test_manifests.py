@@ -18,7 +18,7 @@ from tests.fixtures.k8s_schemas import validate_k8s
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS = ROOT / "manifests"
-KUSTOMIZATIONS = ["base", "gpu", "overlays/dev", "overlays/gpu-cluster"]
+KUSTOMIZATIONS = ["base", "gpu", "overlays/dev", "overlays/gpu-cluster", "overlays/kfp-standalone", "overlays/kfp-multi-user"]
 CHECKOV_VERSION = "3.3.30"
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "Job", "RayCluster", "RayJob"}
 KUBECTL = shutil.which("kubectl")
@@ -120,7 +120,7 @@ def test_rbac_is_namespaced_and_without_wildcards(rendered):
 
 def test_secret_templates_hold_placeholders_only(rendered):
     secrets = [o for docs in rendered.values() for o in docs if o["kind"] == "Secret"]
-    assert len(secrets) == 4
+    assert len(secrets) == 5
     for s in secrets:
         assert set(s["stringData"].values()) == {"REPLACE_ME"} and "data" not in s, s["metadata"]["name"]
     for k in KUSTOMIZATIONS:  # real secrets are never rendered by a kustomization

@@ -175,7 +175,7 @@ def test_submit_end_to_end_through_kfp_client(scripted_server, compiled, monkeyp
     args = ["submit", "--host", server.url, "--namespace", "team-a", "--experiment", "exp1",
             "--package", str(path), "--param", "frames=32", "--param", "run_sft=false",
             "--param", "sft_overrides=[lr=2e-5, epochs=2]", "--param", "gate_min_margin=0",
-            "--param", "video_source=synth", "--service-account", "longrl-pipeline-runner"]  # fmt: skip
+            "--param", "video_source=synth", "--service-account", "team-runner"]  # fmt: skip
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     assert "run r-1 started" in res.output and TOKEN not in res.output
@@ -197,7 +197,7 @@ def test_submit_end_to_end_through_kfp_client(scripted_server, compiled, monkeyp
     assert b"pipelineInfo" in upload.body and TOKEN.encode() not in upload.body
     assert json.loads(server.requests[5].body)["display_name"] == "exp1"
     run = state["runs"][0]
-    assert run["experiment_id"] == "e-1" and run["service_account"] == "longrl-pipeline-runner"
+    assert run["experiment_id"] == "e-1" and run["service_account"] == "team-runner"
     assert run["pipeline_version_reference"] == {"pipeline_id": "p-1", "pipeline_version_id": "v-1"}
     assert run["runtime_config"]["parameters"] == {
         "frames": 32, "run_sft": False, "sft_overrides": ["lr=2e-5", "epochs=2"],

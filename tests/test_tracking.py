@@ -55,7 +55,6 @@ def test_nested_stage_run_logs_everything(mlflow_env, tmp_path):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import mlflow.data
     import pandas as pd
 
     parent = tracking.pipeline_run("kfp-run-123", experiment=os.environ["MLFLOW_EXPERIMENT_NAME"],
@@ -98,10 +97,13 @@ def test_nested_stage_run_logs_everything(mlflow_env, tmp_path):
     png = Path(c.download_artifacts(run.run_id, "plots/curve.png", str(tmp_path)))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    # Dataset inputs carry MLflow's own digest; a changed dataset gets a different one.
-    assert digest == mlflow.data.from_huggingface(ds, source="x").digest
+    # HF dataset inputs carry the path-independent content digest (tests/test_lineage.py); a
+    # changed dataset gets a different one.
+    from common.mlflow_io import content_digest
+
+    assert digest == content_digest(ds)
     changed = ds.map(lambda r: {"answer": "C"})
-    assert mlflow.data.from_huggingface(changed, source="x").digest != digest
+    assert content_digest(changed) != digest
     inputs = {(d.dataset.name, d.dataset.digest) for d in child.inputs.dataset_inputs}
     assert inputs == {("sft-train", digest), ("eval-table", df_digest)}
     contexts = {
