@@ -59,6 +59,9 @@ class SynthConfig:
     # budgets a default-size object is a few pixels of one merged video token). Above 1 only
     # one-object worlds take it, above 2.5 only colour questions (synth_render's bounds).
     object_scale: float = 1.0
+    # Colour changes per video (-1: no cap; 0: every object keeps the colour it appears in) - the
+    # time rungs: reading "the colour at the end" needs no temporal search when nothing changes.
+    max_recolours: int = -1
 
     def check(self) -> None:
         if self.videos < 1:
@@ -74,6 +77,8 @@ class SynthConfig:
             raise ValueError(f"task_types {unknown} unknown; known: {sorted(synth_questions.SUBCATEGORIES)}")
         if self.reasoning not in synth_questions.REASONING_STYLES:
             raise ValueError(f"reasoning {self.reasoning!r} not in {synth_questions.REASONING_STYLES}")
+        if self.max_recolours < -1:
+            raise ValueError(f"max_recolours must be -1 (no cap) or >= 0, got {self.max_recolours}")
         if not 0.5 <= self.object_scale <= synth_render.MAX_OBJECT_SCALE:
             raise ValueError(f"object_scale {self.object_scale} outside [0.5, {synth_render.MAX_OBJECT_SCALE}]")
         if self.object_scale > synth_render.MAX_OBJECT_SCALE_IN_REGION and self.max_objects > 1:
@@ -121,7 +126,8 @@ def generate_video(cfg: SynthConfig, index: int, out_dir: Path) -> tuple[dict, l
     rng = np.random.default_rng(n_ss)
     n_obj = int(rng.integers(cfg.min_objects, cfg.max_objects + 1))
     duration = round(cfg.minutes * 60.0, 6)
-    log = synth_world.build_world(world_ss, duration, cfg.fps, cfg.num_slots, n_obj, cfg.move_frac)
+    log = synth_world.build_world(world_ss, duration, cfg.fps, cfg.num_slots, n_obj, cfg.move_frac,
+                                  cfg.max_recolours)
     log["object_scale"] = cfg.object_scale
     video_id = f"synth_{index:04d}"
     path = out_dir / f"{video_id}.mp4"

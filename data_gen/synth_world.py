@@ -109,7 +109,7 @@ def _describe(ev: dict) -> str:
 class _Script:
     """Builds the slot-by-slot script; one instance per video."""
 
-    def __init__(self, rng: np.random.Generator, num_slots: int, num_objects: int):
+    def __init__(self, rng: np.random.Generator, num_slots: int, num_objects: int, max_recolours: int = -1):
         self.rng = rng
         self.num_slots = num_slots
         self.objects = [str(s) for s in rng.choice(SHAPES, size=num_objects, replace=False)]
@@ -119,6 +119,7 @@ class _Script:
         self.events: list[dict] = []
         self.resting: set[str] = set()  # journey movers that must stay put for a slot
         self.journeys = 0
+        self.max_recolours = max_recolours  # -1: no cap (a ladder rung caps colour changes)
 
     def pick(self, seq):
         return seq[int(self.rng.integers(len(seq)))]
@@ -146,15 +147,20 @@ class _Script:
             weights["appear"] = 2.5 if len(vis) < 2 else 1.0
         if len(free) >= 1 and len(vis) >= 3 and remaining > 2:
             weights["leave"] = 0.3
+        recolour_ok = self.max_recolours < 0 or self._recolours() < self.max_recolours
         if free:
             weights["move"] = 1.0
-            weights["recolour"] = 1.0
+            if recolour_ok:
+                weights["recolour"] = 1.0
         if [o for o in vis if not self._was_big(o)]:
             weights["pulse"] = 1.3
-        if self._journey_options(remaining):
+        if recolour_ok and self._journey_options(remaining):  # a journey ends in a recolour
             # Every video should hold at least one cause to ask about.
             weights["journey"] = 4.0 if self.journeys == 0 and slot > self.num_slots // 3 else 1.2
         return weights
+
+    def _recolours(self) -> int:
+        return sum(e["type"] == "recolour" for e in self.events)
 
     def _was_big(self, o: str) -> bool:
         return bool(self.states) and self.states[-1][o].big
@@ -258,7 +264,7 @@ class _Script:
 
 
 def build_world(seed_seq: np.random.SeedSequence, duration_s: float, fps: float, num_slots: int,
-                num_objects: int, move_frac: float) -> dict:
+                num_objects: int, move_frac: float, max_recolours: int = -1) -> dict:
     """The event log of one video (JSON-able): slots, per-slot states and events with times."""
     if num_slots < 6:
         raise ValueError(f"num_slots must be >= 6, got {num_slots}")
@@ -266,7 +272,7 @@ def build_world(seed_seq: np.random.SeedSequence, duration_s: float, fps: float,
         raise ValueError(f"num_objects must be in [1, {MAX_OBJECTS}], got {num_objects}")
     if not 0.0 <= move_frac < 0.9:
         raise ValueError(f"move_frac must be in [0, 0.9), got {move_frac}")
-    script = _Script(np.random.default_rng(seed_seq), num_slots, num_objects)
+    script = _Script(np.random.default_rng(seed_seq), num_slots, num_objects, max_recolours)
     script.run()
     slot_s = duration_s / num_slots
     states = []

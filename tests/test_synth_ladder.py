@@ -88,3 +88,23 @@ def test_object_scale_rung_draws_a_lone_object_over_its_region(tmp_path):
 def test_bad_knobs_are_named(over, msg):
     with pytest.raises(ValueError, match=msg):
         SynthConfig(**over).check()
+
+
+@pytest.mark.parametrize("cap", [0, 1])
+def test_max_recolours_caps_colour_changes(tmp_path, cap):
+    """The time rungs: with max_recolours=0 an object keeps the colour it appears in (the colour
+    'at the end' is the colour it was ever shown in); 1 allows one change."""
+    cfg = SynthConfig(videos=6, minutes=0.3, fps=4.0, width=96, height=64, num_slots=10, min_objects=1,
+                      max_objects=3, questions_per_video=6, max_recolours=cap)
+    m = generate(cfg, tmp_path, progress=False)
+    counts = []
+    for v in m["videos"]:
+        log = json.loads(events_path(tmp_path / v["path"]).read_text())
+        counts.append(sum(e["type"] == "recolour" for e in log["events"]))
+        for o in log["objects"]:
+            seen = {s["objects"][o]["colour"] for s in log["states"] if o in s["objects"]}
+            assert len(seen) <= cap + 1
+    assert max(counts) <= cap
+    uncapped = generate(SynthConfig(**{**cfg.__dict__, "max_recolours": -1}), tmp_path / "u", progress=False)
+    assert sum(sum(e["type"] == "recolour" for e in json.loads(events_path(tmp_path / "u" / v["path"]).read_text())["events"])
+               for v in uncapped["videos"]) > cap * len(uncapped["videos"])
