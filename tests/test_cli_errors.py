@@ -201,3 +201,14 @@ def test_eval_records_without_answer_or_video_are_named_and_recorded(tmp_path):
     items = {it.qid: it for it in get_task("longvideo_reason").load(tmp_path)}
     assert "eval.jsonl:2" in items["q2"].error and "missing field(s) answer" in items["q2"].error
     assert "eval.jsonl:3" in items["q3"].error and "missing field(s) video_path" in items["q3"].error
+
+
+def test_malformed_data_import_file_names_file_and_line(tmp_path):
+    jsonl = tmp_path / "train.jsonl"
+    jsonl.write_text('{"problem_id": 1}\n{bad json\n{"problem_id": 2}\n')
+    listed = tmp_path / "train.json"
+    listed.write_text('[{"problem_id": 1},\n {"problem_id": }]')
+    for src, needle in ((jsonl, f"{jsonl}:2: not valid JSON"), (listed, f"{listed}:2: not valid JSON")):
+        result = runner.invoke(app, ["data", "import", "--source", str(src), "--out", str(tmp_path / "o"),
+                                     "--video-dir", str(tmp_path)])
+        _one_line_error(result, needle)
