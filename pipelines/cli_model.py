@@ -19,7 +19,7 @@ def tiny(
     hidden_size: int = typer.Option(64, help="Text hidden size."),
     layers: int = typer.Option(2, help="Text decoder layers."),
     vision_depth: int = typer.Option(2, help="Vision transformer blocks."),
-    arch: str = typer.Option("qwen2_5_vl", "--arch", help="Model family: qwen2_5_vl, qwen2_vl, qwen3_vl, or qwen2 / qwen3 (text-only) (docs/models.md)."),
+    arch: str = typer.Option("qwen2_5_vl", "--arch", help="Model family: qwen2_5_vl, qwen2_vl, qwen3_vl, qwen3_vl_moe, or qwen2 / qwen3 (text-only) (docs/models.md)."),
 ) -> None:
     """Write a randomly initialised model folder of a family (default Qwen2.5-VL:
     transformers' Qwen2_5_VLForConditionalGeneration; qwen2/qwen3: a text-only causal LM), a BPE

@@ -275,3 +275,34 @@ def test_sequence_parallel_with_deepstack_equals_one_process(world):
         assert (lp[sel] - ref[sel]).abs().max() <= 1e-5
         assert abs(float(loss - ref_loss.detach())) <= 1e-5
         assert max(float((grads[n] - g).abs().max()) for n, g in ref_grads.items()) <= 1e-5
+
+
+def test_moe_variant_cached_equals_pixels_and_rollout_equals_trainer(tmp_path):
+    """Qwen3-VL MoE: the same adapter (frame groups, positions, DeepStack) on expert MLPs."""
+    path = write_tiny_model_folder(tmp_path / "moe", TinyModelSpec(arch="qwen3_vl_moe"))
+    model, tok = load_model(path), load_tokenizer(path)
+    assert type(model).__name__ == "Qwen3VLMoeForConditionalGeneration" and family_of(path).deepstack
+    assert model.config.text_config.num_experts == 4
+    spec = VisionSpec.from_model_dir(path)
+    vids = [_video(spec, 32, 300.0, 9), _video(spec, 16, 160.0, 10)]
+    exs = [_encode(tok, r, v) for r, v in zip((MCQ, NUM), vids, strict=True)]
+    batch = collate(exs, vids, tok.pad_token_id)
+    with torch.no_grad():
+        cached = encode_videos(model, batch.pixel_values_videos, batch.video_grid_thw)
+        pos = rope_positions(model, batch)
+        ref, _ = model.model.get_rope_index(batch.input_ids, batch.mm_token_type_ids,
+                                            video_grid_thw=batch.video_grid_thw, attention_mask=batch.attention_mask)
+        ours = model.lm_head(hidden_states(model, batch, cached))
+        native = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                       pixel_values_videos=batch.pixel_values_videos, video_grid_thw=batch.video_grid_thw,
+                       mm_token_type_ids=batch.mm_token_type_ids, position_ids=pos).logits
+    real = batch.attention_mask.bool()
+    assert torch.equal(pos[:, real], ref[:, real]) and torch.equal(ours[real], native[real])
+    gen = generate(model, batch, [tok.convert_tokens_to_ids("<|im_end|>")], tok.pad_token_id, max_new_tokens=6,
+                   video_embeds=cached, generator=torch.Generator().manual_seed(0))
+    full = collate([append_response_ids(e, g) for e, g in zip(exs, gen.token_ids, strict=True)], vids,
+                   tok.pad_token_id, with_pixels=False)
+    with torch.no_grad():
+        lp, _ = sequence_logprobs(model, full, cached)
+    for i in range(2):
+        assert (lp[i][full.loss_mask[i].bool()] - torch.tensor(gen.logprobs[i])).abs().max() <= 1e-5

@@ -197,19 +197,20 @@ def build_tiny_model(spec: TinyModelSpec, tokenizer=None):
     )
     if spec.arch == "qwen2_vl":
         config = _qwen2_vl_config(config)
-    elif spec.arch == "qwen3_vl":
+    elif spec.arch in ("qwen3_vl", "qwen3_vl_moe"):
         config = _qwen3_vl_config(config, spec)
     elif spec.arch != "qwen2_5_vl":
         from training.models import supported
 
         raise ValueError(f"arch {spec.arch!r} has no tiny model; supported: {supported()}")
     torch.manual_seed(spec.seed)
-    if spec.arch == "qwen3_vl":
-        from transformers import Qwen3VLForConditionalGeneration
+    if spec.arch in ("qwen3_vl", "qwen3_vl_moe"):
+        from transformers import Qwen3VLForConditionalGeneration, Qwen3VLMoeForConditionalGeneration
 
         from training.models.qwen3_vl import attach_deepstack
 
-        return attach_deepstack(Qwen3VLForConditionalGeneration(config)).eval(), tokenizer
+        cls = Qwen3VLMoeForConditionalGeneration if spec.arch == "qwen3_vl_moe" else Qwen3VLForConditionalGeneration
+        return attach_deepstack(cls(config)).eval(), tokenizer
     model = (Qwen2_5_VLForConditionalGeneration(config) if spec.arch == "qwen2_5_vl" else
              _qwen2_vl_model(config))
     model.eval()
@@ -219,7 +220,7 @@ def build_tiny_model(spec: TinyModelSpec, tokenizer=None):
 def _qwen3_vl_config(q25, spec: TinyModelSpec):
     """A Qwen3-VL config with the tiny text model (explicit head_dim, interleaved M-RoPE), the
     same special tokens, and a vision tower of patch 16 whose every block feeds DeepStack."""
-    from transformers import Qwen3VLConfig
+    from transformers import Qwen3VLConfig, Qwen3VLMoeConfig
 
     t, v = q25.text_config, q25.vision_config
     rope = dict(t.rope_parameters)
@@ -227,8 +228,12 @@ def _qwen3_vl_config(q25, spec: TinyModelSpec):
     text = {k: getattr(t, k) for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                                        "num_attention_heads", "num_key_value_heads", "max_position_embeddings",
                                        "bos_token_id", "eos_token_id", "pad_token_id")}
-    return Qwen3VLConfig(
-        text_config={**text, "head_dim": t.hidden_size // t.num_attention_heads, "rope_parameters": rope},
+    text = {**text, "head_dim": t.hidden_size // t.num_attention_heads, "rope_parameters": rope}
+    if spec.arch == "qwen3_vl_moe":  # 4 experts, 2 per token, in every layer
+        text.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=t.intermediate_size // 2,
+                    decoder_sparse_step=1)
+    return (Qwen3VLMoeConfig if spec.arch == "qwen3_vl_moe" else Qwen3VLConfig)(
+        text_config=text,
         vision_config={"depth": v.depth, "hidden_size": v.hidden_size, "intermediate_size": v.intermediate_size,
                        "num_heads": v.num_heads, "out_hidden_size": t.hidden_size, "patch_size": 16,
                        "spatial_merge_size": 2, "temporal_patch_size": 2, "num_position_embeddings": 16,
@@ -272,7 +277,7 @@ QWEN3_VL_VIDEO_SIZE = {"shortest_edge": 32 * 32 * 4, "longest_edge": 64 * 64 * 6
 def processor_configs(spec: TinyModelSpec) -> dict[str, dict]:
     """The processor JSON files a Qwen2.5-VL folder carries, with the tiny pixel budget
     (Qwen3-VL: patch 16, mean/std 0.5, clip budget in `size`, as its released folders)."""
-    if spec.arch == "qwen3_vl":
+    if spec.arch in ("qwen3_vl", "qwen3_vl_moe"):
         common = {"patch_size": 16, "temporal_patch_size": 2, "merge_size": 2, "image_mean": [0.5] * 3,
                   "image_std": [0.5] * 3, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
                   "do_convert_rgb": True, "processor_class": "Qwen3VLProcessor"}

@@ -38,6 +38,13 @@ FAMILY = register(ModelFamily(
     hf_class="Qwen3VLForConditionalGeneration", vllm_architecture="Qwen3VLForConditionalGeneration",
     temporal_scaling=False, frame_groups=True, deepstack=True,
 ))
+# The MoE variant (Qwen3-VL-30B-A3B, 235B-A22B): the same vision tower, prompt, positions and
+# DeepStack; only the text model's MLPs are experts.
+MOE = register(ModelFamily(
+    name="qwen3_vl_moe", model_type="qwen3_vl_moe", title="Qwen3-VL MoE",
+    hf_class="Qwen3VLMoeForConditionalGeneration", vllm_architecture="Qwen3VLMoeForConditionalGeneration",
+    temporal_scaling=False, frame_groups=True, deepstack=True,
+))
 
 VISION_START, VISION_END, VIDEO_PAD = "<|vision_start|>", "<|vision_end|>", "<|video_pad|>"
 
@@ -123,7 +130,7 @@ def embedding_width(model) -> int:
     levels) for Qwen3-VL."""
     cfg = model.config
     hidden = int(cfg.text_config.hidden_size)
-    return hidden * (1 + deepstack_levels(model)) if cfg.model_type == "qwen3_vl" else hidden
+    return hidden * (1 + deepstack_levels(model)) if cfg.model_type in (FAMILY.model_type, MOE.model_type) else hidden
 
 
 def _split_wide_embeds(module, args, kwargs):

@@ -170,7 +170,7 @@ class LogProbModel(torch.nn.Module):
             extra["sequence_parallel"] = SPContext(self.sp_group, self.sp_rank, split, self.layout, self.kv_block)
         if packed is not None:
             extra["packed_rows"] = packed
-            if base_model(self.model).config.model_type == "qwen3_vl":
+            if base_model(self.model).config.model_type in ("qwen3_vl", "qwen3_vl_moe"):
                 masks = None  # its text model takes no mask mapping; packed attention reads no mask
         return base_model(self.model).language_model(
             inputs_embeds=embeds, position_ids=position_ids, attention_mask=masks, use_cache=False, **extra,
