@@ -97,8 +97,15 @@ def register_candidate(model_dir: Path, comparison_dir: Path, data_dir: Path, mo
             promoted, reason = False, "auto_promote is off (promote by hand: longrl registry promote)"
             registry.record_decision(model_name, mv.version, {"decision": "rejected", "reason": reason,
                                                               "alias": registry.CHAMPION, "actor": "pipeline"})  # fmt: skip
-        run.set_tags({"registry.version": mv.version, "promotion.decision": "promoted" if promoted else "rejected",
-                      "promotion.reason": reason})  # fmt: skip
+        outcome = {"registry.model": model_name, "registry.version": mv.version,
+                   "promotion.decision": "promoted" if promoted else "rejected", "promotion.reason": reason}  # fmt: skip
+        run.set_tags(outcome)
+        # The pipeline's own MLflow run names its result too (the KFP UI shows it on this step).
+        pipeline_run = tracking.parent_of(run.run_id)
+        if pipeline_run and tracking.kfp_plugin_run():
+            pipeline_run = tracking.parent_of(pipeline_run) or pipeline_run  # task run -> pipeline run
+        if pipeline_run:
+            tracking.StageRun(pipeline_run, "pipeline").set_tags(outcome)
     text = (f"**{model_name} v{mv.version}** registered as @challenger "
             f"({'promoted to @champion' if promoted else 'not promoted'}: {reason})\n\n"
             f"- gate: `{gate_metric}` must beat the champion by more than {gate_min_margin:g}\n"

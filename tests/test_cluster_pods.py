@@ -159,3 +159,22 @@ def test_gpu_node_selector_is_empty_by_default_and_a_file_sets_it_whole(docs, tm
     assert load_config(ClusterConfig, f).gpu_node_selector == {"pool": "a100"}
     f.write_text("gpu_node_selector: {}\n")
     assert load_config(ClusterConfig, f).gpu_node_selector == {}
+
+
+def test_images_can_be_pinned_by_digest(tmp_path):
+    """LONGRL_IMAGE / LONGRL_GPU_IMAGE take digests: every executor and the RayJob use them."""
+    import os
+    import subprocess
+    import sys
+
+    cpu, gpu = "registry.example/longrl@sha256:" + "1" * 64, "registry.example/longrl-gpu@sha256:" + "2" * 64
+    out = tmp_path / "p.yaml"
+    code = ("from pipelines.submit import compile_pipeline; import sys; compile_pipeline(sys.argv[1])")
+    subprocess.run([sys.executable, "-c", code, str(out)], check=True, timeout=120,
+                   env=dict(os.environ, LONGRL_IMAGE=cpu, LONGRL_GPU_IMAGE=gpu))  # fmt: skip
+    spec = next(yaml.safe_load_all(out.read_text()))
+    images = {ex["container"]["image"] for ex in spec["deploymentSpec"]["executors"].values()}
+    assert images == {cpu, gpu}
+    configs = [t["inputs"]["parameters"]["rayjob_config_json"]["runtimeValue"]["constant"]
+               for t in _all_tasks(spec).values() if "rayjob_config_json" in t.get("inputs", {}).get("parameters", {})]  # fmt: skip
+    assert len(configs) == 3 and {json.loads(c)["image"] for c in configs} == {gpu}  # sft, grpo, grpo-2

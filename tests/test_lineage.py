@@ -88,6 +88,8 @@ def test_version_is_the_training_runs_model_with_its_inputs(mlflow_env, tmp_path
     version, promoted, _ = register_candidate(model_dir, work, data, name, "tiny", "lvr/score", 0.0, True, "",
                                               "kfp-lin", mlflow_env, parent, candidate_meta=meta)  # fmt: skip
     assert promoted
+    outcome = client.get_run(parent).data.tags  # the pipeline's run names the result
+    assert outcome["registry.version"] == version and outcome["promotion.decision"] == "promoted"
     mv = client.get_model_version(name, version)
     assert mv.run_id == run.run_id and mv.tags["training.run_id"] == run.run_id  # version -> training run
     assert mv.tags["data.digest"].startswith("rl:")
