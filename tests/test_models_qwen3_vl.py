@@ -306,3 +306,21 @@ def test_moe_variant_cached_equals_pixels_and_rollout_equals_trainer(tmp_path):
         lp, _ = sequence_logprobs(model, full, cached)
     for i in range(2):
         assert (lp[i][full.loss_mask[i].bool()] - torch.tensor(gen.logprobs[i])).abs().max() <= 1e-5
+
+
+def test_eval_on_the_synthetic_benchmark(qwen3_vl, synth_bench, tmp_path):
+    """`longrl eval` (hf engine) on a Qwen3-VL folder: every question scored, none an error."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    path, _, _ = qwen3_vl
+    r = CliRunner().invoke(app, ["eval", "--model", str(path), "--benchmark", "synth", "--data", str(synth_bench),
+                                 "--out", str(tmp_path / "ev"), "--frames", "4", "--batch-size", "4",
+                                 "--set", "max_new_tokens=4", "--set", "bootstrap=50"])
+    assert r.exit_code == 0, r.output
+    preds = [json.loads(line) for line in (tmp_path / "ev/synth/predictions.jsonl").read_text().splitlines()]
+    assert len(preds) == 12 and {p["status"] for p in preds} <= {"answered", "unanswered"}
+    assert all(p["num_frames"] == 4 and p["num_video_tokens"] > 0 for p in preds)

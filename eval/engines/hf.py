@@ -80,9 +80,12 @@ class HFEngine:
         messages.append(
             {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": prompt.user}]}
         )
-        return encode_prompt_text(
-            self.tokenizer, render_prompt(self.tokenizer, messages), prepared.num_video_tokens
-        )
+        from training.models.qwen3_vl import encode_frame_groups, video_groups
+
+        text = render_prompt(self.tokenizer, messages)
+        if groups := video_groups(prepared.payload):  # Qwen3-VL: timestamped frame groups
+            return encode_frame_groups(self.tokenizer, text, groups)
+        return encode_prompt_text(self.tokenizer, text, prepared.num_video_tokens)
 
     def generate(
         self,
