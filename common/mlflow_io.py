@@ -1,5 +1,7 @@
-"""MLflow plumbing behind common.tracking: datasets as `mlflow.data` objects (with digests) and
-a temporary fluent active run for APIs that only log to it (`mlflow.transformers.log_model`)."""
+"""MLflow plumbing behind common.tracking: datasets as `mlflow.data` objects (with
+path-independent digests), a temporary fluent active run for APIs that only log to it
+(`mlflow.transformers.log_model`), detection of KFP's MLflow integration, and the run-info file
+through which a stage tells the pipeline step its run and checkpoint."""
 
 from __future__ import annotations
 
@@ -104,3 +106,53 @@ def fluent_run(run_id: str) -> Iterator[None]:
     finally:
         if saved is not None:
             os.environ["MLFLOW_RUN_ID"] = saved
+
+
+PLUGIN_TASK_RUN_ENV = "LONGRL_KFP_TASK_RUN_ID"
+
+
+def kfp_plugin_run() -> str | None:
+    """The task's own nested run when KFP's MLflow integration (KFP 2.17, KEP-12862) is on, else
+    None. The plugin gives every task a nested run under the pipeline's parent run and sets
+    `MLFLOW_RUN_ID` to it (with `MLFLOW_TRACKING_URI`, `MLFLOW_EXPERIMENT_ID` and, on the
+    launcher, `KFP_MLFLOW_CONFIG`); it ends both runs itself. Without it `MLFLOW_RUN_ID` (if any)
+    is the pipeline's parent run (`longrl pipeline run-local`). The id is remembered in
+    LONGRL_KFP_TASK_RUN_ID so that code which later points MLFLOW_RUN_ID elsewhere, and the
+    stage subprocesses, still know it."""
+    if os.environ.get(PLUGIN_TASK_RUN_ENV):
+        return os.environ[PLUGIN_TASK_RUN_ENV]
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    on = bool(os.environ.get("KFP_MLFLOW_CONFIG")) or bool(
+        os.environ.get("MLFLOW_EXPERIMENT_ID") and os.environ.get("KFP_POD_NAME"))
+    if run_id and on:
+        os.environ[PLUGIN_TASK_RUN_ENV] = run_id
+        return run_id
+    return None
+
+
+def parent_of(run_id: str) -> str | None:
+    """The `mlflow.parentRunId` of a run (the pipeline run of a plugin task run)."""
+    from mlflow import MlflowClient
+
+    return MlflowClient().get_run(run_id).data.tags.get("mlflow.parentRunId")
+
+
+RUN_INFO_ENV = "LONGRL_RUN_INFO_FILE"
+
+
+def record_run_info(**info: Any) -> None:
+    """With LONGRL_RUN_INFO_FILE set (the pipeline's training step sets it), merge `info` (the
+    stage's run id, the source URI of its logged checkpoint) into that JSON file, so the register
+    step can register the training run's own model instead of logging the weights again."""
+    path = os.environ.get(RUN_INFO_ENV)
+    if not path:
+        return
+    p = Path(path)
+    data = json.loads(p.read_text()) if p.is_file() else {}
+    for key, value in info.items():  # the stage's own (first) run keeps its id; checkpoints: last
+        if key in ("stage", "run_id"):
+            data.setdefault(key, value)
+        else:
+            data[key] = value
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(data, indent=1))

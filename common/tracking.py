@@ -38,6 +38,13 @@ from dataclasses import is_dataclass
 from pathlib import Path
 from typing import Any
 
+from common.mlflow_io import (  # noqa: F401 - re-exported: tracking.kfp_plugin_run, ...
+    PLUGIN_TASK_RUN_ENV,
+    RUN_INFO_ENV,
+    kfp_plugin_run,
+    parent_of,
+    record_run_info,
+)
 from common.secrets import redact
 
 DEFAULT_EXPERIMENT = "longrl"
@@ -52,35 +59,6 @@ DEFAULT_INLINE_MODEL_MAX_BYTES = 2 * 1024**3
 MODEL_PIP_REQUIREMENTS = ["torch==2.13.0", "transformers>=5.16.1,<5.20", "safetensors", "longrl"]
 MODEL_TASK = "image-text-to-text"  # the transformers pipeline task of Qwen2.5-VL
 _MAX_PARAM_CHARS = 6000  # MLflow's limit on one parameter value
-
-
-PLUGIN_TASK_RUN_ENV = "LONGRL_KFP_TASK_RUN_ID"
-
-
-def kfp_plugin_run() -> str | None:
-    """The task's own nested run when KFP's MLflow integration (KFP 2.17, KEP-12862) is on, else
-    None. The plugin gives every task a nested run under the pipeline's parent run and sets
-    `MLFLOW_RUN_ID` to it (with `MLFLOW_TRACKING_URI`, `MLFLOW_EXPERIMENT_ID` and, on the
-    launcher, `KFP_MLFLOW_CONFIG`); it ends both runs itself. Without it `MLFLOW_RUN_ID` (if any)
-    is the pipeline's parent run (`longrl pipeline run-local`). The id is remembered in
-    LONGRL_KFP_TASK_RUN_ID so that code which later points MLFLOW_RUN_ID elsewhere, and the
-    stage subprocesses, still know it."""
-    if os.environ.get(PLUGIN_TASK_RUN_ENV):
-        return os.environ[PLUGIN_TASK_RUN_ENV]
-    run_id = os.environ.get("MLFLOW_RUN_ID")
-    on = bool(os.environ.get("KFP_MLFLOW_CONFIG")) or bool(
-        os.environ.get("MLFLOW_EXPERIMENT_ID") and os.environ.get("KFP_POD_NAME"))
-    if run_id and on:
-        os.environ[PLUGIN_TASK_RUN_ENV] = run_id
-        return run_id
-    return None
-
-
-def parent_of(run_id: str) -> str | None:
-    """The `mlflow.parentRunId` of a run (the pipeline run of a plugin task run)."""
-    from mlflow import MlflowClient
-
-    return MlflowClient().get_run(run_id).data.tags.get(PARENT_TAG)
 
 
 def enabled() -> bool:
@@ -260,7 +238,7 @@ class StageRun:
         size = dir_size(model_dir)
         if size <= inline_max_bytes:
             uri = self._log_transformers_model(model_dir, name)
-            _record_run_info(checkpoint_source=uri, checkpoint_dir=str(model_dir.resolve()))
+            record_run_info(checkpoint_source=uri, checkpoint_dir=str(model_dir.resolve()))
             return uri
         ref = {
             "location_uri": location_uri or str(model_dir.resolve()),
@@ -278,7 +256,7 @@ class StageRun:
             self.log_artifacts(ref_dir, name)
         self.set_tags({"checkpoint.location_uri": ref["location_uri"], "checkpoint.logged_as": "reference"})
         uri = f"{self._client().get_run(self.run_id).info.artifact_uri}/{name}"
-        _record_run_info(checkpoint_source=uri, checkpoint_dir=str(model_dir.resolve()))
+        record_run_info(checkpoint_source=uri, checkpoint_dir=str(model_dir.resolve()))
         return uri
 
     def _log_transformers_model(self, model_dir: Path, name: str) -> str:
@@ -295,27 +273,6 @@ class StageRun:
             )
         self.set_tags({"checkpoint.logged_as": "transformers", "checkpoint.model_uri": info.model_uri})
         return info.model_uri
-
-
-RUN_INFO_ENV = "LONGRL_RUN_INFO_FILE"
-
-
-def _record_run_info(**info: Any) -> None:
-    """With LONGRL_RUN_INFO_FILE set (the pipeline's training step sets it), merge `info` (the
-    stage's run id, the source URI of its logged checkpoint) into that JSON file, so the register
-    step can register the training run's own model instead of logging the weights again."""
-    path = os.environ.get(RUN_INFO_ENV)
-    if not path:
-        return
-    p = Path(path)
-    data = json.loads(p.read_text()) if p.is_file() else {}
-    for key, value in info.items():  # the stage's own (first) run keeps its id; checkpoints: last
-        if key in ("stage", "run_id"):
-            data.setdefault(key, value)
-        else:
-            data[key] = value
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(json.dumps(data, indent=1))
 
 
 def _experiment_id(client: Any, name: str) -> str:
@@ -367,7 +324,7 @@ def stage_run(
     run_tags.update({k: _param_text(v) for k, v in (tags or {}).items()})
     created = client.create_run(experiment_id, tags=run_tags, run_name=run_name or stage)
     run = StageRun(created.info.run_id, stage)
-    _record_run_info(stage=stage, run_id=run.run_id)
+    record_run_info(stage=stage, run_id=run.run_id)
     try:
         if config is not None:
             run.log_config(config)

@@ -35,7 +35,8 @@ def plugin_on(mlflow_env, monkeypatch):
     monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", exp)
     monkeypatch.setenv("KFP_POD_NAME", "lvr-abc-start-tracking")
     monkeypatch.setenv("KFP_MLFLOW_CONFIG", json.dumps({"trackingUri": mlflow_env}))
-    monkeypatch.delenv(tracking.PLUGIN_TASK_RUN_ENV, raising=False)
+    # kfp_plugin_run() writes this variable itself: setenv first so that teardown removes it.
+    monkeypatch.setenv(tracking.PLUGIN_TASK_RUN_ENV, "")
     return SimpleNamespace(parent=parent, task=task, uri=mlflow_env)
 
 
@@ -68,7 +69,7 @@ def test_plugin_on_parent_adopted_and_stages_nest_under_their_task_run(plugin_on
 
 
 def test_plugin_off_mlflow_run_id_is_the_pipeline_parent(mlflow_env, monkeypatch):
-    monkeypatch.delenv(tracking.PLUGIN_TASK_RUN_ENV, raising=False)
+    monkeypatch.setenv(tracking.PLUGIN_TASK_RUN_ENV, "")
     for var in ("KFP_MLFLOW_CONFIG", "MLFLOW_EXPERIMENT_ID", "KFP_POD_NAME"):
         monkeypatch.delenv(var, raising=False)
     parent = tracking.pipeline_run("kfp-10", experiment=os.environ["MLFLOW_EXPERIMENT_NAME"])
