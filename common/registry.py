@@ -338,7 +338,17 @@ def gate_and_promote(
         entry = asdict(decision)
         entry.pop("promote")
         if decision.promote:
-            _move_alias(name, CHAMPION, candidate, champion, actor, f"gate ({decision.reason})")
+            try:
+                _move_alias(name, CHAMPION, candidate, champion, actor, f"gate ({decision.reason})")
+            except Exception as exc:
+                # The server may have applied the move and still answered an error (PostgreSQL's
+                # UniqueViolation did): record what the registry now says, then re-raise.
+                now = version_by_alias(name, CHAMPION)
+                moved = now is not None and str(now.version) == str(candidate.version)
+                record_decision(name, candidate.version, {
+                    "decision": "promoted" if moved else "failed", "alias": CHAMPION, "actor": actor, **entry,
+                    "reason": f"{decision.reason}; the alias move raised {type(exc).__name__}: {exc}"[:500]})  # fmt: skip
+                raise
         record_decision(name, candidate.version, {"decision": "promoted" if decision.promote else "rejected",
                                                   "alias": CHAMPION, "actor": actor, **entry})  # fmt: skip
     return decision

@@ -182,3 +182,27 @@ def test_manual_promotion_needs_an_evaluation_and_rollback_leaves_no_stale_tags(
     assert rows[v1]["aliases"] == ["champion"] and rows[v2]["decision"] == "demoted"
     registry.promote(name, never, force=True, reason="hotfix")  # --force still works
     assert _tags(name, never)["promotion.reason"] == "hotfix (forced)"
+
+
+def test_an_alias_move_that_errors_is_still_recorded(mlflow_env, tmp_path, monkeypatch):
+    """Finding 13 (PostgreSQL): the server moved the alias but answered an error; the decision
+    must say what the registry holds, not be lost."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    name = _name()
+    cand = new_version(name, tmp_path, 0.7)
+    real = MlflowClient.set_registered_model_alias
+
+    def applied_then_error(self, n, alias, version):
+        real(self, n, alias, version)
+        raise MlflowException("duplicate key value violates unique constraint", error_code="INTERNAL_ERROR")
+
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", applied_then_error)
+    with pytest.raises(MlflowException):
+        registry.gate_and_promote(name, cand, GATE, evaluated_champion="", settings_digest=SETTINGS)
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", real)
+    assert registry.version_by_alias(name, "champion").version == cand
+    assert _tags(name, cand)["promotion.decision"] == "promoted"
+    assert "alias move raised MlflowException" in _tags(name, cand)["promotion.reason"]
+    assert name + registry.LOCK_SUFFIX not in {m.name for m in MlflowClient().search_registered_models()}
