@@ -12,6 +12,7 @@ from training.grpo.rollout import (
     SamplingSettings,
     VLLMRolloutEngine,
     collapse_video_pads,
+    colocated_memory_share,
 )
 from training.grpo.video_cache import VideoEmbedder
 from training.prompts import encode_example
@@ -25,6 +26,14 @@ pytestmark = pytest.mark.gpu
 
 def test_collapse_video_pads_keeps_one_per_run():
     assert collapse_video_pads([1, 9, 9, 9, 2, 9, 3], 9) == [1, 9, 2, 9, 3]
+
+
+def test_vllm_memory_share_is_sized_after_the_trainer():
+    gib = 2**30
+    assert colocated_memory_share(0.5, 70 * gib, 80 * gib) == 0.5  # room for what was asked
+    assert abs(colocated_memory_share(0.5, 30 * gib, 80 * gib) - (30 / 80 - 0.05)) < 1e-12  # trainer holds 50
+    with pytest.raises(RuntimeError, match="4.0 of 80.0 GiB free"):
+        colocated_memory_share(0.5, 4 * gib, 80 * gib)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="vLLM needs a CUDA GPU")

@@ -48,6 +48,7 @@ class RolloutConfig:
     share_prefix: bool = True  # hf: prefill each prompt once, decode its G samples from one KV cache
     vllm_gpu_memory_utilization: float = 0.5  # vllm: share of GPU memory for weights + KV cache
     vllm_dtype: str = "bfloat16"  # vllm: weights dtype of the rollout engine
+    vllm_max_model_len: int = 0  # vllm: longest prompt + response the KV cache is sized for (0: the model's)
 
 
 @dataclass
@@ -124,6 +125,7 @@ class GRPOConfig:
         "max_steps", "save_every", "keep_checkpoints", "resume", "plots", "progress", "num_workers",
         "launcher", "cpus_per_worker", "device", "attn_implementation", "ref_offload",
         "rollout.engine", "rollout.generate_rows", "rollout.share_prefix", "rollout.vllm_gpu_memory_utilization",
+        "rollout.vllm_max_model_len",
         "algorithm.logprob_rows", "algorithm.logprob_chunk", "algorithm.micro_batch_rows",
         "video.decoded_cache_mb", "video.prefetch_workers", "video.embeddings", "video.embed_cache", "parallel", "reward.judge")
 

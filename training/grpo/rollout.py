@@ -129,17 +129,22 @@ class VLLMRolloutEngine:
     name = "vllm"
 
     def __init__(self, model_dir: str, tokenizer, stop_ids: Sequence[int], video_token_id: int,
-                 gpu_memory_utilization: float = 0.5, dtype: str = "bfloat16", seed: int = 0) -> None:
+                 gpu_memory_utilization: float = 0.5, dtype: str = "bfloat16", seed: int = 0,
+                 max_model_len: int = 0) -> None:
         if not torch.cuda.is_available():
             raise RuntimeError("rollout.engine=vllm needs a CUDA GPU; use rollout.engine=hf")
         import os
 
-        # In-process engine, so the trainer can reach the model to load new weights.
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        # In-process engine, so the trainer can reach the model to load new weights: set, not
+        # setdefault - an inherited "1" would put the model in another process.
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         from vllm import LLM
 
+        free, total = torch.cuda.mem_get_info()
+        util = colocated_memory_share(gpu_memory_utilization, free, total)
+        extra = {"max_model_len": max_model_len} if max_model_len > 0 else {}
         self.llm = LLM(model=str(model_dir), dtype=dtype, seed=seed, enable_mm_embeds=True,
-                       gpu_memory_utilization=gpu_memory_utilization,
+                       gpu_memory_utilization=util, **extra,
                        logprobs_mode="processed_logprobs",  # after temperature, as ours
                        limit_mm_per_prompt={"video": 1, "image": 0})
         self.tokenizer = tokenizer
@@ -183,6 +188,17 @@ class VLLMRolloutEngine:
         self.llm.reset_prefix_cache()
 
 
+def colocated_memory_share(requested: float, free_bytes: int, total_bytes: int, margin: float = 0.05) -> float:
+    """vLLM's gpu_memory_utilization (a share of the whole GPU) sized after what the trainer
+    already holds: at most the free share less a margin. Too little left is a clear error."""
+    share = min(requested, free_bytes / total_bytes - margin)
+    if share < 0.05:
+        raise RuntimeError(f"rollout.engine=vllm: the trainer leaves {free_bytes / 2**30:.1f} of "
+                           f"{total_bytes / 2**30:.1f} GiB free, too little for the vLLM engine "
+                           "(lower the trainer's footprint, e.g. ref_offload=true, or use rollout.engine=hf)")
+    return share
+
+
 def make_engine(name: str, model, tokenizer, model_dir: str, stop_ids: Sequence[int], rollout_cfg,
                 seed: int) -> RolloutEngine:
     if name == "hf":
@@ -190,5 +206,6 @@ def make_engine(name: str, model, tokenizer, model_dir: str, stop_ids: Sequence[
                                share_prefix=rollout_cfg.share_prefix)
     if name == "vllm":
         return VLLMRolloutEngine(model_dir, tokenizer, stop_ids, model.config.video_token_id,
-                                 rollout_cfg.vllm_gpu_memory_utilization, rollout_cfg.vllm_dtype, seed)
+                                 rollout_cfg.vllm_gpu_memory_utilization, rollout_cfg.vllm_dtype, seed,
+                                 rollout_cfg.vllm_max_model_len)
     raise ValueError(f"unknown rollout engine {name!r} (hf, vllm)")
