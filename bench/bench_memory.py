@@ -228,11 +228,11 @@ def main() -> None:
     ap.add_argument("--json", default="", help="write every measured row here")
     ap.add_argument("--real-tokens-per-frame", type=int, default=64, help="extrapolation: tokens per frame")
     ap.add_argument("--gpu-gib", type=float, default=80.0)
-    ap.add_argument("--from-json", default="", help="skip measuring: rebuild the report from a saved run")
+    ap.add_argument("--from-json", default="", help="skip measuring: the report from saved runs (comma-separated JSON files)")
     args = ap.parse_args()
     ints = lambda s: [int(x) for x in s.split(",") if x]  # noqa: E731
     if args.from_json:
-        rows = json.loads(Path(args.from_json).read_text())
+        rows = [r for f in args.from_json.split(",") for r in json.loads(Path(f).read_text())]
         fit_and_report(rows, args.real_tokens_per_frame, gpu_gib=args.gpu_gib)
         return
     tok = train_tokenizer(1024)
@@ -242,6 +242,8 @@ def main() -> None:
     def run(*a, **k):
         got = measure(*a, tokenizer=tok, **k)
         rows.extend(got)
+        if args.json:  # after every configuration: an interrupted run keeps what it measured
+            Path(args.json).write_text(json.dumps(rows, indent=1))
         for r in got:
             print(f"  {r['model']} {r['path']:>5} depth {r['depth']} sp {r['sp']} ckpt {int(r['checkpointing'])} "
                   f"{r['dtype']:>8} {r['frames']:>5} frames {r['tokens']:>6} tokens: peak {r['peak_mib']:8.1f} MiB/rank, "
@@ -263,8 +265,6 @@ def main() -> None:
             run(name, 2, ints(args.ckpt_frames), 1, tpf, "mrsp", True)
         if args.bf16_frames:
             run(name, 1, ints(args.bf16_frames), 1, tpf, "mrsp", False, dtype=torch.bfloat16)
-        if args.json:
-            Path(args.json).write_text(json.dumps(rows, indent=1))
     fit_and_report(rows, args.real_tokens_per_frame, gpu_gib=args.gpu_gib)
 
 

@@ -10,7 +10,7 @@ Per GPU, during the policy update of one sequence of T tokens on an SP group of 
               + 4*N/world                  frozen fp32 reference shards (0 when CPU-offloaded)
               + (2+2+4)*P_layer*2          two bf16 layers gathered (prefetch), bf16 grad + fp32 reduce
               + (2+6)*P_root               root (embeddings, lm_head) gathered in bf16, its grads
-              + replica                    the unsharded rollout replica (today's code: fp32 N*4 per GPU)
+              + replica                    the unsharded rollout replica (today's code: bf16, N*2 per GPU)
     embeds    = T_video * H * 4            the cached video embeddings the rank holds (fp32)
     naive     = the same with sp = 1, the measured full-logits step (+ T*T bytes: the [1,1,L,L] mask)
 
@@ -68,7 +68,10 @@ def fit(rows: list[dict], name: str) -> dict:
     ck = {(r["depth"], r["frames"]): r for r in mine if r["checkpointing"]}
     steps = [(ck[(2, f)]["peak_mib"] - ck[(1, f)]["peak_mib"]) * MIB / ck[(2, f)]["tokens"]
              for d, f in ck if d == 2 and (1, f) in ck]
-    out["s_ckpt"] = max(sum(steps) / len(steps), 2.0 * SHAPES[name]["hidden"]) if steps else None
+    # no checkpointed depth-2 run: what a checkpointed layer keeps is its fp32 input (4 * hidden
+    # bytes per token; the 3B measurement checks this estimate)
+    out["s_ckpt_measured"] = bool(steps)
+    out["s_ckpt"] = sum(steps) / len(steps) if steps else 4.0 * SHAPES[name]["hidden"]
     # checkpointed depth-1 step: a + b*T + c_ckpt*T (one layer recomputed in backward)
     one = [r for (d, _), r in ck.items() if d == 1]
     out["c_ckpt"] = (sum((r["peak_mib"] * MIB - a - b * r["tokens"]) / r["tokens"] for r in one) / len(one)
@@ -76,14 +79,21 @@ def fit(rows: list[dict], name: str) -> dict:
     naive = [r for r in mine if r["path"] == "naive"]
     if len(naive) >= 2:
         out["naive_a"], out["naive_b"] = _lstsq([[1.0, r["tokens"]] for r in naive], [r["peak_mib"] * MIB for r in naive])
-    bf = {r["frames"]: r for r in rows if r["model"] == name and r["dtype"] == "bfloat16"}
-    ratios = [bf[f]["layer_saved_mib"] / d1[f]["layer_saved_mib"] for f in bf if f in d1]
+    ratios = []
+    for other in [name] + sorted({r["model"] for r in rows} - {name}):  # own ratio, else another model's
+        bf = {r["frames"]: r for r in rows if r["model"] == other and r["dtype"] == "bfloat16"}
+        fp = {r["frames"]: r for r in rows if r["model"] == other and r["dtype"] == "float32" and r["sp"] == 1
+              and r["depth"] == 1 and r["path"] == "mrsp" and not r["checkpointing"]}
+        ratios = [bf[f]["layer_saved_mib"] / fp[f]["layer_saved_mib"] for f in bf if f in fp]
+        if ratios:
+            out["bf16_from"] = other
+            break
     out["bf16_ratio"] = sum(ratios) / len(ratios) if ratios else 0.5
     return out
 
 
 def gpu_bytes(name: str, co: dict, frames: int, *, sp: int, world: int, path: str, checkpointing: bool,
-              tokens_per_frame: int, text_tokens: int, bf16: bool = True, replica_bytes: float = 4.0,
+              tokens_per_frame: int, text_tokens: int, bf16: bool = True, replica_bytes: float = 2.0,
               reference_offload: bool = False) -> dict[str, float]:
     """Bytes per GPU, by term, of the update pass of one sequence of `frames` frames."""
     shape = SHAPES[name]
@@ -119,18 +129,44 @@ def max_frames(name: str, co: dict, budget: float, **kw) -> int:
     return lo
 
 
+def measured_table(rows: list[dict], name: str) -> None:
+    """The measured step peaks per rank (MiB) and torch's per-layer saved bytes, frames x SP."""
+    main = [r for r in rows if r["model"] == name and r["path"] == "mrsp" and r["depth"] == 1
+            and not r["checkpointing"] and r["dtype"] == "float32"]
+    sps, frames = sorted({r["sp"] for r in main}), sorted({r["frames"] for r in main})
+    at = {(r["frames"], r["sp"]): r for r in main}
+    print(f"\n== {name}: measured update step, depth 1 at the real widths, fp32, per rank "
+          "(peak RSS above the step's start / one layer's saved-for-backward bytes), MiB")
+    print(f"{'frames':>7} {'tokens':>7} | " + " | ".join(f"{'SP=' + str(sp):>15}" for sp in sps) + " | naive SP=1")
+    naive = {r["frames"]: r for r in rows if r["model"] == name and r["path"] == "naive"}
+    for f in frames:
+        cells = [f"{at[(f, sp)]['peak_mib']:>7.0f} / {at[(f, sp)]['layer_saved_mib']:>5.0f}" if (f, sp) in at
+                 else f"{'':>15}" for sp in sps]
+        nv = f"{naive[f]['peak_mib']:>7.0f} / {naive[f]['layer_saved_mib']:>4.0f}" if f in naive else ""
+        tok = next(at[(f, sp)]["tokens"] for sp in sps if (f, sp) in at)
+        print(f"{f:>7} {tok:>7} | " + " | ".join(cells) + f" | {nv}")
+    for r in sorted((r for r in rows if r["model"] == name and (r["depth"] == 2 or r["checkpointing"]
+                     or r["dtype"] != "float32") and r["path"] == "mrsp"),
+                    key=lambda r: (r["dtype"], r["checkpointing"], r["depth"], r["frames"])):
+        print(f"   depth {r['depth']}, checkpointing {'on' if r['checkpointing'] else 'off'}, {r['dtype']}, "
+              f"{r['frames']} frames, SP 1: {r['peak_mib']:.0f} MiB"
+              + (f" / layer {r['layer_saved_mib']:.0f}" if r["layer_saved_mib"] == r["layer_saved_mib"] else ""))
+
+
 def fit_and_report(rows: list[dict], tokens_per_frame: int = 64, text_tokens: int = 2048 + 256,
                    gpu_gib: float = 80.0, world: int = 8) -> None:
     budget = gpu_gib * GIB * 0.92 - 1.5 * GIB  # allocator slack and the CUDA context
     for name in sorted({r["model"] for r in rows}):
+        measured_table(rows, name)
         co = fit(rows, name)
         print(f"\n== {name} fit ({co['n_fit']} rows): a {co['a'] / MIB:.0f} MiB, b {co['b'] / 1024:.1f} KiB/token, "
               f"c {co['c'] / 1024:.1f} KiB/local token, per-layer saved s {co['s'] / 1024:.1f} KiB/local token "
               f"(fp32); RSS depth-2 step / s = {', '.join(f'{x:.2f}' for x in co['rss_layer_check'])}; "
-              f"checkpointed layer {co['s_ckpt'] / 1024 if co['s_ckpt'] else float('nan'):.1f} KiB/token; "
-              f"bf16/fp32 saved bytes {co['bf16_ratio']:.2f}"
+              f"checkpointed layer {co['s_ckpt'] / 1024:.1f} KiB/token "
+              f"({'measured' if co['s_ckpt_measured'] else 'estimate 4*hidden'}); "
+              f"bf16/fp32 saved bytes {co['bf16_ratio']:.2f} ({co.get('bf16_from', 'assumed')})"
               + (f"; naive {co['naive_b'] / 1024:.0f} KiB/token" if "naive_b" in co else ""))
-        if "naive_b" not in co or co["s_ckpt"] is None:
+        if "naive_b" not in co or co["c_ckpt"] is None:
             print("   (naive or checkpointed runs missing: no extrapolation)")
             continue
         print(f"   full depth {SHAPES[name]['layers']} layers, bf16 compute, {tokens_per_frame} tokens/frame, "
@@ -140,12 +176,12 @@ def fit_and_report(rows: list[dict], tokens_per_frame: int = 64, text_tokens: in
         print(head + " | max frames/seq  frames/GPU")
         for label, lay in layouts:
             for ckpt in (False, True):
-                for replica in (4.0, 0.0):
+                for replica in (2.0, 0.0):  # the bf16 replica every rank holds today, or none
                     kw = dict(world=world, checkpointing=ckpt, tokens_per_frame=tokens_per_frame,
                               text_tokens=text_tokens, replica_bytes=replica, **lay)
                     cells = [sum(gpu_bytes(name, co, f, **kw).values()) / GIB for f in (512, 1024, 2048)]
                     m = max_frames(name, co, budget, **kw)
-                    print(f"   {label:<11} {'on' if ckpt else 'off':>4} {'fp32' if replica else 'none':>8} | "
+                    print(f"   {label:<11} {'on' if ckpt else 'off':>4} {'bf16' if replica else 'none':>8} | "
                           + " ".join(f"{c:7.1f}" for c in cells) + f" | {m:>14} {m / lay['sp']:>11.0f}")
         kw = dict(world=world, checkpointing=True, tokens_per_frame=tokens_per_frame, text_tokens=text_tokens,
                   replica_bytes=0.0, sp=world, path="mrsp")
