@@ -136,6 +136,12 @@ def test_done_check_interval_does_not_change_outputs(tiny_model, prompts):
     seldom = _run(model, tok, prompts[:2], True, sync_every=64, new=12, stop=stop)
     lengths = {len(r.token_ids) for g in every for r in g}
     assert len(lengths) > 1 and min(lengths) < 12
+    # on the CPU the default checks every step: no step is decoded after the last row ends
+    batch = collate([p.prompt for p in prompts[:2]], [p.video for p in prompts[:2]], tok.pad_token_id,
+                    with_pixels=False)
+    tokens, _, lens, done = decode(model, prefill(model, batch, [p.video_embeds for p in prompts[:2]]).expand(3),
+                                   stop, tok.pad_token_id, 40, generator=torch.Generator().manual_seed(1))
+    assert bool(done.all()) and tokens.shape[1] == int(lens.max()) < 40
     assert [[r.token_ids for r in g] for g in every] == [[r.token_ids for r in g] for g in seldom]
     assert _max_lp_diff(every, seldom) == 0.0
 

@@ -17,7 +17,9 @@ Three things keep it cheap:
   padding mask built once and sliced per step (no concatenation), none when no row is padded;
 - no host synchronisation per token: tokens, log-probs and the done flags stay on the model's
   device and are read once at the end; whether every row is done is asked every `sync_every`
-  steps (rows that finished keep decoding pad tokens until then; their outputs are ignored).
+  steps (rows that finished keep decoding pad tokens until then; their outputs are ignored) -
+  by default 16 on an accelerator and every step on the CPU, where a read costs nothing and a
+  wasted step does.
 """
 
 from __future__ import annotations
@@ -123,13 +125,15 @@ def _step_masks(lm, state: Prefilled, total: int, dtype: torch.dtype):
 @torch.no_grad()
 def decode(model, state: Prefilled, stop_ids: Sequence[int], pad_id: int, max_new_tokens: int,
            temperature: float = 1.0, top_p: float = 1.0, greedy: bool = False,
-           generator: torch.Generator | None = None, sync_every: int = 16
+           generator: torch.Generator | None = None, sync_every: int | None = None
            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sample from a prefilled state. Returns device tensors: tokens [B, T] (pad after the end),
     log-probs [B, T] (0 after the end), lengths [B] and done [B]. Nothing is read back to the
     host except `done.all()` every `sync_every` steps."""
     hidden = state.hidden
     device = hidden.device
+    if sync_every is None:
+        sync_every = 1 if device.type == "cpu" else 16
     B, L = state.attention_mask.shape
     lm = base_model(model).language_model
     embed = base_model(model).get_input_embeddings()
@@ -182,7 +186,7 @@ def generate(model, batch: Batch, stop_ids: Sequence[int], pad_id: int, max_new_
              temperature: float = 1.0, top_p: float = 1.0, greedy: bool = False,
              video_embeds: Sequence[torch.Tensor] | None = None,
              generator: torch.Generator | None = None, num_samples: int = 1,
-             sync_every: int = 16) -> Generated:
+             sync_every: int | None = None) -> Generated:
     """Sample (or greedily decode) up to `max_new_tokens` per row of a left-padded batch; with
     `num_samples = n`, n rows per prompt from one prefill (row i*n + j: sample j of prompt i)."""
     state = prefill(model, batch, video_embeds).expand(num_samples)

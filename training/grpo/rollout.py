@@ -70,7 +70,7 @@ class HFRolloutEngine:
     name = "hf"
 
     def __init__(self, model, tokenizer, stop_ids: Sequence[int], rows_per_call: int = 64,
-                 share_prefix: bool = True, sync_every: int = 16) -> None:
+                 share_prefix: bool = True, sync_every: int | None = None) -> None:
         self.model, self.tokenizer = model, tokenizer
         self.stop_ids = list(stop_ids)
         self.rows_per_call = max(1, rows_per_call)
