@@ -124,6 +124,10 @@ def print_table(summary: dict[str, Any]) -> None:
     for name, st in summary["requests"].items():
         console.print(f"requests [{name}]: {st['requests']} sent, {st['ok']} ok, {st['retries']} retries, "
                       f"{st['failed']} failed {st['errors'] or ''}")
+    p = summary.get("pipeline") or {}
+    if p.get("clips_decoded"):
+        console.print(f"captions pipeline: {p['clips_decoded']} clips of {p['videos_decoded']} videos decoded, "
+                      f"at most {p['max_alive']} alive (bound {p['bound']}), {p['decode_s']} s decoding")
     c = summary["cache"]
     console.print(f"cache: {c['hits']} hits, {c['misses']} misses, {c['writes']} written; "
                   f"time: {summary['seconds']}")
