@@ -186,7 +186,10 @@ def test_filter_with_a_local_model_folder(tmp_path, synth_dir, tiny_model_dir):
     assert res.exit_code == 0, res.output
     recs = [r for rs in _splits(out).values() for r in rs]
     assert len(recs) == 3 and all(r.pass_rate in (0.0, 0.5, 1.0) for r in recs)
-    assert json.loads(recs[0].generator)["filter"].startswith(f"local:{tiny_model_dir.resolve()}")
+    # the filter model is named by its content (the same weights under another path keep the cache)
+    from training.model_folder import folder_fingerprint
+
+    assert json.loads(recs[0].generator)["filter"].startswith(f"local:{folder_fingerprint(tiny_model_dir)}:")
     verdicts = list((out / "cache" / "verdict").glob("*/*.json"))
     assert len(verdicts) == 3 and all(len(json.loads(v.read_text())["value"]["replies"]) == 2 for v in verdicts)
 
