@@ -178,3 +178,12 @@ def test_images_can_be_pinned_by_digest(tmp_path):
     configs = [t["inputs"]["parameters"]["rayjob_config_json"]["runtimeValue"]["constant"]
                for t in _all_tasks(spec).values() if "rayjob_config_json" in t.get("inputs", {}).get("parameters", {})]  # fmt: skip
     assert len(configs) == 3 and {json.loads(c)["image"] for c in configs} == {gpu}  # sft, grpo, grpo-2
+
+
+def test_every_parameter_has_a_description_in_the_ui(docs):
+    """The KFP UI shows inputDefinitions descriptions beside each run parameter."""
+    from pipelines.long_video_reasoning import PARAM_DOCS
+
+    params = docs[0]["root"]["inputDefinitions"]["parameters"]
+    assert set(params) == set(PARAM_DOCS)
+    assert {n: p.get("description") for n, p in params.items()} == PARAM_DOCS
