@@ -33,7 +33,8 @@ def _default_secrets() -> list[SecretEnv]:
         SecretEnv("longrl-mlflow-client", "username", "MLFLOW_TRACKING_USERNAME", mlflow_steps),
         SecretEnv("longrl-mlflow-client", "password", "MLFLOW_TRACKING_PASSWORD", mlflow_steps),
         # OpenAI-compatible endpoints (captioner, reasoner; the eval judge); a local vLLM needs none.
-        SecretEnv("longrl-llm-api", "api-key", "OPENAI_API_KEY", ["data", "eval"]),
+        # Training too: GRPO's LLM judge grades open-ended answers (in the RayJob's pods as well).
+        SecretEnv("longrl-llm-api", "api-key", "OPENAI_API_KEY", ["data", "train", "eval"]),
     ]
 
 

@@ -94,7 +94,8 @@ def test_secrets_reach_only_the_steps_that_use_them(docs):
     for name, ex in k8s.items():
         envs = {e["envVar"] for s in ex.get("secretAsEnv", []) for e in s["keyToEnv"]}
         assert not envs & {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}, name
-        assert ("OPENAI_API_KEY" in envs) == (name in ("exec-build-data", "exec-evaluate-models", "exec-evaluate-models-2", "exec-evaluate-models-3")), name
+        assert ("OPENAI_API_KEY" in envs) == (name in ("exec-build-data", "exec-evaluate-models", "exec-evaluate-models-2",
+                                                      "exec-evaluate-models-3", "exec-sft", "exec-grpo", "exec-grpo-2")), name
         if name not in ("exec-prepare-videos", "exec-prepare-model", "exec-train-step-gpus", "exec-video-fingerprint"):
             assert "MLFLOW_TRACKING_PASSWORD" in envs, name
 
@@ -143,6 +144,7 @@ def test_rayjob_follows_the_cluster_config():
     assert "nodeSelector" not in head
     env = {e["name"]: e.get("valueFrom", {}).get("secretKeyRef") for e in worker["containers"][0]["env"]}
     assert env["MLFLOW_TRACKING_PASSWORD"] == {"name": "longrl-mlflow-client", "key": "password"}
+    assert env["OPENAI_API_KEY"] == {"name": "longrl-llm-api", "key": "api-key"}  # GRPO's judge endpoint
     assert body["metadata"]["namespace"] == "team-a"
 
 
