@@ -54,6 +54,7 @@ def _pg_bin() -> Path | None:
         return Path(os.path.realpath(found)).parent
     cands = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
     if not cands and os.geteuid() == 0 and shutil.which("apt-get"):  # a fresh machine: install it
+        subprocess.run(["apt-get", "update", "-q"], capture_output=True, timeout=600)
         subprocess.run(["apt-get", "install", "-y", "-q", "postgresql"], capture_output=True, timeout=600)
         cands = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
     return cands[-1].parent if cands else None
