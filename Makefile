@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export PYTHONUNBUFFERED := 1
 
-.PHONY: venv test demo lint clean bench
+.PHONY: venv test demo lint clean bench postgres
 
 $(STAMP): pyproject.toml
 	@mkdir -p $(TMPDIR)
@@ -35,7 +35,15 @@ $(CHECKOV):
 	$(PYTHON) -m venv .tmp/tools/checkov
 	.tmp/tools/checkov/bin/pip install -q checkov==3.3.30
 
-test: $(STAMP) $(CHECKOV)
+# PostgreSQL for tests/test_mlflow_stack.py (the MLflow manifest's command against a real
+# database): Debian's package, installed once when the machine has none.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	    apt-get update -q >/dev/null && apt-get install -y -q postgresql >/dev/null; } || \
+	  echo "PostgreSQL could not be installed: tests/test_mlflow_stack.py will say so"
+
+test: $(STAMP) $(CHECKOV) postgres
 	@mkdir -p $(TMPDIR)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q $(PYTEST_ARGS)
