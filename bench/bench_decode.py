@@ -10,7 +10,8 @@ inexact and timed anyway, never counted as a win. Timings are interleaved (each 
 every backend once, in a rotating order) on a fixed set of CPUs, and reported as min and median.
 
     .venv/bin/python bench/bench_decode.py [--seconds 60] [--size 640x360] [--fps 30] [--repeat 5]
-        [--cpus 1] [--max-default-ratio 1.25] [--min-clip-speedup 1.2]
+        [--cpus 1] [--backends pyav,pyav-seq,opencv-seq,decord] [--clips-only]
+        [--max-default-ratio 1.25] [--min-clip-speedup 1.1]
 
 --max-default-ratio R: exit 1 when, on any row, the default backend's median is more than R x
 the fastest exact backend's median. --min-clip-speedup S: exit 1 when one pass is not at least
@@ -84,6 +85,8 @@ def main() -> None:
     ap.add_argument("--fps", type=int, default=30)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--cpus", type=int, default=1, help="CPUs the process may use (fixed: decoders' threads)")
+    ap.add_argument("--backends", default=",".join(BACKENDS) + ",decord", help="which to time (pyav always)")
+    ap.add_argument("--clips-only", action="store_true", help="only the caption access pattern section")
     ap.add_argument("--max-default-ratio", type=float, default=0.0)
     ap.add_argument("--min-clip-speedup", type=float, default=0.0)
     args = ap.parse_args()
@@ -101,14 +104,20 @@ def main() -> None:
         f"H.264 (GOP {args.fps}, 1 s)": write(tmp / "c.mp4", "h264", n, w, h, args.fps, gop=args.fps),
     }
     peer = decord_reader()
-    readers: dict[str, Callable] = {b: (lambda p, i, b=b: read_frames(p, i, backend=b)) for b in BACKENDS}
-    if peer:
+    wanted = set(args.backends.split(",")) | {DEFAULT_BACKEND}
+    readers: dict[str, Callable] = {b: (lambda p, i, b=b: read_frames(p, i, backend=b)) for b in BACKENDS
+                                    if b in wanted}
+    if peer and "decord" in wanted:
         readers["decord"] = peer
+    failed, inexact = [], False
+    if args.clips_only:
+        failed += clips_section(files, args)
+        print("regression check: " + ("FAILED\n  " + "\n  ".join(failed) if failed else "ok"))
+        sys.exit(1 if failed else 0)
     print(f"{args.seconds:.0f} s, {w}x{h}, {args.fps} fps ({n} frames); {args.repeat} interleaved repeats on "
           f"{len(cpus)} CPU(s); ms per call: min, median (median / {DEFAULT_BACKEND} median)"
           + ("" if peer else "; decord not importable (pip install decord), not compared"))
     print(f"{'file':32s} {'frames':>6s} " + " ".join(f"{b:>25s}" for b in readers))
-    failed, inexact = [], False
     for name, path in files.items():
         info = probe_video(path)
         for count in (16, 64):
