@@ -62,3 +62,7 @@ def test_metrics_plots_and_model_reach_mlflow(tiny_model_dir, colour_task, tmp_p
     arts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert "plots/reward.png" in arts and "plots/step_time.png" in arts
     assert "checkpoint.logged_as" in run.data.tags  # the final HF folder
+    # lineage from the CLI too: the records trained on (content digest) and the input model
+    (inp,) = run.inputs.dataset_inputs
+    assert inp.dataset.name == "grpo-rl" and run.data.tags["dataset.training.grpo-rl.digest"] == inp.dataset.digest
+    assert run.data.tags["input.model"] == str(tiny_model_dir.resolve())

@@ -40,6 +40,17 @@ from training.models.qwen3_vl import video_groups
 from training.prompts import SYSTEM_PROMPT, encode_example
 
 
+def log_training_inputs(run: tracking.StageRun, records: list[QARecord], split: str, model_dir: Path) -> None:
+    """What the run trains on, on the run: the records actually used (after filters and
+    rejects) as a dataset input with a content digest, and the input model folder - so a run
+    started from the CLI has the lineage the pipeline's runs get (issue 15.16)."""
+    import datasets
+
+    rows = [r.to_dict() for r in records]
+    run.log_dataset(datasets.Dataset.from_list(rows), name=f"grpo-{split}", context="training")
+    run.set_tags({"input.model": str(Path(model_dir).resolve())})
+
+
 class GRPOTrainer(TrainerSetup):
     """One controller: `train()` runs `train_step` until `cfg.max_steps`, checkpointing on the way.
     Built as `GRPOTrainer(cfg, model_dir, data_dir, out_dir, logprob_fn=..., on_step=...)`
@@ -49,6 +60,8 @@ class GRPOTrainer(TrainerSetup):
         cfg, main = self.cfg, self.ctx.is_main
         stage = tracking.stage_run("grpo", config=self.global_cfg) if main else _InactiveRun()
         with stage as run:
+            if main and run.active:
+                log_training_inputs(run, self.records, self.cfg.data.split, self.model_dir)
             logger = MetricsLogger(self.out, run if run.active else None, resume_step=self.step,
                                    total_steps=cfg.max_steps) if main else None
             if main and (budget := answer_budget_warning(self.tokenizer, self.records, cfg.rollout.max_new_tokens)):
