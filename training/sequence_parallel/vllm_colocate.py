@@ -47,7 +47,9 @@ class ColocatedVLLMEngine(VLLMRolloutEngine):
         if not torch.cuda.is_available():
             raise RuntimeError("the colocated vLLM engine needs CUDA GPUs; use rollout.engine=hf")
         # In-process engine core: collective_rpc runs our callable in this process, on this GPU.
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        # Set, not setdefault: an inherited "1" would move the model to another process, where
+        # the weight sync cannot reach it.
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         from vllm import LLM
 
         extra = {"max_model_len": max_model_len} if max_model_len else {}
