@@ -78,3 +78,19 @@ def test_colocated_vllm_samples_with_the_synced_fsdp_weights(tiny_model_dir):
     res = run_local_group(_vllm_rank, 1, tiny_model_dir, backend="nccl", start_method="spawn")[0]
     assert max(res["diffs"]) <= 1e-3, res["diffs"]  # vLLM's sampled log-probs == the trainer's (fp32)
     assert "not synced" in res["stale"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM installed: the GPU test covers it")
+def test_colocated_engine_forces_the_in_process_engine(monkeypatch):
+    """An inherited VLLM_ENABLE_V1_MULTIPROCESSING=1 would put the model in another process,
+    out of reach of the weight sync: the engine sets 0 before importing vLLM (here the import
+    then fails, vLLM not being installed, after the setting)."""
+    import os
+
+    from training.sequence_parallel.vllm_colocate import ColocatedVLLMEngine
+
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.raises(ImportError):
+        ColocatedVLLMEngine("model", None, [0], 1)
+    assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
