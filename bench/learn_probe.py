@@ -4,7 +4,8 @@
     .venv/bin/python bench/learn_probe.py grpo TAG STEPS NAME [grpo overrides...]
     .venv/bin/python bench/learn_probe.py solid TAG STEPS [sft overrides...]
 
-env FRAMES (default: bench_learning's 8) and RECOLOURS (SynthConfig.max_recolours, default -1).
+env FRAMES (default: bench_learning's 8), RECOLOURS (SynthConfig.max_recolours, default -1),
+WIDTH and LAYERS (the LLM's hidden size and depth; default bench_learning's 128 and 4).
 `sft` builds seed-1 data and model with bench_learning's functions (ladder knob object_scale
 and max_recolours), trains SFT and evaluates it on the held-out split; `grpo` trains GRPO from
 TAG's SFT model and compares it with that SFT run (paired McNemar); `solid` is the sanity rung:
@@ -109,6 +110,9 @@ def main() -> None:
         return
     cmd, args = sys.argv[1], sys.argv[2:]
     bl.FRAMES = int(os.environ.get("FRAMES", bl.FRAMES))
+    if width := int(os.environ.get("WIDTH", 0)):
+        bl.MODEL.update(hidden_size=width, intermediate_size=2 * width)
+    bl.MODEL["num_layers"] = int(os.environ.get("LAYERS", bl.MODEL["num_layers"]))
     t0 = time.monotonic()
     if cmd == "sft":
         probe_sft(float(args[0]), int(args[1]), args[2], args[3:])
