@@ -121,7 +121,14 @@ def test_vision_calls_per_mode_and_offline_cache_equivalence(tiny_model_dir, col
     recs = load_records(colour_task).records
     summary = build_cache(load_model(tiny_model_dir), recs, cache, VideoSampling(num_frames=4),
                           VisionSpec.from_model_dir(tiny_model_dir), progress=False)
-    assert (summary["written"], summary["failed"]) == (8, {})
+    assert (summary["written"], summary["failed"], summary["text_records"]) == (8, {}, 0)
+    # text-only records (a mixed video + text RL set) are skipped, not counted as failures
+    from dataclasses import replace
+
+    text = [replace(r, id=f"t{i}", modality="text", video_id="", video_path="") for i, r in enumerate(recs[:3])]
+    mixed = build_cache(load_model(tiny_model_dir), recs + text, tmp_path / "mixed", VideoSampling(num_frames=4),
+                        VisionSpec.from_model_dir(tiny_model_dir), progress=False)  # fmt: skip
+    assert (mixed["written"], mixed["failed"], mixed["text_records"]) == (8, {}, 3)
     assert build_cache(load_model(tiny_model_dir), recs, cache, VideoSampling(num_frames=4),
                        VisionSpec.from_model_dir(tiny_model_dir), progress=False)["kept"] == 8
     results = {}

@@ -121,7 +121,11 @@ def build_cache(model, records: Iterable[QARecord], out: str | Path, sampling: V
     index_path.write_text(json.dumps(index, indent=1))
     todo: dict[str, QARecord] = {}
     failures: dict[str, str] = {}
+    text_records = 0
     for rec in records:
+        if not rec.has_video:  # a text-only record has nothing to cache: not a failure
+            text_records += 1
+            continue
         try:
             todo.setdefault(video_key(rec, sampling_for(rec, sampling, use_record_frames), spec), rec)
         except VideoError as exc:
@@ -154,4 +158,4 @@ def build_cache(model, records: Iterable[QARecord], out: str | Path, sampling: V
         os.replace(tmp, path)
         written += 1
     return {"videos": len(todo), "written": written, "kept": kept, "failed": failures,
-            "folder": str(out)}
+            "text_records": text_records, "folder": str(out)}
