@@ -39,6 +39,8 @@ def _mm_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
             _OUT_DTYPE_MM[kind] = True
             return out
         except (RuntimeError, TypeError, NotImplementedError):
+            # Not a stub: torch builds without mm(out_dtype=) for this device (CPU; older
+            # torch raises TypeError) take the widened product below, remembered per device.
             _OUT_DTYPE_MM[kind] = False
     return (a @ b).float()
 
