@@ -1,7 +1,9 @@
 """The GRPO trainer on a dp x sp job: every rank runs GRPOTrainer's step, sharded and split.
 
 Launched by Ray Train or torchrun (run.py), or `local_group` in tests, on top of an
-initialised torch.distributed group (gloo on CPU, NCCL on GPU). The loop, the step and the
+initialised torch.distributed group (gloo on CPU, NCCL on GPU). Every family trains here: the
+vision-language ones and the text-only LMs (qwen2/qwen3: no vision tower to freeze, encode or
+shard, no video cache - their records carry no video). The loop, the step and the
 checkpoint writing are GRPOTrainer's, unchanged; what differs is the parts it is built from
 (the `build_*` overrides of training.grpo.setup.TrainerSetup below):
 - `self.model` is a LogProbModel sharded with FSDP2 over the mesh, scoring every old-policy,
@@ -54,34 +56,63 @@ from training.sequence_parallel.step_split import (
 SUMMED = ("vision/calls", "vision/videos", "throughput/response_tokens", "throughput/tokens_per_s")
 
 
-def lpm_logprobs(lpm, batch, video_embeds, *, temperature: float = 1.0, chunk_size: int = 1024,
-                 with_entropy: bool = False):
+def lpm_logprobs(
+    lpm,
+    batch,
+    video_embeds,
+    *,
+    temperature: float = 1.0,
+    chunk_size: int = 1024,
+    with_entropy: bool = False,
+):
     """GRPOTrainer's `logprob_fn` for a LogProbModel (positions on the full sequence)."""
-    return lpm(batch.input_ids, batch.attention_mask, rope_positions(lpm.model, batch), batch.loss_mask,
-               video_embeds=video_embeds, temperature=temperature, with_entropy=with_entropy,
-               video_mask=batch.mm_token_type_ids == VIDEO_TOKEN_TYPE)
+    return lpm(
+        batch.input_ids,
+        batch.attention_mask,
+        rope_positions(lpm.model, batch),
+        batch.loss_mask,
+        video_embeds=video_embeds,
+        temperature=temperature,
+        with_entropy=with_entropy,
+        video_mask=batch.mm_token_type_ids == VIDEO_TOKEN_TYPE,
+    )
 
 
 class ParallelGRPOTrainer(GRPOTrainer):
     """GRPOTrainer's set-up with the parts that differ on a dp x sp job (setup.TrainerSetup's
     `build_*` overrides); the loop, the step and the checkpoint writing are GRPOTrainer's."""
 
-    def __init__(self, cfg: GRPOConfig, model_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
-                 parallel: ParallelConfig | None = None, on_step: Callable[[int, dict], None] | None = None,
-                 device: torch.device | None = None) -> None:
+    def __init__(
+        self,
+        cfg: GRPOConfig,
+        model_dir: str | Path,
+        data_dir: str | Path,
+        out_dir: str | Path,
+        parallel: ParallelConfig | None = None,
+        on_step: Callable[[int, dict], None] | None = None,
+        device: torch.device | None = None,
+    ) -> None:
         if parallel is not None:  # the layout given wins, and is what OUT/config.yaml records
             cfg = dataclasses.replace(cfg, parallel=parallel)
         self.parallel = cfg.parallel
-        self.launcher_device = device  # the launcher's choice (training.distributed) wins over cfg.device
-        super().__init__(cfg, model_dir, data_dir, out_dir, logprob_fn=lpm_logprobs, on_step=on_step)
+        self.launcher_device = (
+            device  # the launcher's choice (training.distributed) wins over cfg.device
+        )
+        super().__init__(
+            cfg, model_dir, data_dir, out_dir, logprob_fn=lpm_logprobs, on_step=on_step
+        )
 
     # -- set-up overrides, in TrainerSetup.__init__'s order ------------------------------------
     def build_context(self) -> DistContext:
         cfg, device = self.global_cfg, self.launcher_device
         if device is None:
-            device = torch.device(cfg.device) if cfg.device not in ("auto", "") else default_device()
+            device = (
+                torch.device(cfg.device) if cfg.device not in ("auto", "") else default_device()
+            )
         self.par = st = init_parallel(self.parallel.sp_size, device)
-        return DistContext(st.rank, st.world_size, int(os.environ.get("LOCAL_RANK", st.rank)), device)
+        return DistContext(
+            st.rank, st.world_size, int(os.environ.get("LOCAL_RANK", st.rank)), device
+        )
 
     def process_config(self, cfg: GRPOConfig) -> GRPOConfig:
         return _per_replica(cfg, self.par.dp_size)
@@ -99,16 +130,26 @@ class ParallelGRPOTrainer(GRPOTrainer):
         # bf16 compute it is held in bf16 (7B: 16.6 GB per GPU, not 33 GB in fp32); the fp32
         # shards are copied into it (rounded) after every update.
         replica_dtype = "bfloat16" if self.precision.bf16 else load["dtype"]
-        self.replica = load_model(resume or self.model_dir, **{**load, "dtype": replica_dtype}).requires_grad_(False)
+        self.replica = load_model(
+            resume or self.model_dir, **{**load, "dtype": replica_dtype}
+        ).requires_grad_(False)
         # Policy and reference: built on the meta device, each rank loading only its FSDP shards.
         meta = {k: v for k, v in load.items() if k != "device"}
         policy = meta_model(resume or self.model_dir, **meta)
-        base_model(policy).visual.requires_grad_(False)  # SplitVideoEmbedder insists on it
-        self.model = build_log_prob_model(policy, st, self.parallel, weights=resume or self.model_dir)
+        if hasattr(base_model(policy), "visual"):  # text-only LMs (qwen2/qwen3) have no tower
+            base_model(policy).visual.requires_grad_(False)  # SplitVideoEmbedder insists on it
+        self.model = build_log_prob_model(
+            policy, st, self.parallel, weights=resume or self.model_dir
+        )
         self.ref = None
         if self.cfg.algorithm.kl_coef > 0:
-            self.ref = build_log_prob_model(meta_model(self.model_dir, **meta), st, self.parallel,
-                                            trainable=False, weights=self.model_dir)
+            self.ref = build_log_prob_model(
+                meta_model(self.model_dir, **meta),
+                st,
+                self.parallel,
+                trainable=False,
+                weights=self.model_dir,
+            )
 
     @property
     def rollout_model(self) -> torch.nn.Module:
@@ -119,8 +160,17 @@ class ParallelGRPOTrainer(GRPOTrainer):
 
     def make_embedder(self, model, spec, offline) -> SplitVideoEmbedder:
         v = self.cfg.video
-        return SplitVideoEmbedder(model, v.embeddings, v.sampling, spec, not v.freeze_vision,
-                                  v.decoded_cache_mb, offline, v.use_record_frames, state=self.par)
+        return SplitVideoEmbedder(
+            model,
+            v.embeddings,
+            v.sampling,
+            spec,
+            not v.freeze_vision,
+            v.decoded_cache_mb,
+            offline,
+            v.use_record_frames,
+            state=self.par,
+        )
 
     def build_engine(self, resume: Path | None) -> SplitRolloutEngine:
         r = self.cfg.rollout
@@ -129,10 +179,15 @@ class ParallelGRPOTrainer(GRPOTrainer):
         else:
             from training.sequence_parallel.vllm_colocate import ColocatedVLLMEngine
 
-            engine = ColocatedVLLMEngine(str(resume or self.model_dir), self.tokenizer, self.stop_ids,
-                                         self.replica.config.video_token_id,
-                                         gpu_memory_utilization=r.vllm_gpu_memory_utilization,
-                                         dtype=r.vllm_dtype, seed=self.cfg.seed + self.par.rank)
+            engine = ColocatedVLLMEngine(
+                str(resume or self.model_dir),
+                self.tokenizer,
+                self.stop_ids,
+                self.replica.config.video_token_id,
+                gpu_memory_utilization=r.vllm_gpu_memory_utilization,
+                dtype=r.vllm_dtype,
+                seed=self.cfg.seed + self.par.rank,
+            )
         return SplitRolloutEngine(engine, self.par, self.replica)
 
     def build_scorer(self) -> SplitRewardScorer:
@@ -169,7 +224,13 @@ class ParallelGRPOTrainer(GRPOTrainer):
         out = {}
         for key in sorted({k for m in every for k in m}):
             vals = [m[key] for m in every if key in m]
-            out[key] = sum(vals) if key in SUMMED else max(vals) if key.startswith("time/") else sum(vals) / len(vals)
+            out[key] = (
+                sum(vals)
+                if key in SUMMED
+                else max(vals)
+                if key.startswith("time/")
+                else sum(vals) / len(vals)
+            )
         return out
 
     def _append_error(self, row: dict) -> None:
@@ -188,8 +249,10 @@ class ParallelGRPOTrainer(GRPOTrainer):
         st = self.par
         saved = self.state.extra.get("parallel", {})
         if (saved.get("dp"), saved.get("sp")) != (st.dp_size, st.sp_size):
-            raise ValueError(f"{path} was written by a dp{saved.get('dp')} x sp{saved.get('sp')} run; this "
-                             f"run is dp{st.dp_size} x sp{st.sp_size} (its prompt slices would differ)")
+            raise ValueError(
+                f"{path} was written by a dp{saved.get('dp')} x sp{saved.get('sp')} run; this "
+                f"run is dp{st.dp_size} x sp{st.sp_size} (its prompt slices would differ)"
+            )
         self.sampler.load_state_dict(self.state.extra["samplers"][st.rank])
 
     def _record_samples(self, step: int, groups, per_step: int = 4) -> None:
