@@ -26,7 +26,7 @@ def sft(model: Input[Model], data: Input[Dataset], frames: int, max_steps: int, 
 
 
 @dsl.component(**GPU)
-def grpo(model: Input[Model], data: Input[Dataset], frames: int, steps: int, lr: float, group_size: int,
+def grpo(model: Input[Model], data: Input[Dataset], frames: int, max_steps: int, lr: float, group_size: int,
          kl_coef: float, overrides: list, ray_workers: int, gpus_per_worker: int, rayjob_config_json: str,
          runs_root: str, kfp_run_id: str, mlflow_tracking_uri: str, mlflow_parent_run_id: str,
          trained: Output[Model], metrics: Output[Metrics], pod_gpus: int = -1):
@@ -36,7 +36,7 @@ def grpo(model: Input[Model], data: Input[Dataset], frames: int, steps: int, lr:
     from components.train_launch import train_stage
 
     train_stage("grpo", resolve(model.path), resolve(data.path), trained, metrics,
-                {"frames": frames, "steps": steps, "lr": lr, "group_size": group_size, "kl_coef": kl_coef},
+                {"frames": frames, "max_steps": max_steps, "lr": lr, "group_size": group_size, "kl_coef": kl_coef},
                 overrides_list(overrides), runs_root, kfp_run_id, mlflow_tracking_uri, mlflow_parent_run_id,
                 ray_workers, gpus_per_worker, rayjob_config_json, model_meta=dict(model.metadata))
 

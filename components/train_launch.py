@@ -25,7 +25,7 @@ from components.launch import (
 # Config keys of each stage for the pipeline's common knobs (the stage configs name them).
 KNOB_KEYS: dict[str, dict[str, str]] = {
     "sft": {"frames": "video.num_frames", "max_steps": "max_steps", "lr": "lr"},
-    "grpo": {"frames": "video.num_frames", "steps": "max_steps", "lr": "optim.lr",
+    "grpo": {"frames": "video.num_frames", "max_steps": "max_steps", "lr": "optim.lr",
              "group_size": "rollout.group_size", "kl_coef": "algorithm.kl_coef"},  # fmt: skip
 }
 

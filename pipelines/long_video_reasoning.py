@@ -12,6 +12,7 @@ from dataclasses import asdict
 from typing import Any
 
 from kfp import dsl
+from kfp.dsl.graph_component import GraphComponent
 
 from components.images import GPU_IMAGE
 from components.ops_data import build_data, prepare_model, prepare_videos, video_fingerprint
@@ -20,6 +21,7 @@ from components.ops_registry import register_and_promote
 from components.ops_tracking import finish_tracking, start_tracking
 from components.ops_train import grpo, sft, train_step_gpus
 from pipelines.cluster import ClusterConfig, apply_common, apply_gpu
+from pipelines.param_aliases import canonical_params
 
 PIPELINE_NAME = "long-video-reasoning"
 
@@ -44,7 +46,7 @@ PARAM_DOCS: dict[str, str] = {
     "sft_lr": "SFT learning rate.",
     "sft_overrides": "SFT config overrides, key=value strings.",
     "run_grpo": "Run GRPO (after SFT when run_sft, else from the base model).",
-    "grpo_steps": "GRPO steps.",
+    "grpo_max_steps": "GRPO steps (was grpo_steps, still accepted with a deprecation note).",
     "grpo_lr": "GRPO learning rate (bf16: 1e-6 is the reference).",
     "grpo_group_size": "Rollouts per prompt (G).",
     "grpo_kl_coef": "KL loss coefficient.",
@@ -99,7 +101,7 @@ def build_pipeline(cluster: ClusterConfig | None = None) -> Any:
         sft_lr: float = 1e-5,
         sft_overrides: list = [],  # noqa: B006
         run_grpo: bool = True,
-        grpo_steps: int = 100,
+        grpo_max_steps: int = 100,
         grpo_lr: float = 1e-6,
         grpo_group_size: int = 8,
         grpo_kl_coef: float = 0.01,
@@ -156,7 +158,7 @@ def build_pipeline(cluster: ClusterConfig | None = None) -> Any:
                            shape=shape)  # fmt: skip
 
             def train_grpo(model: Any) -> Any:
-                return gpu(grpo(model=model, data=dataset, frames=frames, steps=grpo_steps, lr=grpo_lr,
+                return gpu(grpo(model=model, data=dataset, frames=frames, max_steps=grpo_max_steps, lr=grpo_lr,
                                 group_size=grpo_group_size, kl_coef=grpo_kl_coef, overrides=grpo_overrides,
                                 pod_gpus=shape.output, **common), cfg.train_gpus, cache=False, kind="train", shape=shape)  # fmt: skip
 
@@ -186,7 +188,19 @@ def build_pipeline(cluster: ClusterConfig | None = None) -> Any:
                 evaluate_and_promote(train_grpo(base_model_artifact).outputs["trained"])
 
     long_video_reasoning.__doc__ = pipeline_docstring()
-    return dsl.pipeline(name=PIPELINE_NAME, description=__doc__.split("\n\n")[0])(long_video_reasoning)
+    pipeline = dsl.pipeline(name=PIPELINE_NAME, description=__doc__.split("\n\n")[0])(long_video_reasoning)
+    pipeline.__class__ = AliasedPipeline  # same object and IR; its call also takes old spellings
+    return pipeline
+
+
+class AliasedPipeline(GraphComponent):
+    """The compiled pipeline, whose Python call (kfp.local) also takes a parameter's old spelling
+    (pipelines/param_aliases.py), with a deprecation note; the IR declares the new names only.
+    When both spellings are given the new one wins: run-local lays --param values over its demo
+    table, which may still use an old name."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return super().__call__(*args, **canonical_params(kwargs, self.component_spec.inputs, new_wins=True))
 
 
 def pipeline_docstring() -> str:

@@ -62,12 +62,20 @@ _PARSERS: dict[str, typing.Callable[[Any], bool]] = {
 
 def parse_params(items: list[str], declared: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """`k=v` strings -> typed values (YAML scalars/lists), checked against the declared types;
-    an unknown name or a wrong type is an error naming the parameter."""
+    an unknown name or a wrong type is an error naming the parameter. An old spelling
+    (pipelines/param_aliases.py) is taken under its new name, with a deprecation note."""
+    from pipelines.param_aliases import canonical_name
+
     out: dict[str, Any] = {}
+    given_as: dict[str, str] = {}
     for item in items:
         if "=" not in item:
             raise SubmitError(f"--param {item!r} is not name=value")
-        name, raw = item.split("=", 1)
+        given, raw = item.split("=", 1)
+        name = canonical_name(given, declared)
+        if given_as.setdefault(name, given) != given:
+            raise SubmitError(f"--param {given_as[name]} and --param {given} are the same parameter "
+                              f"({given_as[name] if name == given else given} is deprecated); give {name} once")  # fmt: skip
         if name not in declared:
             raise SubmitError(f"unknown pipeline parameter {name!r}; known: {', '.join(sorted(declared))}")
         kind = declared[name]["type"]

@@ -62,7 +62,7 @@ def test_knobs_map_to_real_config_keys():
     cfg = load_config(SFTConfig, None, entry[9:])
     assert (cfg.video.num_frames, cfg.lr, cfg.num_workers, cfg.launcher, cfg.use_gpu) == (8, 2e-5, 16, "ray", True)
     cfg.check()
-    grpo = train_launch.knob_overrides("grpo", {"frames": 16, "steps": 3, "lr": 1e-6, "group_size": 4, "kl_coef": 0.02})
+    grpo = train_launch.knob_overrides("grpo", {"frames": 16, "max_steps": 3, "lr": 1e-6, "group_size": 4, "kl_coef": 0.02})
     g = load_config(GRPOConfig, None, grpo)
     assert (g.video.sampling.num_frames, g.steps, g.optim.lr, g.rollout.group_size, g.algorithm.kl_coef) == (16, 3, 1e-6, 4, 0.02)
     with pytest.raises(StepError, match="no config key"):

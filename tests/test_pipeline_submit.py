@@ -175,7 +175,8 @@ def test_submit_end_to_end_through_kfp_client(scripted_server, compiled, monkeyp
     args = ["submit", "--host", server.url, "--namespace", "team-a", "--experiment", "exp1",
             "--package", str(path), "--param", "frames=32", "--param", "run_sft=false",
             "--param", "sft_overrides=[lr=2e-5, epochs=2]", "--param", "gate_min_margin=0",
-            "--param", "video_source=synth", "--service-account", "team-runner"]  # fmt: skip
+            "--param", "video_source=synth", "--param", "grpo_steps=7",  # the old spelling (16.9)
+            "--service-account", "team-runner"]  # fmt: skip
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     assert "run r-1 started" in res.output and TOKEN not in res.output
@@ -201,7 +202,7 @@ def test_submit_end_to_end_through_kfp_client(scripted_server, compiled, monkeyp
     assert run["pipeline_version_reference"] == {"pipeline_id": "p-1", "pipeline_version_id": "v-1"}
     assert run["runtime_config"]["parameters"] == {
         "frames": 32, "run_sft": False, "sft_overrides": ["lr=2e-5", "epochs=2"],
-        "gate_min_margin": 0.0, "video_source": "synth"}  # fmt: skip
+        "gate_min_margin": 0.0, "video_source": "synth", "grpo_max_steps": 7}  # fmt: skip
 
     # Second submission: the pipeline exists -> a new version; the experiment is reused.
     res = CliRunner().invoke(app, args)
@@ -217,7 +218,8 @@ def test_submit_rejects_bad_params_before_any_call(scripted_server, compiled):
     path, _ = compiled
     for bad, msg in ((["--param", "nope=1"], "unknown pipeline parameter 'nope'"),
                      (["--param", "frames=many"], "frames='many' is not a integer"),
-                     (["--param", "run_sft=maybe"], "is not a boolean")):  # fmt: skip
+                     (["--param", "run_sft=maybe"], "is not a boolean"),
+                     (["--param", "grpo_steps=2", "--param", "grpo_max_steps=3"], "are the same parameter")):  # fmt: skip
         res = CliRunner().invoke(app, ["submit", "--host", server.url, "--package", str(path), *bad])
         assert res.exit_code == 2 and msg in res.output, res.output
     assert server.requests == []
