@@ -100,11 +100,14 @@ def run_local(
     keep_server: bool = typer.Option(False, help="Leave the local MLflow server running at the end."),
     tracking_uri: str = typer.Option(None, "--tracking-uri", help="Log to this existing MLflow server instead of "
                                      "starting one (credentials from MLFLOW_TRACKING_USERNAME/PASSWORD)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Print every task's full output (kfp.local's log) "
+                                 "on the console too; by default it goes to OUT/pipeline.log and OUT/logs/TASK.log."),
 ) -> None:
     """Run the whole pipeline on this machine with kfp.local (subprocess runner), a local MLflow
     server and a tiny random Qwen2.5-VL on synthetic videos; prints the MLflow UI command, the
-    registered model version and the evaluation table at the end."""
+    registered model version and the evaluation table at the end. The console shows one line per
+    task; a failed task's last log lines and its log file; -v shows everything."""
     from pipelines.run_local import run_local as do_run
 
-    code = do_run(out, param or [], keep_server=keep_server, tracking_uri=tracking_uri)
+    code = do_run(out, param or [], keep_server=keep_server, tracking_uri=tracking_uri, verbose=verbose)
     raise typer.Exit(code)

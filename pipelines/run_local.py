@@ -13,6 +13,7 @@ Kubeflow's MLflow integration uses), so all stage runs nest under it.
 from __future__ import annotations
 
 import os
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -70,19 +71,23 @@ def _latest(root: Path, pattern: str) -> Path | None:
 
 
 def run_local(out: str | Path, param_items: list[str], keep_server: bool = False,
-              tracking_uri: str | None = None) -> int:  # fmt: skip
+              tracking_uri: str | None = None, verbose: bool = False) -> int:  # fmt: skip
     """Run the pipeline; returns the process exit code (0: the pipeline succeeded). With
     `tracking_uri` the runs and the registered version go to that existing MLflow server
-    (credentials from MLFLOW_TRACKING_USERNAME/PASSWORD or _TOKEN) instead of a local one."""
+    (credentials from MLFLOW_TRACKING_USERNAME/PASSWORD or _TOKEN) instead of a local one.
+    The console gets one line per task; the full output is in OUT/pipeline.log and each task's in
+    OUT/logs/TASK.log (`verbose`: the full output on the console too)."""
     from kfp import local
     from rich.console import Console
 
     from common import tracking
+    from pipelines.local_log import TaskConsole, plain
     from pipelines.local_mlflow import start_mlflow_server, stop_mlflow_server
     from pipelines.long_video_reasoning import build_pipeline
     from pipelines.submit import parse_params
 
-    console = Console()
+    # The stream of now, not sys.stdout at print time: TaskConsole swaps sys.stdout for its router.
+    console = Console(file=sys.stdout)
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     from pipelines.cluster import ClusterConfig
@@ -113,11 +118,13 @@ def run_local(out: str | Path, param_items: list[str], keep_server: bool = False
         os.environ["MLFLOW_RUN_ID"] = parent or ""
         local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(out / "kfp"),
                    raise_on_error=True)  # fmt: skip
-        console.print(f"running pipeline long-video-reasoning locally (MLflow {uri}, parent run {parent})")
-        pipeline(**params)
+        console.print(f"running pipeline long-video-reasoning locally (MLflow {uri}, parent run {parent}); "
+                      f"full log: {out / 'pipeline.log'}", soft_wrap=True)  # fmt: skip
+        with TaskConsole(out, console, verbose=verbose):
+            pipeline(**params)
         status = "FINISHED"
     except Exception as exc:
-        console.print(f"[red]pipeline failed:[/red] {type(exc).__name__}: {exc}")
+        console.print(f"[red]pipeline failed:[/red] {type(exc).__name__}: {plain(str(exc))}", soft_wrap=True)
     finally:
         os.environ.pop("MLFLOW_RUN_ID", None)
         tracking.end_pipeline_run(parent, status)
@@ -151,7 +158,10 @@ def _print_results(console: Any, out: Path, model_name: str, uri: str, seconds: 
     kfp_root = out / "kfp"
     report = _latest(kfp_root, "*/evaluate-models*/report")
     decision = _latest(kfp_root, "*/register-and-promote*/decision")
-    rows = [r for r in registry.describe(model_name)]
+    try:
+        rows = registry.describe(model_name)
+    except Exception:  # noqa: BLE001 - nothing registered (e.g. run_sft=false run_grpo=false): no row
+        rows = []
     console.rule("long-video-reasoning: local run finished")
     console.print(f"wall time {seconds / 60:.1f} min; everything is under {out}")
     if report is not None:
