@@ -11,6 +11,17 @@ examples; rates are totals over the epoch. Configurations run in fresh processes
 memory), interleaved `--repeat` times; the best repeat counts (the host is shared).
 
     .venv/bin/python bench/bench_sft.py [--batch 4] [--threads 1] [--repeat 2] [--model DIR]
+
+`--prefetch` measures instead the video prefetch (`video.prefetch_workers`, training/sft/prefetch.py)
+against the plain path it replaces (videos decoded inside the step), at a realistic source size:
+H.264 (1 s GOP) files of `--size` (640x360) and `--seconds`, `--frames` (32) frames per example.
+Both modes train the same step sequence in one process, interleaved in `--repeat` rounds of
+`--block` steps (order rotated each round) with fixed torch threads; a block's first step is not
+timed (in both modes it decodes its own videos: a mode's prefetch never runs into another's block).
+Prints min / median step seconds, the step's wait for videos, CPU seconds, the ratio, and checks
+that both modes gave the same losses. `--fail-below R`: exit 1 when the median ratio is below R.
+
+    .venv/bin/python bench/bench_sft.py --prefetch [--frames 32] [--size 640x360] [--repeat 3] [--block 4]
 """
 
 from __future__ import annotations
@@ -89,12 +100,110 @@ def param_count(model_dir: Path) -> int:
     return total
 
 
+def make_video_data(root: Path, size: str, seconds: float, fps: int) -> Path:
+    """Synthetic examples over H.264 videos at a real source size (decoding them costs what a
+    downloaded video's decoding costs: same codec family, GOP, pixels)."""
+    import datasets
+
+    from data_gen.schema import features
+    from data_gen.synth import SynthConfig, generate, load_synth_questions
+
+    w, h = (int(v) for v in size.split("x"))
+    generate(SynthConfig(videos=4, minutes=seconds / 60, fps=fps, width=w, height=h, codec="h264",
+                         num_slots=6, questions_per_video=6, seed=0), root / "synth", progress=False)
+    records = load_synth_questions(root / "synth")
+    datasets.Dataset.from_list([r.to_dict() for r in records], features=features()).save_to_disk(str(root / "data" / "sft"))
+    return root / "data"
+
+
+def prefetch_bench(args, model_dir: Path, root: Path) -> int:
+    """Step seconds with vs without the video prefetch; returns the exit code."""
+    import time
+
+    import torch
+
+    from common.config import load_config
+    from training.distributed import DistContext
+    from training.sft.config import SFTConfig
+    from training.sft.trainer import SFTTrainer
+
+    torch.set_num_threads(args.threads)
+    data = make_video_data(root, args.size, args.seconds, args.fps)
+    modes = {"no prefetch": 0, "prefetch": args.workers}
+    trainers = {}
+    for i, (name, workers) in enumerate(modes.items()):
+        cfg = load_config(SFTConfig, None, [
+            f"video.num_frames={args.frames}", f"video.max_pixels={args.max_pixels}", "video.min_pixels=3136",
+            f"video.prefetch_workers={workers}", "progress=false", "mlflow_log_model=false", "max_bad_fraction=0",
+            f"micro_batch_size={args.batch}", "epochs=1000", "lr=0.0001", "warmup_steps=1", "save_every=0",
+            f"cpus_per_worker={args.threads}", "scan_decode=false"])
+        trainers[name] = SFTTrainer(cfg, model_dir, data, root / f"prefetch-out{i}", DistContext())
+    pos = dict.fromkeys(modes, 0)
+    losses: dict[str, list[float]] = {m: [] for m in modes}
+    times: dict[str, list[tuple[float, float, float]]] = {m: [] for m in modes}  # wall, cpu, video wait
+
+    def step(name: str, ahead: bool) -> tuple[float, float, float]:
+        tr, i = trainers[name], pos[name]
+        t0, c0 = time.perf_counter(), time.process_time()
+        m = tr.train_step(tr.keys_at(0, i), i, tr.keys_at(0, i + 1) if ahead else None)
+        pos[name] += 1
+        losses[name].append(m["loss"])
+        return time.perf_counter() - t0, time.process_time() - c0, m["video_load_s"]
+
+    names = list(modes)
+    for name in names:  # warm-up (allocator, first decodes)
+        step(name, ahead=False)
+    for r in range(args.repeat):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            for b in range(args.block):
+                # the block's last step asks nothing ahead: no decode runs into the next block
+                t = step(name, ahead=b < args.block - 1)
+                if b > 0:  # the first step decodes its own videos in both modes
+                    times[name].append(t)
+            trainers[name].prefetch.drop()
+    for tr in trainers.values():
+        tr.prefetch.close()
+    same = losses[names[0]] == losses[names[1]]
+    v = trainers[names[0]].cfg.video
+    print(f"\nSFT step, video prefetch: {args.size} H.264 (1 s GOP) sources, {args.frames} frames per example "
+          f"(max_pixels {v.max_pixels}), micro-batch {args.batch}, {args.threads} torch thread(s), "
+          f"{args.workers} prefetch workers; {args.repeat} rounds x {args.block - 1} timed steps per mode; "
+          f"load average {os.getloadavg()[0]:.1f}")
+    head = f"{'mode':<14}{'step s min':>11}{'median':>9}{'video wait s':>14}{'CPU s':>8}"
+    print(head)
+    print("-" * len(head))
+    med: dict[str, float] = {}
+    for name in names:
+        wall = [t[0] for t in times[name]]
+        med[name] = statistics.median(wall)
+        print(f"{name:<14}{min(wall):>11.2f}{med[name]:>9.2f}{statistics.median(t[2] for t in times[name]):>14.2f}"
+              f"{statistics.median(t[1] for t in times[name]):>8.2f}")
+    ratio = med["no prefetch"] / med["prefetch"]
+    ratio_min = min(t[0] for t in times["no prefetch"]) / min(t[0] for t in times["prefetch"])
+    print(f"no prefetch / prefetch: {ratio:.2f}x median, {ratio_min:.2f}x min; losses identical: {'yes' if same else 'NO'}")
+    print("video wait: seconds the step spent getting its videos (decoding them, or waiting for the prefetch); "
+          "CPU s: the process's CPU seconds per step (all threads)")
+    failed = not same or (args.fail_below and ratio < args.fail_below)
+    if failed:
+        print("regression check: FAILED" + ("" if same else " (losses differ)"))
+    return 1 if failed else 0
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch", type=int, default=4, help="micro-batch size (one worker)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--repeat", type=int, default=2, help="interleaved repeats; the fastest counts")
     p.add_argument("--model", type=Path, default=None, help="model folder (default: a small random Qwen2.5-VL)")
+    p.add_argument("--prefetch", action="store_true", help="time the video prefetch against in-step decoding")
+    p.add_argument("--frames", type=int, default=32, help="--prefetch: frames per example")
+    p.add_argument("--size", default="640x360", help="--prefetch: source video size")
+    p.add_argument("--seconds", type=float, default=30.0, help="--prefetch: source video length")
+    p.add_argument("--fps", type=int, default=30, help="--prefetch: source frame rate")
+    p.add_argument("--max-pixels", type=int, default=25088, help="--prefetch: model frame pixel budget")
+    p.add_argument("--block", type=int, default=4, help="--prefetch: steps per mode per round")
+    p.add_argument("--workers", type=int, default=2, help="--prefetch: video.prefetch_workers")
+    p.add_argument("--fail-below", type=float, default=0.0, help="--prefetch: exit 1 below this median ratio")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one config
     p.add_argument("--root", type=Path, default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -114,6 +223,8 @@ def main() -> None:
             hidden_size=512, intermediate_size=1536, num_layers=4, num_heads=8, num_kv_heads=2,
             vision_depth=2, vision_hidden_size=64, vision_intermediate_size=128, vision_num_heads=2,
             vision_fullatt_blocks=[1]))
+        if args.prefetch:
+            sys.exit(prefetch_bench(args, model_dir, root))
         make_data(root)
         best: dict[str, dict] = {}
         for _ in range(args.repeat):

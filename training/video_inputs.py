@@ -134,32 +134,52 @@ class DecodedVideo:
 
 # probe_video decodes a file's index and its first and last frames: once per file version is
 # enough (planned_grid, then every load of the same video). Keyed by path, size and mtime so a
-# changed file is probed again; failures are not kept (the caller records them).
+# changed file is probed again; failures are not kept (the caller records them). Threads asking
+# for the same file at once (the SFT scan, prefetch workers) wait for one probe, not one each.
 _PROBES: OrderedDict[tuple[str, int, int], VideoInfo] = OrderedDict()
 _PROBES_MAX = 200_000
 _PROBES_LOCK = threading.Lock()
+_PROBING: dict[tuple[str, int, int], threading.Lock] = {}  # file version -> its probe in flight
 probe_stats = {"probes": 0, "hits": 0}
 
 
+def _probed(key: tuple[str, int, int]) -> VideoInfo | None:
+    """The stored probe of `key` (counted as a hit), or None; call with _PROBES_LOCK held."""
+    info = _PROBES.get(key)
+    if info is not None:
+        _PROBES.move_to_end(key)
+        probe_stats["hits"] += 1
+    return info
+
+
 def probe_once(path: str | Path) -> VideoInfo:
-    """data_gen.video_io.probe_video, memoised per file version (thread-safe)."""
+    """data_gen.video_io.probe_video, memoised per file version (thread-safe, one probe at a
+    time per file version)."""
     try:
         st = os.stat(path)
     except OSError:
         return probe_video(path)  # its own error for a missing/unreadable file
     key = (os.fspath(path), st.st_size, st.st_mtime_ns)
     with _PROBES_LOCK:
-        info = _PROBES.get(key)
-        if info is not None:
-            _PROBES.move_to_end(key)
-            probe_stats["hits"] += 1
+        if (info := _probed(key)) is not None:
             return info
-    info = probe_video(path)
-    with _PROBES_LOCK:
-        probe_stats["probes"] += 1
-        _PROBES[key] = info
-        while len(_PROBES) > _PROBES_MAX:
-            _PROBES.popitem(last=False)
+        flight = _PROBING.setdefault(key, threading.Lock())
+    with flight:
+        with _PROBES_LOCK:
+            if (info := _probed(key)) is not None:
+                return info  # another thread probed it while this one waited
+        try:
+            info = probe_video(path)
+        except BaseException:
+            with _PROBES_LOCK:
+                _PROBING.pop(key, None)  # not kept: the next caller probes (and fails) itself
+            raise
+        with _PROBES_LOCK:
+            probe_stats["probes"] += 1
+            _PROBES[key] = info
+            _PROBING.pop(key, None)  # with the result stored: a later caller finds it
+            while len(_PROBES) > _PROBES_MAX:
+                _PROBES.popitem(last=False)
     return info
 
 

@@ -1,4 +1,4 @@
-"""SFT configuration: one flat dataclass (plus the video sampling), every field documented.
+"""SFT configuration: one flat dataclass (plus the video section), every field documented.
 
 Loaded with common.config.load_config (defaults -> YAML -> key=value overrides) and saved as
 OUT/config.yaml. Defaults suit a real run on GPUs; tests override the sizes.
@@ -6,7 +6,7 @@ OUT/config.yaml. Defaults suit a real run on GPUs; tests override the sizes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 from training.prompts import SYSTEM_PROMPT
@@ -36,6 +36,19 @@ def video_sampling_problems(v: VideoSampling, prefix: str = "video.") -> list[st
     if v.min_pixels > 0 and v.max_pixels > 0 and v.max_pixels < v.min_pixels:
         problems.append(f"{prefix}max_pixels ({v.max_pixels}) is below {prefix}min_pixels ({v.min_pixels})")
     return problems
+
+
+@dataclass
+class SFTVideo(VideoSampling):
+    """Frames and pixel budget (the VideoSampling fields: video.num_frames, video.fps,
+    video.max_pixels, ... - the same keys as GRPO's `video`), then how videos reach the step."""
+
+    prefetch_workers: int = 2  # threads decoding the next step's videos during this step (0: off; as GRPO's)
+
+    @property
+    def sampling(self) -> VideoSampling:
+        """The frame sampling alone (what the loaders and the scan's cache key take)."""
+        return VideoSampling(**{f.name: getattr(self, f.name) for f in fields(VideoSampling)})
 
 
 def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -74,13 +87,13 @@ class SFTConfig:
     RESUMABLE: ClassVar[tuple[str, ...]] = (
         "max_steps", "epochs", "save_every", "keep_last", "save_dtype", "resume", "eval_every",
         "eval_max_examples", "eval_generate", "max_new_tokens", "log_every", "progress",
-        "mlflow_log_model", "scan_threads")
+        "mlflow_log_model", "scan_threads", "video.prefetch_workers")
 
     # -- data -------------------------------------------------------------------------------
     split: str = "sft"  # split read from --data (datasets folder, .parquet, .jsonl or a synth folder)
     video_root: str = ""  # relative video paths resolve here; empty: the --data folder
     max_examples: int = 0  # use at most this many records (0: all)
-    video: VideoSampling = field(default_factory=VideoSampling)  # frames / fps / pixel budget per video
+    video: SFTVideo = field(default_factory=SFTVideo)  # frames / fps / pixel budget per video, prefetch
     use_record_frames: bool = False  # a record's own num_frames / sample_fps override `video`
     system_prompt: str = SYSTEM_PROMPT  # asks for <think>...</think> then <answer>...</answer>
     max_seq_len: int = 8192  # prompt (video tokens included) + response; longer examples are skipped
@@ -165,6 +178,8 @@ class SFTConfig:
                 raise ValueError(f"{name} must be >= 0 (0: {'no limit' if name.startswith('max') else 'off'}), "
                                  f"got {getattr(self, name)}")
         problems = video_sampling_problems(self.video, "video.")
+        if self.video.prefetch_workers < 0:
+            problems.append(f"video.prefetch_workers must be >= 0 (0: off), got {self.video.prefetch_workers}")
         if problems:
             raise ValueError("; ".join(problems))
         return self

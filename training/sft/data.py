@@ -72,13 +72,14 @@ class BadExample:
 
 def sampling_for(record: QARecord, cfg: SFTConfig) -> VideoSampling:
     """The configured sampling, or the record's own frame spec when `use_record_frames`."""
+    sampling = cfg.video.sampling
     if not cfg.use_record_frames:
-        return cfg.video
+        return sampling
     if record.num_frames > 0:
-        return replace(cfg.video, num_frames=record.num_frames, fps=0.0)
+        return replace(sampling, num_frames=record.num_frames, fps=0.0)
     if record.sample_fps > 0:
-        return replace(cfg.video, fps=record.sample_fps)
-    return cfg.video
+        return replace(sampling, fps=record.sample_fps)
+    return sampling
 
 
 def clip_span(record: QARecord) -> tuple[float, float | None]:
@@ -148,7 +149,7 @@ def scan_key(records: list[QARecord], cfg: SFTConfig, spec: VisionSpec, tokenize
     for r in records:
         h.update(json.dumps([r.id, r.video_path, r.video_digest, r.answer, r.reasoning, r.question,
                              r.options, r.clip_start_s, r.clip_end_s, r.num_frames, r.sample_fps]).encode())
-    h.update(json.dumps([asdict(cfg.video), cfg.use_record_frames, cfg.system_prompt, cfg.max_seq_len,
+    h.update(json.dumps([asdict(cfg.video.sampling), cfg.use_record_frames, cfg.system_prompt, cfg.max_seq_len,
                          cfg.require_reasoning, cfg.scan_decode, asdict(spec), len(tokenizer),
                          tokenizer.name_or_path]).encode())
     return h.hexdigest()
@@ -179,7 +180,8 @@ def bad_from_scan(entries: list[ScanEntry]) -> list[BadExample]:
 def check_bad_share(bad: list[BadExample], total: int, max_fraction: float) -> None:
     """Raise SFTDataError when more than `max_fraction` of `total` examples are bad."""
     if total and len(bad) / total > max_fraction:
-        shown = "; ".join(f"{b.id}: {b.reason}" for b in bad[:5])
+        shown = "; ".join(f"{b.id} ({b.video_path}): {b.reason}" if b.video_path else f"{b.id}: {b.reason}"
+                          for b in bad[:5])
         raise SFTDataError(
             f"{len(bad)} of {total} examples are bad ({len(bad) / total:.1%} > max_bad_fraction "
             f"{max_fraction:.1%}); first: {shown}. See {SKIPPED_FILE} in the output folder."
@@ -203,10 +205,17 @@ class LoadedExample:
     video: VideoPatches
 
 
-def load_example(record: QARecord, entry: ScanEntry, tokenizer, spec: VisionSpec, cfg: SFTConfig) -> LoadedExample:
-    """Decode the video and tokenise; VideoError when the video fails or no longer matches the
-    scan (a file changed under the run)."""
-    video = load_patches(record, cfg, spec) if record.has_video else no_video()
+def load_video(record: QARecord, cfg: SFTConfig, spec: VisionSpec) -> VideoPatches:
+    """The example's video input (what the step decodes, or a prefetch worker ahead of it)."""
+    return load_patches(record, cfg, spec) if record.has_video else no_video()
+
+
+def load_example(record: QARecord, entry: ScanEntry, tokenizer, spec: VisionSpec, cfg: SFTConfig,
+                 video: VideoPatches | None = None) -> LoadedExample:
+    """Decode the video (unless `video` was decoded ahead) and tokenise; VideoError when the
+    video fails or no longer matches the scan (a file changed under the run)."""
+    if video is None:
+        video = load_video(record, cfg, spec)
     if video.num_tokens != entry.video_tokens:
         raise VideoError(record.video_path, f"now gives {video.num_tokens} video tokens, the scan found "
                                             f"{entry.video_tokens} (the file changed during the run)")

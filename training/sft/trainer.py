@@ -1,9 +1,10 @@
 """The SFT loop, run by every worker (one process by default; Ray Train workers with FSDP2).
 
     load records -> scan (lengths, bad examples) -> model (frozen vision, checkpointing, FSDP2)
-    -> AdamW + warm-up/cosine -> resume -> for each step: decode this worker's micro-batches,
-    forward/backward each with loss scaled by the global response-token count, clip, step
-    -> metrics, checkpoints, evaluation -> final HF folder, loss curve, summary.
+    -> AdamW + warm-up/cosine -> resume -> for each step: decode this worker's micro-batches
+    (decoded during the previous step by the prefetch threads), forward/backward each with loss
+    scaled by the global response-token count, clip, step -> metrics, checkpoints, evaluation
+    -> final HF folder, loss curve, summary.
 """
 
 from __future__ import annotations
@@ -51,13 +52,15 @@ from training.sft.data import (
     bad_from_scan,
     check_bad_share,
     load_example,
+    load_video,
     scan_all,
     scan_records,
     write_skipped,
 )
 from training.sft.evaluate import EvalSet, evaluate
+from training.sft.prefetch import Prefetcher
 from training.sft.step import forward_backward, make_batch
-from training.video_inputs import VisionSpec
+from training.video_inputs import VideoPatches, VisionSpec
 
 
 def _rejected_id(message: str) -> str:
@@ -77,6 +80,9 @@ class SFTTrainer:
         self.spec = VisionSpec.from_model_dir(self.model_dir)
         self.bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and ctx.device.type == "cuda")
         self._load_data()
+        # the next step's videos, decoded while this step computes (training.sft.prefetch)
+        self.prefetch: Prefetcher[int, VideoPatches] = Prefetcher(
+            cfg.video.prefetch_workers, lambda k: load_video(self.records[k], self.cfg, self.spec))
         self.resume_dir = self._resume_dir()
         self.runner = self._build_model()
         self.optimizer = build_adamw(self.runner, cfg.lr, cfg.weight_decay, (cfg.adam_beta1, cfg.adam_beta2), cfg.adam_eps)
@@ -116,7 +122,7 @@ class SFTTrainer:
         if cfg.max_steps:
             self.total_steps = min(self.total_steps, cfg.max_steps)
         self.eval_set = self._eval_set(holdout)
-        self._plan_cache: tuple[int, list[list[int]]] | None = None
+        self._plan_cache: dict[int, list[list[int]]] = {}
 
     def _eval_set(self, holdout: list[int]) -> EvalSet | None:
         cfg = self.cfg
@@ -135,11 +141,17 @@ class SFTTrainer:
         return EvalSet(records, examples) if examples else None
 
     def _plan(self, epoch: int) -> list[list[int]]:
-        if self._plan_cache is None or self._plan_cache[0] != epoch:
-            batches = epoch_batches(self.lengths, self.cfg.global_batch, epoch, self.cfg.seed,
-                                    self.cfg.length_grouping, self.cfg.length_group_batches)
-            self._plan_cache = (epoch, batches)
-        return self._plan_cache[1]
+        if epoch not in self._plan_cache:
+            # this epoch and the next are kept: the prefetch looks one step ahead across the end
+            self._plan_cache = {e: b for e, b in self._plan_cache.items() if e == epoch - 1}
+            self._plan_cache[epoch] = epoch_batches(self.lengths, self.cfg.global_batch, epoch, self.cfg.seed,
+                                                    self.cfg.length_grouping, self.cfg.length_group_batches)
+        return self._plan_cache[epoch]
+
+    def keys_at(self, epoch: int, batch_in_epoch: int) -> list[int]:
+        """The global batch at (epoch, batch_in_epoch), wrapping into the next epoch."""
+        epoch, pos = epoch + batch_in_epoch // self.per_epoch, batch_in_epoch % self.per_epoch
+        return self._plan(epoch)[pos]
 
     # -- model ------------------------------------------------------------------------------
     def _resume_dir(self) -> Path | None:
@@ -178,17 +190,22 @@ class SFTTrainer:
         return runner
 
     # -- one optimizer step -----------------------------------------------------------------
-    def _load_micro_batches(self, keys: list[int], step: int) -> tuple[list[list], list[BadExample]]:
+    def _my_keys(self, keys: list[int]) -> list[list[int]]:
         cfg, ctx = self.cfg, self.ctx
+        return micro_batches(keys, self.lengths, cfg.micro_batch_size, ctx.world_size, ctx.rank)
+
+    def _load_micro_batches(self, keys: list[int], step: int) -> tuple[list[list], list[BadExample]]:
+        cfg = self.cfg
         micros, bad = [], []
-        for mk in micro_batches(keys, self.lengths, cfg.micro_batch_size, ctx.world_size, ctx.rank):
+        for mk in self._my_keys(keys):
             rows = []
             for k in mk:
                 rec, entry = self.records[k], self.entries[k]
                 if rec.id in self.bad_ids:
                     continue
                 try:
-                    rows.append(load_example(rec, entry, self.tokenizer, self.spec, cfg))
+                    video = self.prefetch.take(k) if rec.has_video else None  # None: decode it here
+                    rows.append(load_example(rec, entry, self.tokenizer, self.spec, cfg, video))
                 except VideoError as exc:
                     bad.append(BadExample(rec.id, rec.video_path, f"video: {exc.reason}", "train", step))
             micros.append(rows)
@@ -206,10 +223,16 @@ class SFTTrainer:
                                f"see {self.out / 'skipped.jsonl'}")
         return [(m, 1.0) if m else (alive[0][:1], 0.0) for m in micros]
 
-    def train_step(self, keys: list[int], step: int) -> dict[str, Any]:
+    def train_step(self, keys: list[int], step: int, ahead: list[int] | None = None) -> dict[str, Any]:
+        """One optimizer step on the global batch `keys`; `ahead` (the next step's global batch)
+        has its videos decoded in the background while this step computes."""
         cfg, ctx = self.cfg, self.ctx
         t0 = time.perf_counter()
         micros, bad = self._load_micro_batches(keys, step)
+        load_s = time.perf_counter() - t0
+        if ahead is not None:
+            self.prefetch.ahead(k for mk in self._my_keys(ahead) for k in mk
+                                if self.records[k].has_video and self.records[k].id not in self.bad_ids)
         local_tokens = sum(r.entry.loss_tokens for m in micros for r in m)
         gathered = all_gather_objects((local_tokens, bad), ctx)
         loss_tokens = sum(t for t, _ in gathered)
@@ -245,7 +268,7 @@ class SFTTrainer:
         return {
             "loss": nll / loss_tokens if loss_tokens else float("nan"), "lr": lr, "grad_norm": grad_norm,
             "tokens_per_s": real / dt, "frames_per_s": frames / dt,
-            "pad_fraction": 1.0 - real / padded if padded else 0.0, "step_time_s": dt,
+            "pad_fraction": 1.0 - real / padded if padded else 0.0, "step_time_s": dt, "video_load_s": load_s,
             "examples": int(examples), "loss_tokens": int(loss_tokens),
             "peak_mem_gb": M.peak_memory_gb(ctx.device), "bad_examples": len(self.scan_bad) + len(self.train_bad),
             "skipped_update": not math.isfinite(grad_norm),
@@ -279,8 +302,10 @@ class SFTTrainer:
             log = M.SFTMetrics(self.out, run, self.total_steps, state.step, ctx.is_main, cfg.progress)
             try:
                 while state.step < self.total_steps:
-                    keys = self._plan(state.epoch)[state.batch_in_epoch]
-                    metrics = self.train_step(keys, state.step)
+                    keys = self.keys_at(state.epoch, state.batch_in_epoch)
+                    ahead = (self.keys_at(state.epoch, state.batch_in_epoch + 1)
+                             if state.step + 1 < self.total_steps else None)
+                    metrics = self.train_step(keys, state.step, ahead)
                     state.step += 1
                     state.batch_in_epoch += 1
                     if state.batch_in_epoch >= self.per_epoch:
@@ -296,6 +321,7 @@ class SFTTrainer:
                     if cfg.save_every and (state.step % cfg.save_every == 0 or last):
                         self._checkpoint()
             finally:
+                self.prefetch.close()  # no decode thread outlives the loop (error, Ctrl-C, end)
                 log.close()
             return self._finish(run)
 
@@ -313,7 +339,7 @@ class SFTTrainer:
             "model": str(model_dir), "examples_used": len(self.lengths), "examples_total": self.n_total,
             "examples_skipped": len(bad), "skipped_report": str(skipped), "world_size": ctx.world_size,
             "resumed_from": str(self.resume_dir or ""), "loss_curve": str(curve or ""),
-            "total_steps": self.total_steps,
+            "total_steps": self.total_steps, "video_prefetch": dict(self.prefetch.stats),
         })
         (self.out / "summary.json").write_text(json.dumps(summary, indent=1))
         if run.active:
