@@ -1,6 +1,7 @@
 """The pipeline's evaluation: the new model, the base model and the current champion on the same
 benchmarks with the same settings (`longrl eval` each), then one comparison: scores, deltas and
-paired tests (eval.compare), written as JSON and a Markdown table."""
+paired tests (eval.compare), written as JSON, a Markdown table and a plot of the candidate against
+the base model and the champion (comparison.png, also on the pipeline's MLflow run)."""
 
 from __future__ import annotations
 
@@ -116,6 +117,28 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot_comparison(result: dict[str, Any], work: Path, mlflow_tracking_uri: str = "",
+                    mlflow_parent_run_id: str = "") -> Path | None:  # fmt: skip
+    """work/comparison.png: candidate, base and champion (when evaluated) per benchmark, and
+    candidate - base / candidate - champion with their 95 % intervals and p (eval.compare_plot);
+    logged to the pipeline's MLflow run as eval/comparison.png. None when nothing was compared
+    (the candidate's evaluation failed). A failed upload is said, not raised: the plot is a view
+    of comparison.json, which decides the gate."""
+    from eval.compare_plot import plot_roles
+
+    path = plot_roles(result["paired"], work / "comparison.png")
+    if path is None:
+        return None
+    if mlflow_tracking_uri and mlflow_parent_run_id:
+        try:
+            from mlflow import MlflowClient
+
+            MlflowClient(tracking_uri=mlflow_tracking_uri).log_artifact(mlflow_parent_run_id, str(path), "eval")
+        except Exception as exc:  # noqa: BLE001 - see above
+            print(f"comparison plot not logged to MLflow: {type(exc).__name__}: {exc}", flush=True)
+    return path
+
+
 def settings_digest(names: list[str], frames: int, limit: int, overrides: list[str]) -> str:
     """What makes two evaluations comparable: benchmarks (output names) and settings. Stored on
     each registered version, so the gate can tell whether a champion's recorded score was measured
@@ -145,5 +168,7 @@ def evaluate_all(models: dict[str, Path], data: Path, work: Path, benchmarks: st
     result = compare(outs, names, max_error_rate)
     result["champion_uri"] = champion_uri
     result["settings_digest"] = settings_digest(names, frames, limit, overrides)
+    plot = plot_comparison(result, work, mlflow_tracking_uri, mlflow_parent_run_id)
+    result["plot"] = plot.name if plot is not None else ""
     (work / "comparison.json").write_text(json.dumps(result, indent=1))
     return result

@@ -167,6 +167,9 @@ def _print_results(console: Any, out: Path, model_name: str, uri: str, seconds: 
     if report is not None:
         console.print("[bold]evaluation (candidate vs base vs champion):[/bold]")
         console.print(Markdown(report.read_text()))
+    plot = _latest(kfp_root, "*/evaluate-models*/comparison/comparison.png")
+    if plot is not None:
+        console.print(f"plot (candidate vs base and champion, 95 % intervals): {plot}", soft_wrap=True)
     if decision is not None:
         console.print(Markdown(decision.read_text()))
     if rows:
