@@ -84,8 +84,12 @@ class EvalConfig:
         )
 
     def check(self) -> None:
-        if not self.model or not self.data or not self.out:
+        if not self.model or not self.out:
             raise ValueError("model, data and out are required")
+        needing = [b for b in self.benchmarks if get_task(b).needs_data]
+        if not self.data and needing:
+            raise ValueError(f"data is required (benchmark {', '.join(needing)} reads its files from --data)")
+        check_modalities(self)
         if self.frames <= 0 and self.fps <= 0:
             raise ValueError("give frames > 0 or fps > 0")
         if self.prompt_style not in ("auto", "benchmark", "reasoning", "lmms"):
@@ -123,6 +127,30 @@ class EvalConfig:
                 "--overwrite with --shard would discard the other shards' predictions: start "
                 "a fresh sharded run in another --out (or run --overwrite once without --shard)"
             )
+
+
+def check_modalities(cfg: EvalConfig) -> None:
+    """A video benchmark asked of a text-only model folder is refused in one line (a text
+    benchmark runs on any model: vision-language models answer it without a video)."""
+    if cfg.engine not in ("hf", "vllm") or not cfg.model:
+        return  # a served model: the endpoint knows what it takes
+    from training.models import FAMILIES, model_type_of
+
+    try:
+        family = FAMILIES.get(model_type_of(cfg.model) or "")
+    except (OSError, ValueError):  # an unreadable config.json: the folder check names it
+        return
+    if family is None or family.has_vision:
+        return
+    video = [b for b in cfg.benchmarks if get_task(b).modality == "video"]
+    if video:
+        from eval.task import list_tasks
+
+        text = ", ".join(t.name for t in list_tasks() if t.modality == "text")
+        raise ValueError(
+            f"benchmark {', '.join(video)} needs video input, but {cfg.model} is a text-only "
+            f"{family.title} model (model_type {family.model_type}); text benchmarks: {text}"
+        )
 
 
 def benchmark_dir_name(task: TaskSpec, subtitles: bool) -> str:
@@ -197,6 +225,10 @@ def run_settings(
         "dtype": resolved_dtype(cfg),  # "auto" would let a CPU fp32 and a GPU bf16 run mix
         "numeric_rel_tol": cfg.numeric_rel_tol,
     }
+    if task.modality == "text":  # no video: frame and pixel settings change nothing
+        for key in ("frames", "fps", "min_frames", "max_frames", "min_pixels", "max_pixels",
+                    "total_pixels", "subtitles"):
+            del settings[key]
     # only when set: folders written before these options existed resume unchanged
     if cfg.top_p != 1.0:
         settings["top_p"] = cfg.top_p

@@ -18,8 +18,10 @@ letter), number parsing and the numeric tolerance - is `common.answers`' and doc
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 from common.answers import (
     OPTION_LETTERS,
@@ -32,6 +34,12 @@ from common.answers import (
     strip_think,
 )
 from common.answers import numbers_match as numbers_match  # the graders' numeric comparison
+from common.math_answers import (
+    boxed_content,
+    exact_value,
+    format_value,
+    math_equal,
+)
 
 
 @dataclass
@@ -121,6 +129,125 @@ def free_text(text: str, ctx: FilterContext) -> Extraction:
     return Extraction(s, "text", text) if s else Extraction(None, "empty", text)
 
 
+# -- math word problems (GSM8K, MATH): exact answers ------------------------------------------
+# A number as math solutions write it: "-3", "1,250", "$18.50", "0.5", ".5"
+_MATH_NUMBER = re.compile(r"(?<![\w.])-?\$?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|(?<![\w.])-?\.\d+")
+_HASH_ANSWER = re.compile(r"####\s*(\S+)")
+_ANSWER_IS = re.compile(r"(?:final answer|the answer|answer)\s*(?:is|:)\s*:?\s*", re.I)
+_HOPE = re.compile(r"\.?\s*I hope it is correct\.?\s*$", re.I)
+
+
+def _number_value(text: str) -> Fraction | None:
+    """The exact value of one number as written ("1,250", "$18", "3.50")."""
+    return exact_value(text.replace("$", ""))
+
+
+def last_number_in(text: str) -> str | None:
+    """The last number of `text` in canonical form ("1250", "3.5"), or None."""
+    for m in reversed(list(_MATH_NUMBER.finditer(text))):
+        value = _number_value(m.group(0))
+        if value is not None:
+            return format_value(value)
+    return None
+
+
+def _stated_answer(text: str) -> str | None:
+    """What follows the last "final answer is" / "the answer is" / "Answer:", to the end of its
+    line (Minerva's "Final Answer: The final answer is X. I hope it is correct." included)."""
+    found = list(_ANSWER_IS.finditer(text))
+    if not found:
+        return None
+    rest = text[found[-1].end() :].split("\n")[0]
+    rest = _HOPE.sub("", rest).strip().strip("$").strip().rstrip(".").strip()
+    return rest or None
+
+
+_LATEX_CMD = re.compile(r"\\[A-Za-z]+")
+_WORD = re.compile(r"\b[a-z]{2,}\b")
+
+
+def _is_prose(s: str) -> bool:
+    """Several words with a lowercase one ("so 0.5", "it is 3") rather than an answer ("x^2+1",
+    "\\frac{3}{4}", "odd", "(1, 2)")."""
+    bare = _LATEX_CMD.sub(" ", s)
+    return len(bare.split()) > 1 and bool(_WORD.search(bare))
+
+
+@extractor("boxed")
+def boxed(text: str, ctx: FilterContext) -> Extraction:
+    """The content of the last \\boxed{...} (nested braces kept), or unanswerable."""
+    del ctx
+    got = boxed_content(text)
+    return Extraction(got, "boxed", text) if got else Extraction(None, "no_boxed", text)
+
+
+@extractor("last_number")
+def last_number(text: str, ctx: FilterContext) -> Extraction:
+    """The last number in the text, canonical ("1,250" -> "1250", "$18.00" -> "18")
+    (lm-evaluation-harness' flexible extract)."""
+    del ctx
+    got = last_number_in(text)
+    return Extraction(got, "last_number", text) if got else Extraction(None, "no_number", text)
+
+
+@extractor("gsm8k_number")
+def gsm8k_number(text: str, ctx: FilterContext) -> Extraction:
+    """A GSM8K answer, canonical, by the first rule that reads one: `hash` ("#### 72", the
+    dataset's own format), `boxed` (the number in the last \\boxed{}), `answer_is` ("The
+    answer is $18."), `last_number`."""
+    del ctx
+    if found := _HASH_ANSWER.findall(text):
+        if (got := last_number_in(found[-1])) is not None:
+            return Extraction(got, "hash", text)
+    if (box := boxed_content(text)) is not None:
+        value = exact_value(box)
+        got = format_value(value) if value is not None else last_number_in(box)
+        if got is not None:
+            return Extraction(got, "boxed", text)
+    if (stated := _stated_answer(text)) is not None and (got := last_number_in(stated)) is not None:
+        return Extraction(got, "answer_is", text)
+    if (got := last_number_in(text)) is not None:
+        return Extraction(got, "last_number", text)
+    return Extraction(None, "no_number", text)
+
+
+@extractor("math_answer")
+def math_answer(text: str, ctx: FilterContext) -> Extraction:
+    """A MATH answer as written (graded by `math_equiv`): `boxed` (the last \\boxed{}),
+    `final_answer` ("The final answer is $\\frac{3}{4}$."), `whole` (a short one-line reply, as
+    an <answer> span is), `last_number`."""
+    del ctx
+    if (box := boxed_content(text)) is not None:
+        return Extraction(box, "boxed", text)
+    if (stated := _stated_answer(text)) is not None:
+        return Extraction(stated, "final_answer", text)
+    s = text.strip().strip("$").strip()
+    if s and "\n" not in s and len(s) <= 40 and not _is_prose(s):
+        return Extraction(s, "whole", text)
+    if (got := last_number_in(text)) is not None:
+        return Extraction(got, "last_number", text)
+    return Extraction(None, "no_answer", text)
+
+
+# -- graders: tasks whose answers are compared exactly (TaskSpec.grader) ---------------------------
+def _exact_number(pred: str, gold: str) -> bool:
+    vp, vg = exact_value(pred), exact_value(gold)
+    return vp is not None and vg is not None and vp == vg
+
+
+GRADERS: dict[str, Callable[[str, str], bool]] = {
+    "exact_number": _exact_number,  # the same rational value ("72" == "72.0", 10001 != 10000)
+    "math_equiv": math_equal,  # the same normalised LaTeX, or the same rational value
+}
+
+
+def grade(name: str, pred: str | None, gold: str) -> bool:
+    """Whether `pred` is right by grader `name` (None, an unanswerable output, is wrong)."""
+    if name not in GRADERS:
+        raise ValueError(f"unknown grader {name!r}; known: {sorted(GRADERS)}")
+    return pred is not None and GRADERS[name](pred, gold)
+
+
 # -- chains ---------------------------------------------------------------------------------------
 def apply_chain(chain: Sequence[str], output: str, ctx: FilterContext | None = None) -> Extraction:
     """Run text filters then the extractor named last in `chain`."""
@@ -150,3 +277,5 @@ def check_chain(chain: Sequence[str]) -> None:
 MCQ_CHAIN = ("strip_think", "prefer_answer_tag", "strip_markdown", "mcq_letter")
 NUMBER_CHAIN = ("strip_think", "prefer_answer_tag", "strip_markdown", "number")
 OPEN_CHAIN = ("strip_think", "prefer_answer_tag", "free_text")
+GSM8K_CHAIN = ("strip_think", "prefer_answer_tag", "gsm8k_number")
+MATH_CHAIN = ("strip_think", "prefer_answer_tag", "math_answer")

@@ -41,7 +41,16 @@ from eval.filters import FilterContext, apply_chain
 from eval.judge import NO_JUDGE, judge_metrics, judge_open_ended, judges_used  # noqa: F401
 from eval.metrics import compute_metrics
 from eval.store import PredictionStore
-from eval.task import EvalItem, TaskError, TaskSpec, get_task, limit_items, subtitle_text
+from eval.task import (
+    EvalItem,
+    TaskError,
+    TaskSpec,
+    get_task,
+    grade_answer,
+    limit_items,
+    subtitle_text,
+    system_for,
+)
 
 
 def score(task: TaskSpec, item: EvalItem, gen: Generation, cfg: EvalConfig) -> dict[str, Any]:
@@ -55,6 +64,9 @@ def score(task: TaskSpec, item: EvalItem, gen: Generation, cfg: EvalConfig) -> d
     }
     if not ext.answered:
         rec.update(status="unanswered", correct=False)
+    elif task.grader:  # the task's own exact grader (GSM8K, MATH: eval.filters.GRADERS)
+        rec.update(status="answered", correct=grade_answer(task, ext.answer, item), grader="exact",
+                   grade_rule=task.grader)
     elif item.answer_type == "multiple_choice":
         rec.update(status="answered", correct=ext.answer == item.answer)
     elif item.answer_type == "numeric":
@@ -125,7 +137,7 @@ def answer_batch(
         for p in prepared
     ]
     prompts = [
-        Prompt(task.render_prompt(p.item, sub[0] if sub else None, style), system)
+        Prompt(task.render_prompt(p.item, sub[0] if sub else None, style), system_for(system, p.item))
         for p, sub in zip(prepared, subs, strict=True)
     ]
     groups: list[list[int]] = [list(range(len(prepared)))] if prepared else []

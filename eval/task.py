@@ -87,6 +87,7 @@ class EvalItem:
     subtitle_file: SubtitleFile | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     error: str = ""
+    modality: str = "video"  # "text": no video (text benchmarks); the engines ask without one
 
     def letters(self) -> str:
         return LETTERS[: len(self.options)]
@@ -131,6 +132,12 @@ class TaskSpec:
     # which released parts (MLVU's task files) are present under the benchmark's folder:
     # root -> {"parts": what they are, "present": [...], "missing": [...]}; None: one file
     coverage_fn: Callable[[Path], dict[str, Any]] | None = None
+    modality: str = "video"  # "text": questions without video, for any model (text LMs too)
+    # a named exact grader (eval.filters.GRADERS) instead of the answer type's comparison:
+    # the text math benchmarks' exact numbers / normalised LaTeX; "": by answer type
+    grader: str = ""
+    needs_data: bool = True  # False: the task can build its questions without --data
+    accepts_file: bool = False  # --data may name the benchmark's file itself (GSM8K/MATH jsonl)
 
     @property
     def supports_subtitles(self) -> bool:
@@ -184,6 +191,8 @@ class TaskSpec:
     def resolve_root(self, data_dir: Path) -> Path:
         """The benchmark's folder: `data_dir` itself or one of `folder_names` under it, whichever
         holds one of `markers`."""
+        if self.accepts_file and data_dir.is_file():
+            return data_dir
         candidates = [data_dir] + [data_dir / n for n in self.folder_names]
         for root in candidates:
             if not self.markers or any(any(root.glob(m)) for m in self.markers):
@@ -206,8 +215,8 @@ class TaskSpec:
             if item.qid in seen:
                 raise TaskError(f"{self.name}: question id {item.qid!r} appears twice")
             seen.add(item.qid)
-            if not item.cluster:
-                item.cluster = item.video_path
+            if not item.cluster:  # a text question is its own cluster (no video shared)
+                item.cluster = item.video_path or item.qid
             if self.answer_type != "mixed":
                 item.answer_type = self.answer_type
         return items
@@ -221,6 +230,26 @@ LETTER_PROMPT = (
 NO_SUBTITLES = "No subtitles available"  # the video has none (lmms-eval's text for Video-MME)
 NO_SUBTITLES_AT_FRAMES = "No subtitles at the sampled frames"  # it has some, none on screen then
 PROMPT_STYLES = ("benchmark", "reasoning", "lmms")
+MODALITIES = ("video", "text")
+
+
+def system_for(system: str | None, item: EvalItem) -> str | None:
+    """The system prompt a question is asked with: a text question asked in the training format
+    gets the text counterpart of the video system prompt, as training.prompts.build_messages
+    gives text records (a model trained on text records is evaluated on their prompt)."""
+    from training.prompts import SYSTEM_PROMPT, TEXT_SYSTEM_PROMPT
+
+    return TEXT_SYSTEM_PROMPT if item.modality == "text" and system == SYSTEM_PROMPT else system
+
+
+def grade_answer(task: TaskSpec, answer: str | None, item: EvalItem) -> bool | None:
+    """The task's own exact grading of an extracted answer (TaskSpec.grader); None when the task
+    grades by answer type (the runner's comparison)."""
+    if not task.grader:
+        return None
+    from eval.filters import grade
+
+    return grade(task.grader, answer, item.answer)
 
 
 def training_style_question(item: EvalItem) -> str:
@@ -263,6 +292,13 @@ def register(spec: TaskSpec) -> TaskSpec:
         )
     for answer_type in ANSWER_TYPES if spec.answer_type == "mixed" else (spec.answer_type,):
         check_chain(spec.filter_chain(answer_type))
+    if spec.grader:
+        from eval.filters import GRADERS
+
+        if spec.grader not in GRADERS:
+            raise ValueError(f"task {spec.name}: grader {spec.grader!r} not in {sorted(GRADERS)}")
+    if spec.modality not in MODALITIES:
+        raise ValueError(f"task {spec.name}: modality {spec.modality!r} not in {MODALITIES}")
     if spec.native_style not in PROMPT_STYLES:
         raise ValueError(
             f"task {spec.name}: native_style {spec.native_style!r} not in {PROMPT_STYLES}"

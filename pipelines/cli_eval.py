@@ -66,7 +66,8 @@ def run(
         help="Model folder (Hugging Face format, e.g. Qwen2.5-VL-7B-Instruct or a longrl checkpoint).",
     ),
     benchmark: str = typer.Option(
-        None, "--benchmark", help="Benchmark name(s), comma separated (see `longrl eval list`)."
+        None, "--benchmark", "--tasks",
+        help="Benchmark name(s), comma separated (see `longrl eval list`); --tasks is the same.",
     ),
     data: Path = typer.Option(
         None,

@@ -63,6 +63,19 @@ class Engine(Protocol):
     def describe(self) -> dict[str, Any]: ...
 
 
+def chat_messages(prompt: Prompt, with_video: bool) -> list[dict[str, Any]]:
+    """The chat turns of one question: the system turn if any, then the user turn - the video
+    first, then the text; a text question's user turn has no video item (training.prompts
+    builds text records' turns the same way)."""
+    messages: list[dict[str, Any]] = (
+        [{"role": "system", "content": prompt.system}] if prompt.system else []
+    )
+    content: list[dict[str, Any]] = [{"type": "video"}] if with_video else []
+    content.append({"type": "text", "text": prompt.user})
+    messages.append({"role": "user", "content": content})
+    return messages
+
+
 def make_engine(
     name: str,
     model_dir: str,

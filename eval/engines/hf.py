@@ -13,7 +13,14 @@ from typing import Any
 
 import torch
 
-from eval.engines import Generation, Prepared, Prompt, resolve_device, resolve_dtype
+from eval.engines import (
+    Generation,
+    Prepared,
+    Prompt,
+    chat_messages,
+    resolve_device,
+    resolve_dtype,
+)
 from eval.task import EvalItem
 
 
@@ -63,8 +70,10 @@ class HFEngine:
         }
 
     def prepare(self, item: EvalItem) -> Prepared:
-        from training.video_inputs import load_video_patches
+        from training.video_inputs import load_video_patches, no_video
 
+        if item.modality == "text":  # no video: a row without video tokens (mm_batch.collate)
+            return Prepared(item, [], 0, 0.0, no_video())
         t0 = time.perf_counter()
         patches = load_video_patches(
             item.video_path, self.sampling, self.spec, item.clip_start_s, item.clip_end_s
@@ -74,15 +83,10 @@ class HFEngine:
         )
 
     def encode(self, prepared: Prepared, prompt: Prompt):
+        from training.models.qwen3_vl import encode_frame_groups, video_groups
         from training.prompts import encode_prompt_text, render_prompt
 
-        messages = [{"role": "system", "content": prompt.system}] if prompt.system else []
-        messages.append(
-            {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": prompt.user}]}
-        )
-        from training.models.qwen3_vl import encode_frame_groups, video_groups
-
-        text = render_prompt(self.tokenizer, messages)
+        text = render_prompt(self.tokenizer, chat_messages(prompt, prepared.item.modality != "text"))
         if groups := video_groups(prepared.payload):  # Qwen3-VL: timestamped frame groups
             return encode_frame_groups(self.tokenizer, text, groups)
         return encode_prompt_text(self.tokenizer, text, prepared.num_video_tokens)

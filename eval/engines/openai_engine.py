@@ -204,6 +204,8 @@ class OpenAIEngine:
         }
 
     def prepare(self, item: EvalItem) -> Prepared:
+        if item.modality == "text":  # no frames: the user turn is the question alone
+            return Prepared(item, [], 0, 0.0, [])
         t0 = time.perf_counter()
         sampled = sample_frames(
             item.video_path, self.sampling, self.spec, item.clip_start_s, item.clip_end_s

@@ -7,6 +7,7 @@ from eval.tasks import (  # noqa: F401
     mlvu,
     nextqa,
     perceptiontest,
+    text,
     videomme,
     vnbench,
 )
