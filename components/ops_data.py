@@ -83,39 +83,52 @@ def prepare_model(model: str, base_model: Output[Model]):
 
 
 @dsl.component(**CPU)
+def data_shard_indices(shards: int) -> list:
+    """The ParallelFor's items: 0 .. shards-1. A single build (shards=1) still gets one item,
+    whose shard task does nothing: kfp.local fails on an empty ParallelFor whose outputs are
+    collected (a ValueError from its orchestrator), so the loop is never empty."""
+    from components.launch import StepError
+
+    if shards < 1:
+        raise StepError(f"data_shards must be >= 1, got {shards}")
+    return list(range(shards))
+
+
+@dsl.component(**CPU)
+def build_data_shard(videos: Input[Dataset], annotator: str, captioner_url: str, captioner_model: str,
+                     reasoner_url: str, reasoner_model: str, overrides: list, runs_root: str,
+                     mlflow_tracking_uri: str, mlflow_experiment: str, shard: int, shards: int,
+                     part: Output[Dataset]):  # fmt: skip
+    """Shard `shard` of `shards` of the build (`longrl data build --shard I/N`): the per-video
+    phases for videos I, I+N, ... into OUT/shards/I-of-N.json. With shards=1 it does nothing
+    (build_data builds everything)."""
+    from pathlib import Path
+
+    from components.data_launch import run_data_build
+
+    if shards <= 1:
+        Path(part.path).mkdir(parents=True, exist_ok=True)
+        print("data_shards=1: build-data builds the whole dataset; nothing to do here")
+        return
+    endpoints = {"annotator": annotator, "captioner_url": captioner_url, "captioner_model": captioner_model,
+                 "reasoner_url": reasoner_url, "reasoner_model": reasoner_model}  # fmt: skip
+    run_data_build(videos.path, videos.metadata.get("fingerprint", ""), endpoints, overrides, runs_root,
+                   mlflow_tracking_uri, mlflow_experiment, part, shard=shard, shards=shards)  # fmt: skip
+
+
+@dsl.component(**CPU)
 def build_data(videos: Input[Dataset], annotator: str, captioner_url: str, captioner_model: str,
                reasoner_url: str, reasoner_model: str, overrides: list, runs_root: str,
-               mlflow_tracking_uri: str, mlflow_experiment: str, dataset: Output[Dataset]):
+               mlflow_tracking_uri: str, mlflow_experiment: str, dataset: Output[Dataset],
+               shards: int = 1, parts: Input[list[Dataset]] = None):  # fmt: skip
     """LongVideo-Reason generation (`longrl data build`): clips -> captions -> reasoning QA ->
-    difficulty filter -> sft/rl/eval splits. API keys come from the pod's environment."""
-    import hashlib
-    import json
+    difficulty filter -> sft/rl/eval splits. API keys come from the pod's environment. With
+    `shards` > 1 it merges the shard tasks' `parts` (`--merge-shards N`) instead: the same
+    output as one build (data_gen/shards.py)."""
+    from components.data_launch import run_data_build
 
-    from components.launch import (
-        longrl_argv,
-        mlflow_env,
-        output_dir,
-        overrides_list,
-        parent_run_id,
-        resolve,
-        run_step,
-        tracking_uri,
-    )
-
-    src = resolve(videos.path)
-    sets = overrides_list(overrides)
-    # The folder's content (video_fingerprint) is part of the key: added videos get a new build.
-    key = hashlib.sha256(json.dumps([str(src), videos.metadata.get("fingerprint", ""), annotator, captioner_url,
-                                     captioner_model, reasoner_url, reasoner_model, sets]).encode())  # fmt: skip
-    out = output_dir(dataset.path, runs_root, "cache", f"data-{key.hexdigest()[:16]}")
-    argv = ["data", "build", "--videos", str(src), "--out", str(out), "--annotator", annotator, "--no-progress"]
-    for flag, value in (("--captioner-url", captioner_url), ("--captioner-model", captioner_model),
-                        ("--reasoner-url", reasoner_url), ("--reasoner-model", reasoner_model)):  # fmt: skip
-        if value and annotator == "llm":
-            argv += [flag, value]
-    uri = tracking_uri(mlflow_tracking_uri)
-    parent = parent_run_id(uri, experiment=mlflow_experiment)
-    run_step(longrl_argv(*argv, *sets), env=mlflow_env(uri, parent))
-    summary = out / "summary.json"
-    if summary.is_file():
-        dataset.metadata.update({"summary": json.loads(summary.read_text())})
+    endpoints = {"annotator": annotator, "captioner_url": captioner_url, "captioner_model": captioner_model,
+                 "reasoner_url": reasoner_url, "reasoner_model": reasoner_model}  # fmt: skip
+    run_data_build(videos.path, videos.metadata.get("fingerprint", ""), endpoints, overrides, runs_root,
+                   mlflow_tracking_uri, mlflow_experiment, dataset, shards=shards,
+                   parts=[p.path for p in parts or []])  # fmt: skip

@@ -15,7 +15,14 @@ from kfp import dsl
 from kfp.dsl.graph_component import GraphComponent
 
 from components.images import GPU_IMAGE
-from components.ops_data import build_data, prepare_model, prepare_videos, video_fingerprint
+from components.ops_data import (
+    build_data,
+    build_data_shard,
+    data_shard_indices,
+    prepare_model,
+    prepare_videos,
+    video_fingerprint,
+)
 from components.ops_eval import evaluate_models, resolve_champion
 from components.ops_registry import register_and_promote
 from components.ops_tracking import finish_tracking, start_tracking
@@ -40,6 +47,7 @@ PARAM_DOCS: dict[str, str] = {
     "reasoner_url": "OpenAI-compatible endpoint of the reasoning-QA writer.",
     "reasoner_model": "Served model name of the reasoner.",
     "data_overrides": "Data-generation config overrides, key=value strings.",
+    "data_shards": "Build the dataset in this many parallel shards (a ParallelFor), merged by one step; 1: one build step.",
     "frames": "Frames per video for training and evaluation.",
     "run_sft": "Run CoT-SFT on the base model.",
     "sft_max_steps": "SFT optimizer steps (0: the stage's epochs).",
@@ -71,6 +79,24 @@ def _cached(task: Any, on: bool) -> Any:
     return task
 
 
+def data_steps(cpu: Any, videos: Any, shards: Any, build_args: dict[str, Any], after: Any = None) -> Any:
+    """The dataset (issue 12): a ParallelFor over `shards` shard tasks (`data build --shard I/N`),
+    then build_data, which merges them (`--merge-shards N`) or, with shards=1, is the one build
+    step it always was (the loop's single task then does nothing). The merge takes the parts
+    through dsl.Collected, so it also works without a shared volume (kfp.local). Returns the
+    build task. `cpu(task, cache, kind)` applies the cluster settings."""
+    indices = cpu(data_shard_indices(shards=shards), cache=True, kind="inputs")
+    with dsl.ParallelFor(indices.output, name="data-shards") as shard:
+        part = cpu(build_data_shard(videos=videos, shard=shard, shards=shards, **build_args), cache=True, kind="data")
+        if after is not None:
+            part.after(after)
+    data = cpu(build_data(videos=videos, shards=shards, parts=dsl.Collected(part.outputs["part"]), **build_args),
+               cache=True, kind="data")  # fmt: skip
+    if after is not None:
+        data.after(after)
+    return data
+
+
 def build_pipeline(cluster: ClusterConfig | None = None) -> Any:
     cfg = cluster or ClusterConfig()
     rayjob_json = json.dumps(cfg.rayjob_config(GPU_IMAGE))
@@ -95,6 +121,7 @@ def build_pipeline(cluster: ClusterConfig | None = None) -> Any:
         reasoner_url: str = "http://vllm.longrl.svc.cluster.local:8000/v1",
         reasoner_model: str = "qwen2.5-vl-7b-instruct",
         data_overrides: list = [],  # noqa: B006 - KFP parameter default
+        data_shards: int = 1,  # >1: a ParallelFor of data-build shards, then one merge step
         frames: int = 64,  # frames per video for training and evaluation
         run_sft: bool = True,
         sft_max_steps: int = 0,  # 0: the stage's epochs
@@ -135,13 +162,12 @@ def build_pipeline(cluster: ClusterConfig | None = None) -> Any:
                                         synth_fps=synth_fps, synth_seed=synth_seed, runs_root=runs_root,
                                         fingerprint=fingerprint.output), cache=True, kind="inputs")  # fmt: skip
             base = cpu(prepare_model(model=base_model), cache=True, kind="inputs")
-            data = cpu(build_data(videos=videos.outputs["videos"], annotator=data_annotator,
-                                  captioner_url=captioner_url, captioner_model=captioner_model,
-                                  reasoner_url=reasoner_url, reasoner_model=reasoner_model,
-                                  overrides=data_overrides, runs_root=runs_root,
-                                  mlflow_tracking_uri=mlflow_tracking_uri, mlflow_experiment=mlflow_experiment),
-                       cache=True, kind="data")  # fmt: skip
-            data.after(start)  # its MLflow run nests under the parent, which must exist first
+            build_args = {"annotator": data_annotator, "captioner_url": captioner_url,
+                          "captioner_model": captioner_model, "reasoner_url": reasoner_url,
+                          "reasoner_model": reasoner_model, "overrides": data_overrides, "runs_root": runs_root,
+                          "mlflow_tracking_uri": mlflow_tracking_uri, "mlflow_experiment": mlflow_experiment}  # fmt: skip
+            # Its MLflow runs nest under the parent, which must exist first.
+            data = data_steps(cpu, videos.outputs["videos"], data_shards, build_args, after=start)
             champion = cpu(resolve_champion(model_name=registered_model, mlflow_tracking_uri=mlflow_tracking_uri),
                            cache=False, kind="registry")  # fmt: skip
             champion.after(start)

@@ -1,6 +1,6 @@
 """Every pod the pipeline creates on a cluster, rendered as KFP 2.17 and KubeRay would render it,
 checked against the Kubernetes schema and Pod Security `restricted` (issue 15, findings 2, 3,
-6, 7, 10, 11, 17): executor pods of all 17 executors, the RayJob's head, workers and submitter."""
+6, 7, 10, 11, 17): executor pods of all 19 executors, the RayJob's head, workers and submitter."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def _all_tasks(spec: dict) -> dict[str, dict]:
 
 def test_every_executor_pod_is_admitted_by_restricted(docs):
     executors = docs[0]["deploymentSpec"]["executors"]
-    assert len(executors) == 17  # one per task (the three eval/register branches have their own)
+    assert len(executors) == 19  # one per task (the three eval/register branches have their own)
     for name in executors:
         pod = kfp_executor_pod(docs[0], docs[1], name)
         validate_k8s(pod)
@@ -64,7 +64,8 @@ def test_every_task_has_a_timeout_and_a_retry_policy(docs):
     tasks = _all_tasks(docs[0])
     assert len(tasks) >= 15
     for name, task in tasks.items():
-        if "componentRef" not in task or "condition" in task["componentRef"]["name"] or "exit-handler" in name:
+        ref = task.get("componentRef", {}).get("name", "")
+        if not ref or "condition" in ref or "for-loop" in ref or "exit-handler" in name:
             continue  # a DAG group, not a pod
         if name == "finish-tracking":  # KFP runs exit handlers once; no retry field allowed there
             continue
@@ -94,9 +95,10 @@ def test_secrets_reach_only_the_steps_that_use_them(docs):
     for name, ex in k8s.items():
         envs = {e["envVar"] for s in ex.get("secretAsEnv", []) for e in s["keyToEnv"]}
         assert not envs & {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}, name
-        assert ("OPENAI_API_KEY" in envs) == (name in ("exec-build-data", "exec-evaluate-models", "exec-evaluate-models-2",
+        assert ("OPENAI_API_KEY" in envs) == (name in ("exec-build-data", "exec-build-data-shard", "exec-evaluate-models", "exec-evaluate-models-2",
                                                       "exec-evaluate-models-3", "exec-sft", "exec-grpo", "exec-grpo-2")), name
-        if name not in ("exec-prepare-videos", "exec-prepare-model", "exec-train-step-gpus", "exec-video-fingerprint"):
+        if name not in ("exec-prepare-videos", "exec-prepare-model", "exec-train-step-gpus", "exec-video-fingerprint",
+                        "exec-data-shard-indices"):
             assert "MLFLOW_TRACKING_PASSWORD" in envs, name
 
 
