@@ -9,6 +9,7 @@ import json
 import shutil
 import threading
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -19,7 +20,9 @@ from tests.fixtures.sft import TINY_SFT_OVERRIDES, write_split
 from training.distributed import DistContext
 from training.sft.config import SFTConfig
 from training.sft.prefetch import THREAD_PREFIX, Prefetcher
-from training.video_inputs import probe_stats
+from training.video_inputs import probe_once, probe_stats
+
+from .fixtures.model_kit import write_video
 
 
 def _cfg(*overrides: str) -> SFTConfig:
@@ -245,3 +248,24 @@ def test_prefetcher_keeps_only_what_is_asked_and_raises_the_plain_error():
     assert off.pending == 0 and not _threads()
     with pytest.raises(ValueError, match="video.prefetch_workers must be >= 0"):
         _cfg("video.prefetch_workers=-1").check()
+
+
+def test_threads_asking_for_one_file_at_once_share_one_probe(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    path = write_video(tmp_path / "a.mp4", np.full((30, 56, 56, 3), 90, np.uint8), fps=10.0)
+    before = probe_stats["probes"]
+    start = threading.Barrier(4)
+
+    def probe(_: int):
+        start.wait(5)  # all four ask before any probe has finished
+        return probe_once(path)
+
+    with ThreadPoolExecutor(4) as pool:
+        infos = list(pool.map(probe, range(4)))
+    assert probe_stats["probes"] == before + 1 and all(i == infos[0] for i in infos)
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video" * 100)
+    for _ in range(2):  # a failure is not kept: every caller gets the file's own error
+        with pytest.raises(VideoError, match="broken.mp4"):
+            probe_once(broken)
