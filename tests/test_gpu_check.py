@@ -21,7 +21,7 @@ def test_gpu_check_script_parses_and_names_its_parts():
 
 def test_vllm_check_dry_run_reports_the_long_video_position():
     out = subprocess.run([sys.executable, str(ROOT / "bench/gpu_vllm_check.py"), "--dry-run", "--frames", "64",
-                          "--seconds", "600"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+                          "--seconds", "600", "--archs", "qwen2_5_vl"], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-2000:]
     m = re.search(r"prompt: (\d+) tokens, grid \((\d+), (\d+), (\d+)\), ([\d.]+) s per temporal patch", out.stdout)
     assert m, out.stdout

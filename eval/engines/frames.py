@@ -21,6 +21,9 @@ class SampledFrames:
     timestamps_s: list[float]
     sample_fps: float
     indices: list[int]
+    source_fps: float = 0.0  # the file's own frame rate (Qwen3-VL's processor metadata)
+    vfr: bool = False  # variable frame rate: timestamps_s are the stream's, not index / fps
+    total_frames: int = 0
 
 
 def sample_frames(
@@ -54,4 +57,7 @@ def sample_frames(
         frame_times(info, indices),  # the stream's timestamps on a variable-rate file
         float(sample_fps),
         [int(i) for i in indices],
+        float(info.fps),
+        bool(info.vfr),
+        int(info.frame_count),
     )

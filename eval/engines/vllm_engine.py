@@ -1,9 +1,10 @@
 """The `vllm` engine (GPU only; vllm is imported when the engine is built, never at import).
 
-Frames are sampled and resized by eval.engines.frames (identical to the `hf` engine's frames)
-and passed to vLLM as a uint8 array with the sampling rate, so Qwen2.5-VL's temporal position
-ids (second_per_grid_ts = temporal_patch / fps) match the `hf` path. The pixel budget is handed
-to vLLM's processor unchanged; frames already at a conforming size are not resized again.
+Frames are sampled and resized by eval.engines.frames (identical to the `hf` engine's frames).
+What each family's request holds - a text question's token ids alone, Qwen2.5-VL's frames with
+their sampling rate (second_per_grid_ts = temporal_patch / fps, as the `hf` path), Qwen3-VL's
+frames with the metadata its timestamps come from - is built by eval.engines.vllm_requests,
+pure functions tested on CPU against the `hf` engine's inputs.
 """
 
 from __future__ import annotations
@@ -35,12 +36,15 @@ class VLLMEngine:
             raise RuntimeError(
                 "the vllm engine needs `pip install longrl[gpu]` on a CUDA machine"
             ) from exc
+        from eval.engines.vllm_requests import engine_options
         from training.model_io import load_tokenizer
+        from training.models import family_of
         from training.video_inputs import VisionSpec
 
         self.model_dir = str(model_dir)
         self.sampling = sampling
         self.seed = seed
+        self.family = family_of(model_dir)
         self.spec = VisionSpec.from_model_dir(model_dir)
         self.tokenizer = load_tokenizer(model_dir)
         self.pixels = {
@@ -55,8 +59,7 @@ class VLLMEngine:
             max_model_len=max_model_len,
             gpu_memory_utilization=gpu_memory_utilization,
             tensor_parallel_size=tensor_parallel_size,
-            limit_mm_per_prompt={"video": 1, "image": 0},
-            mm_processor_kwargs=dict(self.pixels),
+            **engine_options(self.family, self.pixels),
         )
         tok = self.tokenizer
         self.stop_ids = sorted(
@@ -67,23 +70,7 @@ class VLLMEngine:
         return {"engine": self.name, "dtype": self.dtype, "vision": dict(self.pixels)}
 
     def prepare(self, item: EvalItem) -> Prepared:
-        t0 = time.perf_counter()
-        sampled = sample_frames(
-            item.video_path, self.sampling, self.spec, item.clip_start_s, item.clip_end_s
-        )
-        t, h, w, _ = sampled.frames.shape
-        tokens = (
-            (t // self.spec.temporal_patch_size)
-            * (h // self.spec.patch_size)
-            * (w // self.spec.patch_size)
-        )
-        return Prepared(
-            item,
-            sampled.timestamps_s,
-            tokens // self.spec.merge_size**2,
-            time.perf_counter() - t0,
-            sampled,
-        )
+        return prepare_item(item, self.sampling, self.spec)
 
     def generate(
         self,
@@ -96,26 +83,12 @@ class VLLMEngine:
     ) -> list[Generation]:
         from vllm import SamplingParams
 
-        from training.prompts import render_prompt
+        from eval.engines.vllm_requests import eval_request
 
-        requests = []
-        for p, q in zip(prepared, prompts, strict=True):
-            messages = [{"role": "system", "content": q.system}] if q.system else []
-            messages.append(
-                {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": q.user}]}
-            )
-            requests.append(
-                {
-                    "prompt": render_prompt(self.tokenizer, messages),
-                    "multi_modal_data": {"video": p.payload.frames},
-                    # fps sets second_per_grid_ts; the frames are already sampled and sized.
-                    "mm_processor_kwargs": {
-                        "fps": p.payload.sample_fps,
-                        "do_sample_frames": False,
-                        **self.pixels,
-                    },
-                }
-            )
+        requests = [
+            eval_request(self.family, self.tokenizer, p, q, self.pixels)
+            for p, q in zip(prepared, prompts, strict=True)
+        ]
         if num_beams > 1:
             return self._beam_search(requests, num_beams, max_new_tokens)
         params = SamplingParams(
@@ -152,3 +125,17 @@ class VLLMEngine:
             )
             results.append(Generation(text, len(new), bool(new) and new[-1] in self.stop_ids))
         return results
+
+
+def prepare_item(item: EvalItem, sampling: Any, spec: Any) -> Prepared:
+    """A question ready for a vLLM request: its frames sampled and sized exactly as the `hf`
+    engine's (eval.engines.frames), with their count of video tokens; a text question as it is."""
+    if item.modality == "text":
+        return Prepared(item, [], 0, 0.0, None)
+    t0 = time.perf_counter()
+    sampled = sample_frames(item.video_path, sampling, spec, item.clip_start_s, item.clip_end_s)
+    t, h, w, _ = sampled.frames.shape
+    tokens = (t // spec.temporal_patch_size) * (h // spec.patch_size) * (w // spec.patch_size)
+    return Prepared(
+        item, sampled.timestamps_s, tokens // spec.merge_size**2, time.perf_counter() - t0, sampled
+    )

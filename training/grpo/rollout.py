@@ -8,9 +8,11 @@ temperature-scaled policy, and takes new weights after each update.
   same functions as training (training.generation): same token order, same 3-D positions - so
   its log-probs match the trainer's (tested to 1e-5 in fp32). Each prompt is prefilled once
   and its G samples decode from the shared KV cache.
-- `vllm`: GPU only, imported lazily. Prompts go in with one `<|video_pad|>` and the cached
-  embeddings as multi-modal embedding input (vLLM expands them with the same grid), sampled
-  with `n=G`; weights are loaded into the engine after every update.
+- `vllm`: GPU only, imported lazily. Prompts go in as token ids with the cached embeddings as
+  multi-modal embedding input, laid out per family by training.grpo.rollout_vllm (text rows:
+  ids alone; Qwen2/2.5-VL: one `<|video_pad|>` per video, expanded by vLLM with the same grid;
+  Qwen3-VL: one image per timestamped frame group), sampled with `n=G`; weights are loaded
+  into the engine after every update.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from typing import Protocol
 import torch
 
 from training.generation import generate
+from training.grpo.rollout_vllm import VisionTokens, rollout_engine_options, rollout_request
+from training.grpo.rollout_vllm import collapse_video_pads as collapse_video_pads  # its old home
 from training.mm_batch import collate
 from training.prompts import EncodedExample
 
@@ -113,24 +117,15 @@ class HFRolloutEngine:
             raise ValueError("the hf engine samples with the trainer's own model object")
 
 
-def collapse_video_pads(ids: Sequence[int], video_token_id: int) -> list[int]:
-    """Prompt ids with each run of <|video_pad|> reduced to one (vLLM expands it again)."""
-    out: list[int] = []
-    for t in ids:
-        if t == video_token_id and out and out[-1] == video_token_id:
-            continue
-        out.append(t)
-    return out
-
-
 class VLLMRolloutEngine:
-    """vLLM on the same GPU (colocated). Needs the `gpu` extra; never imported on CPU."""
+    """vLLM on the same GPU (colocated). Needs the `gpu` extra; never imported on CPU.
+    `max_frame_groups`: Qwen3-VL's images per prompt (one per temporal patch: frames / 2)."""
 
     name = "vllm"
 
     def __init__(self, model_dir: str, tokenizer, stop_ids: Sequence[int], video_token_id: int,
                  gpu_memory_utilization: float = 0.5, dtype: str = "bfloat16", seed: int = 0,
-                 max_model_len: int = 0) -> None:
+                 max_model_len: int = 0, max_frame_groups: int = 128) -> None:
         if not torch.cuda.is_available():
             raise RuntimeError("rollout.engine=vllm needs a CUDA GPU; use rollout.engine=hf")
         import os
@@ -140,13 +135,15 @@ class VLLMRolloutEngine:
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         from vllm import LLM
 
+        from training.models import family_of
+
+        self.family = family_of(model_dir)
         free, total = torch.cuda.mem_get_info()
         util = colocated_memory_share(gpu_memory_utilization, free, total)
         extra = {"max_model_len": max_model_len} if max_model_len > 0 else {}
-        self.llm = LLM(model=str(model_dir), dtype=dtype, seed=seed, enable_mm_embeds=True,
-                       gpu_memory_utilization=util, **extra,
+        self.llm = LLM(model=str(model_dir), dtype=dtype, seed=seed, gpu_memory_utilization=util, **extra,
                        logprobs_mode="processed_logprobs",  # after temperature, as ours
-                       limit_mm_per_prompt={"video": 1, "image": 0})
+                       **rollout_engine_options(self.family, max_frame_groups))
         self.tokenizer = tokenizer
         self.stop_ids = list(stop_ids)
         self.video_token_id = video_token_id
@@ -159,17 +156,11 @@ class VLLMRolloutEngine:
                                 top_p=sampling.top_p, max_tokens=sampling.max_new_tokens,
                                 stop_token_ids=self.stop_ids, logprobs=0, seed=sampling.seed,
                                 skip_special_tokens=False)
-        requests = []
-        for p in prompts:
-            v = p.video
-            requests.append({
-                "prompt_token_ids": collapse_video_pads(p.prompt.input_ids, self.video_token_id),
-                "multi_modal_data": {"video": {
-                    "video_embeds": p.video_embeds.detach().to("cpu"),
-                    "video_grid_thw": torch.tensor([v.grid_thw]),
-                    "second_per_grid_ts": torch.tensor([v.second_per_grid_t]),
-                }},
-            })
+        tokens = VisionTokens.of(self.tokenizer)
+        # a subclass may build its own LLM without setting the family: Qwen2.5-VL's time scaling
+        family = getattr(self, "family", None)
+        scaling = family.temporal_scaling if family is not None else True
+        requests = [rollout_request(p.prompt.input_ids, p.video, p.video_embeds, tokens, scaling) for p in prompts]
         outs = self.llm.generate(requests, params, use_tqdm=False)
         result = []
         for o in outs:
@@ -205,7 +196,7 @@ def make_engine(name: str, model, tokenizer, model_dir: str, stop_ids: Sequence[
         return HFRolloutEngine(model, tokenizer, stop_ids, rollout_cfg.generate_rows,
                                share_prefix=rollout_cfg.share_prefix)
     if name == "vllm":
-        return VLLMRolloutEngine(model_dir, tokenizer, stop_ids, model.config.video_token_id,
+        return VLLMRolloutEngine(model_dir, tokenizer, stop_ids, getattr(model.config, "video_token_id", -1),
                                  rollout_cfg.vllm_gpu_memory_utilization, rollout_cfg.vllm_dtype, seed,
                                  rollout_cfg.vllm_max_model_len)
     raise ValueError(f"unknown rollout engine {name!r} (hf, vllm)")
