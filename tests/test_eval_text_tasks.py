@@ -255,6 +255,8 @@ def test_synth_text_is_held_out_and_reads_a_folders_eval_split(tmp_path):
     generate_text(TextSynthConfig(problems=20, seed=3), tmp_path / "s")
     split = [json.loads(x)["id"] for x in (tmp_path / "s" / "eval.jsonl").read_text().splitlines()]
     assert [i.qid for i in task.load(tmp_path / "s")] == split and len(split) == 4
+    with pytest.raises(TaskError, match="synth --kind text` folder: use --benchmark synth_text"):
+        get_task("synth").load(tmp_path / "s")
     seen = {
         json.loads(x)["id"]
         for f in ("sft", "rl")

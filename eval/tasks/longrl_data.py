@@ -211,6 +211,8 @@ def load_synth(root: Path) -> list[EvalItem]:
         fmt = json.loads(manifest.read_text()).get("format")
     except (OSError, json.JSONDecodeError) as exc:
         raise TaskError(f"{manifest}: cannot read the synth manifest ({exc})") from exc
+    if fmt == "longrl-synth-text":  # text problems, no videos: their own benchmark
+        raise TaskError(f"{root} is a `longrl synth --kind text` folder: use --benchmark synth_text")
     if fmt != "longrl-synth":
         raise TaskError(f"{manifest}: format {fmt!r} is not longrl-synth")
     path = root / "questions.jsonl"
