@@ -7,10 +7,16 @@ S3 server (moto's server mode, in its own venv like checkov): issue 15 findings 
 - basic-auth: no request without a user; a reader cannot move @champion; the pipeline's user
   logs a checkpoint (bytes land in the S3 bucket through the proxy), registers and promotes.
 - The promotion race of tests/test_registry_races.py on PostgreSQL: the better model wins.
+- Least privilege for S3 (15.17): moto enforces IAM (`/moto-api/reset-auth` 0, the server-mode
+  form of INITIAL_NO_AUTH_ACTION_COUNT) after it is set up as the minio-setup Job sets up MinIO:
+  an admin standing for MinIO's root, the bucket, and the MLflow user holding exactly the policy
+  document the manifest ships. That user may list/put/get/delete in the artifact bucket and is
+  denied everything else; the MLflow server runs with that user's keys only.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -30,7 +36,6 @@ MOTO_VERSION = "5.2.5"
 # In CI these services must run, not skip (as kubectl in tests/test_manifests.py).
 REQUIRED = bool(os.environ.get("CI"))
 SECRETS = {("longrl-mlflow-db", "username"): "mlflow", ("longrl-mlflow-db", "password"): "db0pw0hex",
-           ("longrl-s3", "access-key-id"): "testing", ("longrl-s3", "secret-access-key"): "testing",
            ("longrl-mlflow-auth", "admin-username"): "admin",
            ("longrl-mlflow-auth", "admin-password"): "admin-pw-0123456789",
            ("longrl-mlflow-auth", "flask-secret-key"): "flask-0123456789"}  # fmt: skip
@@ -55,7 +60,9 @@ def _pg_bin() -> Path | None:
     cands = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
     if not cands and os.geteuid() == 0 and shutil.which("apt-get"):  # a fresh machine: install it
         subprocess.run(["apt-get", "update", "-q"], capture_output=True, timeout=600)
-        subprocess.run(["apt-get", "install", "-y", "-q", "postgresql"], capture_output=True, timeout=600)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-q", "postgresql"], capture_output=True, timeout=600
+        )
         cands = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
     return cands[-1].parent if cands else None
 
@@ -102,7 +109,9 @@ def postgres(tmp_path_factory):
         run(str(pg / "createdb"), "-h", str(root), "-p", str(port), "-U", "mlflow", "mlflow")
         yield {"host": "127.0.0.1", "port": port}
     finally:
-        subprocess.run([*user, str(pg / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"], capture_output=True)
+        subprocess.run(
+            [*user, str(pg / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"], capture_output=True
+        )
 
 
 def _moto_bin() -> Path:
@@ -117,8 +126,22 @@ def _moto_bin() -> Path:
     return exe
 
 
+def shipped_mlflow_policy() -> str:
+    """The policy document the minio-setup Job gives MLflow's MinIO user, as rendered."""
+    docs = yaml.safe_load_all((ROOT / "manifests/base/mlflow/minio-setup.yaml").read_text())
+    return next(d for d in docs if d["kind"] == "ConfigMap")["data"]["mlflow-artifacts.json"]
+
+
+def _s3_client(url: str, key: tuple[str, str]):
+    import boto3
+
+    return boto3.client("s3", endpoint_url=url, aws_access_key_id=key[0], aws_secret_access_key=key[1],
+                        region_name="us-east-1")  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
+    """moto's S3 with IAM enforced, set up like MinIO after the minio-setup Job."""
     port = _free_port()
     log = Path(tmp_path_factory.mktemp("moto")) / "log"
     with open(log, "wb") as out:
@@ -129,10 +152,34 @@ def s3(tmp_path_factory):
         _wait(url, proc, log)
         import boto3
 
-        client = boto3.client("s3", endpoint_url=url, aws_access_key_id="testing", aws_secret_access_key="testing",
-                              region_name="us-east-1")  # fmt: skip
-        client.create_bucket(Bucket="mlflow-artifacts")
-        yield {"url": url, "client": client}
+        iam = boto3.client("iam", endpoint_url=url, aws_access_key_id="testing", aws_secret_access_key="testing",
+                           region_name="us-east-1")  # fmt: skip
+
+        def user(
+            name: str, policy: str
+        ) -> tuple[str, str]:  # `mc admin user add` + policy create/attach
+            iam.create_user(UserName=name)
+            arn = iam.create_policy(PolicyName=name, PolicyDocument=policy)["Policy"]["Arn"]
+            iam.attach_user_policy(UserName=name, PolicyArn=arn)
+            key = iam.create_access_key(UserName=name)["AccessKey"]
+            return key["AccessKeyId"], key["SecretAccessKey"]
+
+        everything = {
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}],
+        }
+        root = user("minio-root", json.dumps(everything))
+        mlflow_key = user("longrl-mlflow", shipped_mlflow_policy())
+        admin = _s3_client(url, root)
+        admin.create_bucket(Bucket="mlflow-artifacts")
+        admin.create_bucket(Bucket="other-bucket")
+        admin.put_object(Bucket="other-bucket", Key="secret.txt", Body=b"not for MLflow")
+        # From here on every request is authenticated and authorised (moto's default is never).
+        req = urllib.request.Request(f"{url}/moto-api/reset-auth", data=b"0", method="POST",
+                                     headers={"Content-Type": "text/plain"})  # fmt: skip
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            assert json.loads(resp.read())["status"] == "ok"
+        yield {"url": url, "client": admin, "mlflow_key": mlflow_key}
     finally:
         os.killpg(proc.pid, 15)
         proc.wait(15)
@@ -144,18 +191,24 @@ def manifest_container() -> dict:
     return deploy["spec"]["template"]["spec"]["containers"][0]
 
 
-def container_env(container: dict, overrides: dict[str, str]) -> dict[str, str]:
-    """The container's env as the kubelet builds it: Secret refs resolved, $(VAR) expanded from
-    the variables defined before it; `overrides` (local hosts and ports) replace values."""
+def container_env(
+    container: dict, overrides: dict[str, str], secrets: dict | None = None
+) -> dict[str, str]:
+    """The container's env as the kubelet builds it: Secret refs resolved (from `secrets`, else
+    SECRETS), $(VAR) expanded from the variables defined before it; `overrides` (local hosts and
+    ports) replace values."""
+    secrets = SECRETS if secrets is None else secrets
     env: dict[str, str] = {}
     for item in container["env"]:
         if item["name"] in overrides:
             env[item["name"]] = overrides[item["name"]]
         elif "value" in item:
-            env[item["name"]] = re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), item["value"])
+            env[item["name"]] = re.sub(
+                r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), item["value"]
+            )
         else:
             ref = item["valueFrom"]["secretKeyRef"]
-            env[item["name"]] = SECRETS[(ref["name"], ref["key"])]
+            env[item["name"]] = secrets[(ref["name"], ref["key"])]
     return env
 
 
@@ -168,9 +221,19 @@ def stack(postgres, s3, tmp_path_factory):
     env = container_env(c, {"DB_HOST": postgres["host"], "DB_PORT": str(postgres["port"]),
                             "MLFLOW_S3_ENDPOINT_URL": s3["url"], "HOME": str(root),
                             "MLFLOW_AUTH_CONFIG_PATH": str(root / "basic_auth.ini"),
-                            "MLFLOW_ALLOWED_HOSTS": f"127.0.0.1:{port}"})  # fmt: skip
-    assert env["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql+psycopg2://mlflow:db0pw0hex@127.0.0.1:")
-    script = c["args"][0].replace("--host=0.0.0.0", "--host=127.0.0.1").replace("--port=5000", f"--port={port}")
+                            "MLFLOW_ALLOWED_HOSTS": f"127.0.0.1:{port}"},
+                        {**SECRETS, ("longrl-mlflow-s3", "access-key-id"): s3["mlflow_key"][0],
+                         ("longrl-mlflow-s3", "secret-access-key"): s3["mlflow_key"][1]})  # fmt: skip
+    # The server holds the bucket-scoped user's keys, not the store's root keys (issue 15.17).
+    assert (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]) == s3["mlflow_key"]
+    assert env["MLFLOW_BACKEND_STORE_URI"].startswith(
+        "postgresql+psycopg2://mlflow:db0pw0hex@127.0.0.1:"
+    )
+    script = (
+        c["args"][0]
+        .replace("--host=0.0.0.0", "--host=127.0.0.1")
+        .replace("--port=5000", f"--port={port}")
+    )
     script = script.replace("--workers=2", "--workers=1")  # 2 shared CPU cores
     env["PATH"] = f"{Path(sys.executable).parent}:{os.environ['PATH']}"
     log = root / "server.log"
@@ -196,6 +259,61 @@ def test_plain_postgresql_uri_needs_psycopg3_which_the_image_lacks():
     with pytest.raises(ModuleNotFoundError, match="psycopg"):
         sqlalchemy.create_engine("postgresql://u:p@127.0.0.1:1/x")
     sqlalchemy.create_engine("postgresql+psycopg2://u:p@127.0.0.1:1/x")  # the image's driver
+
+
+def test_mlflow_s3_user_may_use_its_bucket_only(s3):
+    """The shipped policy, enforced: the MLflow user works in mlflow-artifacts and nowhere else,
+    and cannot change buckets or their policies. Control: the same calls as the admin succeed,
+    so a denial is the policy's doing."""
+    from botocore.exceptions import ClientError
+
+    user, admin = _s3_client(s3["url"], s3["mlflow_key"]), s3["client"]
+    user.put_object(Bucket="mlflow-artifacts", Key="runs/1/a.txt", Body=b"artifact")
+    assert (
+        user.get_object(Bucket="mlflow-artifacts", Key="runs/1/a.txt")["Body"].read() == b"artifact"
+    )
+    listed = user.list_objects_v2(Bucket="mlflow-artifacts", Prefix="runs/1/")["Contents"]
+    assert [o["Key"] for o in listed] == ["runs/1/a.txt"]
+    user.get_bucket_location(Bucket="mlflow-artifacts")
+    upload = user.create_multipart_upload(
+        Bucket="mlflow-artifacts", Key="runs/1/big"
+    )  # large checkpoints
+    user.abort_multipart_upload(
+        Bucket="mlflow-artifacts", Key="runs/1/big", UploadId=upload["UploadId"]
+    )
+    user.delete_object(Bucket="mlflow-artifacts", Key="runs/1/a.txt")
+    # (moto checks a multi-object DeleteObjects against the bucket ARN, AWS and MinIO against
+    # each key's: that call is not a measure of the policy here.)
+
+    def denied(call, *args, **kw) -> str:
+        with pytest.raises(ClientError) as err:
+            call(*args, **kw)
+        return err.value.response["Error"]["Code"]
+
+    forbidden = [(user.get_object, {"Bucket": "other-bucket", "Key": "secret.txt"}),
+                 (user.list_objects_v2, {"Bucket": "other-bucket"}),
+                 (user.put_object, {"Bucket": "other-bucket", "Key": "x", "Body": b"x"}),
+                 (user.delete_object, {"Bucket": "other-bucket", "Key": "secret.txt"}),
+                 (user.create_bucket, {"Bucket": "mlflow-new"}),
+                 (user.delete_bucket, {"Bucket": "mlflow-artifacts"}),
+                 (user.put_bucket_policy, {"Bucket": "mlflow-artifacts", "Policy": shipped_mlflow_policy()}),
+                 (user.list_buckets, {})]  # fmt: skip
+    for call, kw in forbidden:
+        assert denied(call, **kw) == "AccessDenied", call.__name__
+    assert (
+        admin.get_object(Bucket="other-bucket", Key="secret.txt")["Body"].read()
+        == b"not for MLflow"
+    )
+    admin.list_buckets()
+    # Authentication is on: keys of no IAM user, or a wrong secret, are refused.
+    assert (
+        denied(
+            _s3_client(s3["url"], ("testing", "testing")).list_objects_v2, Bucket="mlflow-artifacts"
+        )
+        == "InvalidAccessKeyId"
+    )
+    wrong = _s3_client(s3["url"], (s3["mlflow_key"][0], "not-the-secret"))
+    assert denied(wrong.list_objects_v2, Bucket="mlflow-artifacts") == "SignatureDoesNotMatch"
 
 
 def _as(monkeypatch, url: str, user: str, password: str) -> None:
@@ -229,10 +347,38 @@ def test_manifest_server_on_postgres_and_s3_with_auth(stack, monkeypatch, tmp_pa
         source = run.log_checkpoint(tiny_model_dir)  # transformers flavour: bytes go to S3
     name = "lvr-stack"
     mv = registry.register_version(name, source, run_id=run.run_id)
-    registry.record_eval(name, mv.version, {"lvr/score": 0.5}, succeeded=True, settings_digest="sha256:s")
+    registry.record_eval(
+        name, mv.version, {"lvr/score": 0.5}, succeeded=True, settings_digest="sha256:s"
+    )
     registry.promote(name, mv.version, reason="first")
-    keys = [o["Key"] for o in stack["s3"]["client"].list_objects_v2(Bucket="mlflow-artifacts")["Contents"]]
+    keys = [
+        o["Key"]
+        for o in stack["s3"]["client"].list_objects_v2(Bucket="mlflow-artifacts")["Contents"]
+    ]
     assert any(k.endswith("model.safetensors") for k in keys), keys
+    # Listing and reading back work with the scoped keys too (ListBucket, GetObject).
+    import mlflow
+    import requests
+
+    MlflowClient().log_text(run.run_id, "through the scoped user", "probe/least_privilege.txt")
+    assert [f.path for f in MlflowClient().list_artifacts(run.run_id, "probe")] == [
+        "probe/least_privilege.txt"
+    ]
+    # MLflow 3 clients download through presigned URLs the server signs for MLFLOW_S3_ENDPOINT_URL
+    # (why MinIO admits the run namespaces, by its cluster-wide name). moto cannot check a
+    # presigned request while it enforces IAM (it reads the Authorization header: HTTP 500), so
+    # here the client streams through the server, as a client that cannot reach MinIO would.
+    root = MlflowClient().get_run(run.run_id).info.artifact_uri.removeprefix("mlflow-artifacts:/")
+    info = requests.get(f"{url}/api/2.0/mlflow-artifacts/presigned/{root}/probe/least_privilege.txt",
+                        auth=("pipeline", "pipeline-pw-0123456789"), timeout=30)  # fmt: skip
+    info.raise_for_status()
+    assert info.json()["url"].startswith(
+        f"{stack['env']['MLFLOW_S3_ENDPOINT_URL']}/mlflow-artifacts/"
+    )
+    monkeypatch.setenv("MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD", "false")
+    got = mlflow.artifacts.download_artifacts(run_id=run.run_id, artifact_path="probe/least_privilege.txt",
+                                              dst_path=str(tmp_path))  # fmt: skip
+    assert Path(got).read_text() == "through the scoped user"
 
     _as(monkeypatch, url, "reader", "reader-pw-0123456789")
     assert registry.version_by_alias(name, "champion").version == mv.version  # reading is allowed
