@@ -13,15 +13,25 @@ promotion gate. Aliases only - the deprecated registry stages are never used.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
+
+# The promotion lock, the shared client and error (common.registry_lock) and the read-only
+# queries (common.registry_query) live in their own modules; they are re-exported here so every
+# `from common.registry import ...` and `registry.X` keeps working.
+from common.registry_lock import (  # noqa: F401 - re-exported
+    LOCK_LEASE_S,
+    LOCK_SUFFIX,
+    RegistryError,
+    _client,
+    _code,
+    _delete_lock,
+    promotion_lock,
+)
+from common.registry_query import describe, location_uri, materialize  # noqa: F401 - re-exported
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -29,10 +39,6 @@ EVAL_STATUS_TAG = "eval.status"
 EVAL_METRIC_PREFIX = "eval."
 EVAL_SETTINGS_TAG = "eval.settings_digest"  # benchmarks + eval settings the eval.* numbers come from
 _FLOAT_SLACK = 1e-9
-
-
-class RegistryError(RuntimeError):
-    pass
 
 
 @dataclass
@@ -85,11 +91,6 @@ def decide(
         return out(True, f"beats champion v{champion_version} by {gain:.4g} > margin {gate.min_margin:g}")
     return out(False, f"gain {gain:.4g} over champion v{champion_version} is not above margin {gate.min_margin:g}")
 
-
-def _client():  # noqa: ANN202 - mlflow imported lazily
-    from mlflow import MlflowClient
-
-    return MlflowClient()
 
 
 def _now() -> str:
@@ -177,75 +178,6 @@ def record_decision(name: str, version: str, entry: dict[str, Any]) -> None:
         if entry.get(key) is not None:
             client.set_model_version_tag(name, version, f"promotion.{key}", str(entry[key]))
     client.set_registered_model_tag(name, f"decision.v{version}.{entry['time']}", json.dumps(entry, default=str))
-
-
-# -- the promotion lock -------------------------------------------------------------------------
-# MLflow has no compare-and-set on aliases: two promotions that both read @champion v1 and then
-# both move it each "win", and the last writer - not the better model - ends as champion. The
-# one atomic primitive the registry offers is creating a registered model (its name is the
-# primary key: the second create fails with RESOURCE_ALREADY_EXISTS on SQLite and PostgreSQL
-# alike), so a `<name>.promotion-lock` model is the mutex. Every alias move (gate, CLI promote)
-# happens under it, after a fresh read of the alias. A holder that died leaves a lock whose
-# lease (`expires` tag) runs out; the next promotion removes it.
-LOCK_SUFFIX = ".promotion-lock"
-LOCK_LEASE_S = 300.0
-
-
-def _code(exc: Exception) -> str:
-    return str(getattr(exc, "error_code", ""))
-
-
-@contextlib.contextmanager
-def promotion_lock(name: str, holder: str, wait_s: float = 120.0, lease_s: float = LOCK_LEASE_S,
-                   poll_s: float = 0.2) -> Iterator[None]:  # fmt: skip
-    """Hold the promotion lock of registered model `name` (waits up to `wait_s`)."""
-    from mlflow.exceptions import MlflowException
-
-    client = _client()
-    lock = name + LOCK_SUFFIX
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            client.create_registered_model(lock, tags={"holder": holder, "expires": f"{time.time() + lease_s:.3f}"},
-                                           description=f"promotion lock of {name} (held while an alias moves)")  # fmt: skip
-            break
-        except MlflowException as exc:
-            # DOES_NOT_EXIST: the server re-reads what it created, and a concurrent release can
-            # fall in between; try again.
-            if not any(c in _code(exc) for c in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST")):
-                raise
-            if "RESOURCE_DOES_NOT_EXIST" in _code(exc):
-                continue
-        try:
-            held = client.get_registered_model(lock)
-        except MlflowException as exc:
-            if "RESOURCE_DOES_NOT_EXIST" in _code(exc):
-                continue  # released meanwhile
-            raise
-        # The lease: the holder's `expires` tag, else (tags not visible yet) creation + lease.
-        expires = float(held.tags.get("expires") or held.creation_timestamp / 1000 + lease_s)
-        if expires < time.time():
-            print(f"{name}: removing a stale promotion lock of {held.tags.get('holder', '?')} (lease ran out)")
-            _delete_lock(client, lock)
-            continue
-        if time.monotonic() > deadline:
-            raise RegistryError(f"{name}: another promotion ({held.tags.get('holder', '?')}) holds the lock; "
-                                "try again later")  # fmt: skip
-        time.sleep(poll_s)
-    try:
-        yield
-    finally:
-        _delete_lock(client, lock)
-
-
-def _delete_lock(client: Any, lock: str) -> None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        client.delete_registered_model(lock)
-    except MlflowException as exc:
-        if "RESOURCE_DOES_NOT_EXIST" not in _code(exc):
-            raise
 
 
 def _move_alias(name: str, alias: str, new: Any, previous: Any | None, actor: str, why: str) -> None:
@@ -373,75 +305,3 @@ def promote(name: str, version: str, alias: str = CHAMPION, actor: str = "cli", 
         record_decision(name, mv.version, {"decision": "promoted", "alias": alias, "actor": actor, "reason": why,
                                            "champion_version": previous.version if previous else None})  # fmt: skip
     return client.get_model_version(name, mv.version)
-
-
-def location_uri(path: str | Path, shared_volume: str = "") -> str:
-    """`pvc://<claim>/<sub>` for a path on the shared volume (`shared_volume` = "claim:/mount"),
-    else the absolute path: what a checkpoint reference records."""
-    p = Path(path).resolve()
-    claim, _, mount = shared_volume.partition(":")
-    if claim and mount and p.is_relative_to(mount):
-        return f"pvc://{claim}/{p.relative_to(mount)}"
-    return str(p)
-
-
-def materialize(model_uri: str, dst: str | Path, shared_volume: str = "") -> Path:
-    """A local Hugging Face folder for a registered model (`models:/name/3`, `models:/name@champion`).
-
-    A transformers-flavour version is downloaded into `dst`; a reference version
-    (checkpoint_ref.json) resolves to its location: `pvc://claim/sub` -> the shared volume's
-    mount, or a path. Anything else (an s3:// reference) is an error, never a guess.
-    """
-    import mlflow
-
-    local = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=str(dst)))
-    ref = next(iter(sorted(local.rglob("checkpoint_ref.json"))), None)
-    if ref is not None:
-        loc = json.loads(ref.read_text())["location_uri"]
-        claim, _, mount = shared_volume.partition(":")
-        if loc.startswith("pvc://"):
-            ref_claim, _, sub = loc[len("pvc://"):].partition("/")
-            if ref_claim != claim or not mount:
-                raise RegistryError(f"{model_uri} lives on volume {ref_claim!r}, which is not mounted here")
-            folder = Path(mount) / sub
-        elif "://" in loc:
-            raise RegistryError(f"{model_uri} refers to {loc}; copy it to a mounted volume first")
-        else:
-            folder = Path(loc)
-        if not (folder / "config.json").is_file():
-            raise RegistryError(f"{model_uri} refers to {folder}, which holds no model (no config.json)")
-        return folder
-    for cfg in sorted(local.rglob("config.json")):
-        if any(cfg.parent.glob("*.safetensors")):
-            return cfg.parent
-    raise RegistryError(f"{model_uri}: downloaded to {local} but found no model folder in it")
-
-
-def describe(name: str | None = None) -> list[dict[str, Any]]:
-    """Rows for `longrl registry show`: every version of `name` (or of every model)."""
-    client = _client()
-    names = [name] if name else [m.name for m in client.search_registered_models()
-                                 if not m.name.endswith(LOCK_SUFFIX)]  # fmt: skip
-    rows = []
-    for model_name in names:
-        model = client.get_registered_model(model_name)
-        aliases: dict[str, list[str]] = {}
-        for alias, v in (model.aliases or {}).items():
-            aliases.setdefault(str(v), []).append(alias)
-        for mv in client.search_model_versions(f"name = '{model_name}'"):
-            rows.append({
-                "name": model_name,
-                "version": mv.version,
-                "aliases": sorted(aliases.get(str(mv.version), [])),
-                "eval_status": mv.tags.get(EVAL_STATUS_TAG, ""),
-                "metrics": eval_metrics(mv),
-                "decision": mv.tags.get("promotion.decision", ""),
-                "reason": mv.tags.get("promotion.reason", ""),
-                "base_model": mv.tags.get("base_model", ""),
-                "data_digest": mv.tags.get("data.digest", ""),
-                "kfp_run_id": mv.tags.get("pipeline.kfp_run_id", ""),
-                "source": mv.source,
-                "created": datetime.fromtimestamp(mv.creation_timestamp / 1000, UTC).strftime("%Y-%m-%d %H:%M"),
-            })  # fmt: skip
-    rows.sort(key=lambda r: (r["name"], int(r["version"])))
-    return rows
