@@ -31,3 +31,23 @@ def register_and_promote(candidate: Input[Model], comparison: Input[Artifact], d
         f.write(text)
     print(text)
     return out(version, promoted)
+
+
+@dsl.component(**CPU)
+def run_outcome(model_name: str, kfp_run_id: str, mlflow_tracking_uri: str) -> NamedTuple(
+        "Outcome", registered_model=str, registered_version=str, model_uri=str, promoted=bool, promotion=str,
+        promotion_reason=str, champion_version=str):  # fmt: skip
+    """The pipeline's outputs: the version this run registered and its promotion decision, read
+    from the registry. It runs after the exit handler's group (KFP 2.17 takes pipeline outputs
+    only from top-level tasks, and register-and-promote sits inside the ExitHandler and a
+    dsl.If branch), so it reads back what register-and-promote recorded instead of taking its
+    outputs. Not cached: the registry changes."""
+    from collections import namedtuple
+
+    from components.registry_launch import run_outcome as read_outcome
+
+    got = read_outcome(model_name, kfp_run_id, mlflow_tracking_uri)
+    print(" ".join(f"{k}={v}" for k, v in got.items()))
+    fields = ["registered_model", "registered_version", "model_uri", "promoted", "promotion", "promotion_reason",
+              "champion_version"]  # fmt: skip
+    return namedtuple("Outcome", fields)(*(got[f] for f in fields))

@@ -113,3 +113,45 @@ def register_candidate(model_dir: Path, comparison_dir: Path, data_dir: Path, mo
             f"{'succeeded' if cand['succeeded'] else 'failed: ' + cand['reason']}\n"
             f"- data digest: {digest}\n- source: {mv.source}\n")  # fmt: skip
     return str(mv.version), promoted, text
+
+
+NOT_REGISTERED = "not-registered"
+
+
+def run_outcome(model_name: str, kfp_run_id: str, tracking_uri: str) -> dict[str, Any]:
+    """What this pipeline run registered and decided, read back from the registry (the pipeline's
+    outputs; issue 15). The version is the newest of `model_name` tagged with this run's
+    pipeline.kfp_run_id (register_candidate's tag); the decision is its promotion.* tags. A run
+    that registered nothing (no MLflow, or register never ran) gives version "" and promotion
+    "not-registered"."""
+    from components.launch import tracking_uri as resolve_uri
+
+    out: dict[str, Any] = {"registered_model": model_name, "registered_version": "", "model_uri": "",
+                           "promoted": False, "promotion": NOT_REGISTERED, "promotion_reason": "",
+                           "champion_version": ""}  # fmt: skip
+    uri = resolve_uri(tracking_uri)
+    if not uri:
+        out["promotion_reason"] = "MLflow is not configured (no tracking URI)"
+        return out
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    from mlflow import MlflowClient
+
+    from common import registry
+
+    client = MlflowClient()
+    if not client.search_registered_models(filter_string=f"name = '{model_name}'"):
+        out["promotion_reason"] = f"no registered model {model_name}"
+        return out
+    champion = registry.version_by_alias(model_name, registry.CHAMPION)
+    out["champion_version"] = str(champion.version) if champion else ""
+    mine = [mv for mv in client.search_model_versions(f"name = '{model_name}'")
+            if mv.tags.get("pipeline.kfp_run_id") == kfp_run_id]  # fmt: skip
+    if not mine:
+        out["promotion_reason"] = f"run {kfp_run_id} registered no version of {model_name}"
+        return out
+    mv = max(mine, key=lambda v: int(v.version))
+    decision = mv.tags.get("promotion.decision", "")
+    out.update(registered_version=str(mv.version), model_uri=f"models:/{model_name}/{mv.version}",
+               promoted=decision == "promoted", promotion=decision or "undecided",
+               promotion_reason=mv.tags.get("promotion.reason", ""))  # fmt: skip
+    return out

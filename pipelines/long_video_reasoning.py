@@ -9,7 +9,7 @@ run is chosen per run: `run_sft` and `run_grpo` (both, SFT only, or GRPO only fr
 # No `from __future__ import annotations`: KFP reads the pipeline function's annotations as types.
 import json
 from dataclasses import asdict
-from typing import Any
+from typing import Any, NamedTuple
 
 from kfp import dsl
 from kfp.dsl.graph_component import GraphComponent
@@ -24,7 +24,7 @@ from components.ops_data import (
     video_fingerprint,
 )
 from components.ops_eval import evaluate_models, resolve_champion
-from components.ops_registry import register_and_promote
+from components.ops_registry import register_and_promote, run_outcome
 from components.ops_tracking import finish_tracking, start_tracking
 from components.ops_train import grpo, sft, train_step_gpus
 from pipelines.cluster import ClusterConfig, apply_common, apply_gpu
@@ -72,6 +72,18 @@ PARAM_DOCS: dict[str, str] = {
     "mlflow_experiment": "MLflow experiment of the pipeline's runs.",
     "runs_root": "Folder on the shared volume for heavy outputs ('': inside KFP artifacts).",
 }
+
+
+# What a run returns (the run's outputs in the KFP UI and API, `pipeline(...).outputs` in
+# kfp.local): the version it registered, as a pinned URI too, and the promotion decision.
+class PipelineOutputs(NamedTuple):
+    registered_model: str
+    registered_version: str  # "" when the run registered nothing
+    model_uri: str  # models:/NAME/VERSION
+    promoted: bool
+    promotion: str  # promoted | rejected | not-registered
+    promotion_reason: str
+    champion_version: str  # who holds @champion after the run
 
 
 def _cached(task: Any, on: bool) -> Any:
@@ -145,11 +157,12 @@ def build_pipeline(cluster: ClusterConfig | None = None) -> Any:
         mlflow_tracking_uri: str = "http://mlflow.longrl.svc.cluster.local:5000",
         mlflow_experiment: str = "longrl",
         runs_root: str = "/mnt/data/runs",  # heavy outputs on the shared volume ("" : in artifacts)
-    ) -> None:
+    ) -> PipelineOutputs:
         run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
         exit_task = cpu(finish_tracking(kfp_run_id=run_id, mlflow_tracking_uri=mlflow_tracking_uri,
                                         experiment=mlflow_experiment), cache=False, kind="tracking")  # fmt: skip
-        with dsl.ExitHandler(exit_task, name="tracked-run"):
+        tracked = dsl.ExitHandler(exit_task, name="tracked-run")
+        with tracked:
             params = {"base_model": base_model, "video_source": video_source, "frames": frames,
                       "run_sft": run_sft, "run_grpo": run_grpo, "ray_workers": ray_workers}  # fmt: skip
             start = cpu(start_tracking(kfp_run_id=run_id, kfp_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
@@ -210,8 +223,21 @@ def build_pipeline(cluster: ClusterConfig | None = None) -> Any:
                     evaluate_and_promote(train_grpo(sft_task.outputs["trained"]).outputs["trained"])
                 with dsl.Else(name="sft-only"):
                     evaluate_and_promote(sft_task.outputs["trained"])
-            with dsl.Elif(run_grpo == True, name="grpo-only"):  # noqa: E712
-                evaluate_and_promote(train_grpo(base_model_artifact).outputs["trained"])
+            # Else + If, not Elif: in kfp 2.17 a dsl.If/dsl.Elif chain without a dsl.Else leaves
+            # its ConditionBranches group on the DSL's group stack (only Else pops it), so the
+            # ExitHandler's exit popped that group instead of its own and every later task (the
+            # run-outcome step below) landed inside the ExitHandler.
+            with dsl.Else(name="no-sft"):
+                with dsl.If(run_grpo == True, name="grpo-only"):  # noqa: E712
+                    evaluate_and_promote(train_grpo(base_model_artifact).outputs["trained"])
+        # The pipeline's outputs (issue 15): KFP 2.17 takes them only from top-level tasks, and
+        # register-and-promote sits in the ExitHandler and a dsl.If branch ("Pipeline outputs may
+        # only be returned from the top level of the pipeline function scope"). So a top-level
+        # step after the handler's group reads back what register-and-promote recorded.
+        outcome = cpu(run_outcome(model_name=registered_model, kfp_run_id=run_id,
+                                  mlflow_tracking_uri=mlflow_tracking_uri), cache=False, kind="registry")  # fmt: skip
+        outcome.after(tracked)
+        return PipelineOutputs(*(outcome.outputs[name] for name in PipelineOutputs._fields))
 
     long_video_reasoning.__doc__ = pipeline_docstring()
     pipeline = dsl.pipeline(name=PIPELINE_NAME, description=__doc__.split("\n\n")[0])(long_video_reasoning)

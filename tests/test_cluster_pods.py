@@ -1,6 +1,6 @@
 """Every pod the pipeline creates on a cluster, rendered as KFP 2.17 and KubeRay would render it,
 checked against the Kubernetes schema and Pod Security `restricted` (issue 15, findings 2, 3,
-6, 7, 10, 11, 17): executor pods of all 19 executors, the RayJob's head, workers and submitter."""
+6, 7, 10, 11, 17): executor pods of all 20 executors, the RayJob's head, workers and submitter."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def _all_tasks(spec: dict) -> dict[str, dict]:
 
 def test_every_executor_pod_is_admitted_by_restricted(docs):
     executors = docs[0]["deploymentSpec"]["executors"]
-    assert len(executors) == 19  # one per task (the three eval/register branches have their own)
+    assert len(executors) == 20  # one per task (the three eval/register branches have their own)
     for name in executors:
         pod = kfp_executor_pod(docs[0], docs[1], name)
         validate_k8s(pod)

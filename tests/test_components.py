@@ -170,6 +170,16 @@ def test_register_and_gate_on_mlflow(mlflow_env, tmp_path, tiny_model_dir):
     from mlflow import MlflowClient as _C
 
     assert not promoted and "auto_promote is off" in _C().get_model_version(name, v4).tags["promotion.reason"]
+    # The pipeline's outputs (run-outcome) read back the newest version this run registered.
+    from components.registry_launch import run_outcome
+
+    got = run_outcome(name, "kfp-42", mlflow_env)
+    assert got == {"registered_model": name, "registered_version": v4, "model_uri": f"models:/{name}/{v4}",
+                   "promoted": False, "promotion": "rejected", "champion_version": v2,
+                   "promotion_reason": "auto_promote is off (promote by hand: longrl registry promote)"}  # fmt: skip
+    assert run_outcome(name, "kfp-other", mlflow_env)["promotion"] == "not-registered"
+    assert run_outcome("no-such-model", "kfp-42", mlflow_env)["registered_version"] == ""
+    assert run_outcome(name, "kfp-42", "")["promotion_reason"] == "MLflow is not configured (no tracking URI)"
     os.environ.pop("MLFLOW_RUN_ID", None)
     # No MLflow: nothing registered, said plainly.
     assert register_candidate(tiny_model_dir, third, data, **{**args, "tracking_uri": ""})[0] == ""

@@ -53,6 +53,30 @@ def test_compiled_yaml_is_valid_kfp_ir(compiled):
     assert "sk-secret-value" not in text and TOKEN not in text
 
 
+def test_pipeline_outputs_name_the_version_and_the_decision(compiled):
+    """Issue 15: the run's outputs. KFP 2.17 takes them from top-level tasks only, so run-outcome
+    runs after the ExitHandler's group (which keeps register-and-promote and the cleanup)."""
+    _, docs = compiled
+    root = docs[0]["root"]
+    outs = root["outputDefinitions"]["parameters"]
+    assert {k: v["parameterType"] for k, v in outs.items()} == {
+        "registered_model": "STRING", "registered_version": "STRING", "model_uri": "STRING", "promoted": "BOOLEAN",
+        "promotion": "STRING", "promotion_reason": "STRING", "champion_version": "STRING"}  # fmt: skip
+    dag_outs = root["dag"]["outputs"]["parameters"]
+    assert {k: v["valueFromParameter"] for k, v in dag_outs.items()} == {
+        k: {"outputParameterKey": k, "producerSubtask": "run-outcome"} for k in outs}  # fmt: skip
+    tasks = root["dag"]["tasks"]
+    assert set(tasks) == {"exit-handler-1", "finish-tracking", "run-outcome"}
+    assert tasks["run-outcome"]["dependentTasks"] == ["exit-handler-1"]
+    assert tasks["run-outcome"]["inputs"]["parameters"]["kfp_run_id"] == {
+        "runtimeValue": {"constant": "{{$.pipeline_job_uuid}}"}}  # the id register-and-promote tags
+    # The exit handler is as before: it runs whatever happened, and register-and-promote is inside it.
+    assert tasks["finish-tracking"]["triggerPolicy"] == {"strategy": "ALL_UPSTREAM_TASKS_COMPLETED"}
+    assert tasks["finish-tracking"]["dependentTasks"] == ["exit-handler-1"]
+    inner = [n for c in docs[0]["components"].values() for n in c.get("dag", {}).get("tasks", {})]
+    assert sum(n.startswith("register-and-promote") for n in inner) == 3  # one per training branch
+
+
 def _executors(docs):
     return docs[0]["deploymentSpec"]["executors"], docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
 
