@@ -5,7 +5,8 @@
     .venv/bin/python bench/learn_probe.py solid TAG STEPS [sft overrides...]
 
 env FRAMES (default: bench_learning's 8), RECOLOURS (SynthConfig.max_recolours, default -1),
-WIDTH and LAYERS (the LLM's hidden size and depth; default bench_learning's 128 and 4).
+WIDTH and LAYERS (the LLM's hidden size and depth; default bench_learning's 128 and 4), CANON=1
+(SynthConfig.canonical_options: colour options are the whole palette in palette order).
 `sft` builds seed-1 data and model with bench_learning's functions (ladder knob object_scale
 and max_recolours), trains SFT and evaluates it on the held-out split; `grpo` trains GRPO from
 TAG's SFT model and compares it with that SFT run (paired McNemar); `solid` is the sanity rung:
@@ -44,6 +45,7 @@ def _sft(base: Path, data: Path, out: Path, steps: int, extra: list[str]) -> Pat
 def probe_sft(scale: float, steps: int, tag: str, extra: list[str]) -> None:
     bl.LADDER["object_scale"] = scale
     bl.LADDER["max_recolours"] = int(os.environ.get("RECOLOURS", -1))
+    bl.LADDER["canonical_options"] = os.environ.get("CANON", "0") == "1"
     out = ROOT / ".tmp" / "learn" / tag
     out.mkdir(parents=True, exist_ok=True)
     data = bl.make_data(out, 1, {"sft": 500, "rl": 500, "bench": 60})

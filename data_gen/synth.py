@@ -62,6 +62,10 @@ class SynthConfig:
     # Colour changes per video (-1: no cap; 0: every object keeps the colour it appears in) - the
     # time rungs: reading "the colour at the end" needs no temporal search when nothing changes.
     max_recolours: int = -1
+    # Colour multiple-choice questions list every colour in palette order (chance 1/7): the
+    # option letter is then a fixed function of the colour - the rung between naming a colour
+    # and looking up its letter among shuffled options, which the tiny LLM does not learn.
+    canonical_options: bool = False
 
     def check(self) -> None:
         if self.videos < 1:
@@ -117,7 +121,8 @@ def questions_from_log(log: dict, count: int, seed: int) -> dict:
     rng = np.random.default_rng(np.random.SeedSequence([seed, 7919]))
     qcfg = log.get("video", {}).get("questions") or {}
     return synth_questions.make_questions(log, rng, count, tuple(qcfg.get("task_types") or ()),
-                                          qcfg.get("reasoning", "full"))
+                                          qcfg.get("reasoning", "full"),
+                                          bool(qcfg.get("canonical_options", False)))
 
 
 def generate_video(cfg: SynthConfig, index: int, out_dir: Path) -> tuple[dict, list[QARecord]]:
@@ -137,7 +142,8 @@ def generate_video(cfg: SynthConfig, index: int, out_dir: Path) -> tuple[dict, l
                     "width": cfg.width, "height": cfg.height, "frame_count": frames,
                     "codec": cfg.codec, "min_frames": synth_world.min_frames_to_see_all(log),
                     "seed": cfg.seed, "index": index,
-                    "questions": {"task_types": list(cfg.task_types), "reasoning": cfg.reasoning}}
+                    "questions": {"task_types": list(cfg.task_types), "reasoning": cfg.reasoning,
+                                  "canonical_options": cfg.canonical_options}}
     events_path(path).write_text(json.dumps(log, indent=1))
     ref = VideoRef(video_id, path.name, digest, duration)
     seed = int(q_ss.generate_state(1)[0])

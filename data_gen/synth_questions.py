@@ -58,8 +58,8 @@ def _at(ev: dict) -> str:
 
 
 class _Builder:
-    def __init__(self, log: dict, rng: np.random.Generator):
-        self.log, self.rng = log, rng
+    def __init__(self, log: dict, rng: np.random.Generator, canonical_options: bool = False):
+        self.log, self.rng, self.canonical = log, rng, canonical_options
         self.events = [e for e in log["events"] if e["type"] in SALIENT]
         counts: dict[str, int] = {}
         for e in self.events:
@@ -72,13 +72,18 @@ class _Builder:
         return self.log["states"][slot]["objects"]
 
     def mc(self, sub: str, question: str, correct: str, distractors: list[str], reasoning: str,
-           n_options: int = 4, brief: str = "") -> dict | None:
+           n_options: int = 4, brief: str = "", palette: list[str] | None = None) -> dict | None:
         pool = [d for d in dict.fromkeys(distractors) if d.lower() != correct.lower()]
         if not pool:
             return None
         picks = [pool[i] for i in self.rng.permutation(len(pool))[: n_options - 1]]
         options = picks + [correct]
         options = [options[i] for i in self.rng.permutation(len(options))]
+        if self.canonical and palette:
+            # the canonical-options rung: every colour, in palette order, so the letter is a
+            # fixed function of the colour (the draws above still run: the rng stream, and so
+            # every other question, stays that of the shuffled rung)
+            options = list(palette)
         letter = OPTION_LETTERS[options.index(correct)]
         return {"question": question, "category": SUBCATEGORIES[sub], "subcategory": sub,
                 "answer_type": "multiple_choice", "options": options, "answer": letter,
@@ -224,7 +229,8 @@ class _Builder:
             first_b = f"The {o} appears coloured {app['colour']}."
             out.append(self.open("state_change", first_q, app["colour"], story, first_b))
             others = [c for c in colours if c != app["colour"]]
-            if mc := self.mc("state_change", first_q, app["colour"], others, story, brief=first_b):
+            if mc := self.mc("state_change", first_q, app["colour"], others, story, brief=first_b,
+                             palette=colours):
                 out.append(mc)
             if final[o]["visible"]:
                 end_q = f"What colour was the {o} at the end of the video?"
@@ -233,14 +239,14 @@ class _Builder:
                                      story + f" It is still {hist[-1]} at the end.", end_b))
                 others = [c for c in colours if c != final[o]["colour"]]
                 if mc := self.mc("state_change", end_q, final[o]["colour"], others,
-                                 story + f" It is still {hist[-1]} at the end.", brief=end_b):
+                                 story + f" It is still {hist[-1]} at the end.", brief=end_b, palette=colours):
                     out.append(mc)
             else:
                 lv = next(e for e in self.log["events"] if e["type"] == "leave" and e["object"] == o)
                 q = f"What colour was the {o} just before it left the scene?"
                 if mc := self.mc("state_change", q, final[o]["colour"],
                                  [c for c in colours if c != final[o]["colour"]],
-                                 story + f" It leaves {_at(lv)} while {final[o]['colour']}."):
+                                 story + f" It leaves {_at(lv)} while {final[o]['colour']}.", palette=colours):
                     out.append(mc)
             if len(hist) >= 3:
                 correct = ", then ".join(hist)
@@ -259,7 +265,7 @@ class _Builder:
                     if mc := self.mc("state_change", q, e["from_colour"],
                                      [c for c in colours if c != e["from_colour"]],
                                      story + f" The {e['cause_object']} touches it {_at(e)}, when it "
-                                     f"was {e['from_colour']}."):
+                                     f"was {e['from_colour']}.", palette=colours):
                         out.append(mc)
         return out
 
@@ -268,20 +274,23 @@ REASONING_STYLES = ("full", "brief")
 
 
 def make_questions(log: dict, rng: np.random.Generator, count: int,
-                   task_types: tuple[str, ...] | list[str] = (), reasoning: str = "full") -> dict:
+                   task_types: tuple[str, ...] | list[str] = (), reasoning: str = "full",
+                   canonical_options: bool = False) -> dict:
     """Up to `count` questions in the qa_reply schema, spread over the task types and answer
     types in turn (round robin), each question text at most once (a text asked in both answer
     forms counts once per form).
 
     `task_types` keeps only those generator tasks (empty: all; the rungs of a task ladder);
     `reasoning` "full" is the step-by-step account from the log, "brief" the one decisive fact
-    (short targets a small model can learn from few examples)."""
+    (short targets a small model can learn from few examples); `canonical_options` lists every
+    colour in palette order as the options of colour multiple-choice questions (chance
+    1/len(palette); the letter is then a fixed function of the colour)."""
     if reasoning not in REASONING_STYLES:
         raise ValueError(f"reasoning {reasoning!r} not in {REASONING_STYLES}")
     unknown = sorted(set(task_types) - set(SUBCATEGORIES))
     if unknown:
         raise ValueError(f"unknown task types {unknown}; known: {sorted(SUBCATEGORIES)}")
-    b = _Builder(log, rng)
+    b = _Builder(log, rng, canonical_options)
     makers: dict[str, Callable[[], list[dict]]] = {
         "temporal_order": b.temporal_order, "counting": b.counting,
         "spatial_when": b.spatial_when, "cause": b.cause, "state_change": b.state_change,

@@ -41,7 +41,8 @@ def test_data_build_reasks_the_same_rung(tmp_path):
                       questions_per_video=5, task_types=["spatial_when", "counting"], reasoning="brief")
     m = generate(cfg, tmp_path, progress=False)
     log = json.loads(events_path(tmp_path / m["videos"][0]["path"]).read_text())
-    assert log["video"]["questions"] == {"task_types": ["spatial_when", "counting"], "reasoning": "brief"}
+    assert log["video"]["questions"] == {"task_types": ["spatial_when", "counting"], "reasoning": "brief",
+                                         "canonical_options": False}
     reply = questions_from_log(log, 20, seed=3)["questions"]
     assert reply and {q["subcategory"] for q in reply} <= {"spatial_when", "counting"}
     assert all(q["reasoning"].startswith(("Then the", "The answer is")) for q in reply)
@@ -108,3 +109,35 @@ def test_max_recolours_caps_colour_changes(tmp_path, cap):
     uncapped = generate(SynthConfig(**{**cfg.__dict__, "max_recolours": -1}), tmp_path / "u", progress=False)
     assert sum(sum(e["type"] == "recolour" for e in json.loads(events_path(tmp_path / "u" / v["path"]).read_text())["events"])
                for v in uncapped["videos"]) > cap * len(uncapped["videos"])
+
+
+def test_canonical_options_put_every_colour_in_palette_order(tmp_path):
+    """The letter rung: colour multiple-choice options are the whole palette in palette order, so
+    each colour always has the same letter; other questions, and the shuffled rung's question
+    texts and answers, are unchanged; `data build` re-asks the rung from the log."""
+    from data_gen.schema import OPTION_LETTERS
+    from data_gen.synth_world import COLOURS
+
+    cfg = SynthConfig(videos=4, minutes=0.3, fps=4.0, width=96, height=64, num_slots=8, min_objects=1,
+                      max_objects=2, questions_per_video=10, reasoning="brief", canonical_options=True)
+    m = generate(cfg, tmp_path / "c", progress=False)
+    qs = _qs(tmp_path / "c")
+    plain = _qs(generate(SynthConfig(**{**cfg.__dict__, "canonical_options": False}), tmp_path / "p",
+                         progress=False) and tmp_path / "p")
+    assert [q["question"] for q in qs] == [q["question"] for q in plain]
+    palette = list(COLOURS)
+    colour_mc = [(q, p) for q, p in zip(qs, plain, strict=True)
+                 if q["answer_type"] == "multiple_choice" and set(p["options"]) <= set(palette)]
+    assert len(colour_mc) >= 4
+    for q, p in colour_mc:
+        assert q["options"] == palette and len(p["options"]) == 4
+        colour = p["options"][OPTION_LETTERS.index(p["answer"])]  # the same colour is right in both
+        assert q["answer"] == OPTION_LETTERS[palette.index(colour)]
+        assert q["reasoning"].endswith(f"So the answer is {q['answer']}.") and colour in q["reasoning"]
+    others = [(q, p) for q, p in zip(qs, plain, strict=True) if (q, p) not in colour_mc]
+    assert others and all(q == p for q, p in others)
+    log = json.loads(events_path(tmp_path / "c" / m["videos"][0]["path"]).read_text())
+    assert log["video"]["questions"]["canonical_options"] is True
+    again = questions_from_log(log, 10, seed=5)["questions"]
+    assert all(q["options"] == palette for q in again if q["answer_type"] == "multiple_choice"
+               and q["question"].startswith("What colour"))
