@@ -94,3 +94,39 @@ def test_colocated_engine_forces_the_in_process_engine(monkeypatch):
     with pytest.raises(ImportError):
         ColocatedVLLMEngine("model", None, [0], 1)
     assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM installed: the GPU test covers it")
+@pytest.mark.parametrize("arch, video, image", [("qwen3_vl", 0, 128), ("qwen2_5_vl", 1, 0), ("qwen3", None, None)])
+def test_colocated_engine_takes_the_familys_multimodal_options(tmp_path, monkeypatch, arch, video, image):
+    """The colocated engine asks vLLM for what the model family takes, as the single-process
+    engine does: one embedded image per frame group for Qwen3-VL (its video path needs frame
+    metadata an embedding lacks), one embedded video for Qwen2.5-VL, no multimodal input for a
+    text LM. vLLM is absent here, so a stand-in module records the LLM(...) keyword arguments;
+    everything else (the family read from the folder's config) is the real code."""
+    import sys
+    import types
+
+    from training.sequence_parallel.vllm_colocate import ColocatedVLLMEngine
+    from training.tiny_model import TinyModelSpec, write_tiny_model_folder
+
+    seen: dict = {}
+
+    class RecordingLLM:
+        def __init__(self, **kwargs):
+            seen.update(kwargs)
+
+        def sleep(self, level):
+            seen["slept"] = level
+
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=RecordingLLM))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    folder = write_tiny_model_folder(tmp_path / arch, TinyModelSpec(arch=arch))
+    engine = ColocatedVLLMEngine(str(folder), None, [0], 1)
+    assert engine.family.name == arch
+    assert seen["distributed_executor_backend"] == "external_launcher" and seen["enable_sleep_mode"]
+    if video is None:
+        assert "limit_mm_per_prompt" not in seen and "enable_mm_embeds" not in seen
+    else:
+        assert seen["enable_mm_embeds"] is True
+        assert seen["limit_mm_per_prompt"] == {"video": video, "image": image}

@@ -24,6 +24,7 @@ from collections.abc import Iterable, Sequence
 import torch
 
 from training.grpo.rollout import Response, RolloutPrompt, SamplingSettings, VLLMRolloutEngine
+from training.grpo.rollout_vllm import rollout_engine_options
 from training.sequence_parallel.mesh import iter_full_tensors
 
 
@@ -43,7 +44,8 @@ class ColocatedVLLMEngine(VLLMRolloutEngine):
 
     def __init__(self, model_dir: str, tokenizer, stop_ids: Sequence[int], video_token_id: int, *,
                  gpu_memory_utilization: float = 0.4, dtype: str = "bfloat16", seed: int = 0,
-                 max_model_len: int | None = None, bucket_bytes: int = 512 << 20) -> None:
+                 max_model_len: int | None = None, bucket_bytes: int = 512 << 20,
+                 max_frame_groups: int = 128) -> None:
         if not torch.cuda.is_available():
             raise RuntimeError("the colocated vLLM engine needs CUDA GPUs; use rollout.engine=hf")
         # In-process engine core: collective_rpc runs our callable in this process, on this GPU.
@@ -52,12 +54,19 @@ class ColocatedVLLMEngine(VLLMRolloutEngine):
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         from vllm import LLM
 
+        from training.models import family_of
+
+        # The family decides the multimodal options (none for a text LM, one embedded video for
+        # Qwen2/2.5-VL, one embedded image per frame group for Qwen3-VL) and, in the inherited
+        # generate(), how requests are built - as the single-process engine does.
+        self.family = family_of(model_dir)
         extra = {"max_model_len": max_model_len} if max_model_len else {}
-        self.llm = LLM(model=str(model_dir), dtype=dtype, seed=seed, enable_mm_embeds=True,
+        self.llm = LLM(model=str(model_dir), dtype=dtype, seed=seed,
                        gpu_memory_utilization=gpu_memory_utilization,
-                       logprobs_mode="processed_logprobs", limit_mm_per_prompt={"video": 1, "image": 0},
+                       logprobs_mode="processed_logprobs",
                        distributed_executor_backend="external_launcher", tensor_parallel_size=1,
-                       enable_sleep_mode=True, **extra)
+                       enable_sleep_mode=True, **extra,
+                       **rollout_engine_options(self.family, max_frame_groups))
         self.tokenizer, self.stop_ids, self.video_token_id = tokenizer, list(stop_ids), video_token_id
         self.bucket_bytes = bucket_bytes
         self.llm.sleep(level=1)  # keep the loaded weights (offloaded) for a first rollout
