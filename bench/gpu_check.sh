@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# The GPU check, as one prepared call on one H100/H200 (under 10 minutes: part limits 240+150+170 = 560 s):
+# The GPU check, as one prepared call on one H100/H200 (under 10 minutes: part limits 220+210+150 = 580 s):
 #   1. the tests that are skipped without CUDA (vLLM rollout/eval engines, colocated vLLM weight
 #      sync, transformers' video-processor layout), plus the CPU-default tests that take the GPU
 #      path when CUDA is there (positions/log-probs on long videos, bf16-compute precision);
-#   2. vLLM's positions and log-probs against the trainer's on a long-video prompt
-#      (bench/gpu_vllm_check.py: 64 frames of a 10-minute clip, 18.75 s per temporal patch);
+#   2. vLLM's positions and log-probs against the trainer's on a long-video prompt, for
+#      Qwen2.5-VL, a Qwen3 text LM and Qwen3-VL (bench/gpu_vllm_check.py: 64 frames of a
+#      10-minute clip, 18.75 s per temporal patch; Qwen2.5-VL's figures print first);
 #   3. the scale figures (issue 12): 3B-shaped MR-SP vs naive step time and peak memory at
 #      64/256/512 frames and the largest frame count each fits on one GPU, and the bf16 vs fp32
 #      tiled log-prob kernel at 7B width (bench/gpu_scale_check.py, ~3 min).
@@ -49,11 +50,11 @@ for name in ("torch", "transformers", "vllm", "flash_attn", "torchvision", "av",
 import torch
 print("cuda", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")
 PY
-part tests 240 $PY -m pytest -q -p no:cacheprovider -rs -o addopts="" \
+part tests 220 $PY -m pytest -q -p no:cacheprovider -rs -o addopts="" \
     tests/test_grpo_vllm.py tests/test_sequence_parallel_vllm.py tests/test_eval_engines.py \
     "tests/test_model_kit.py::test_patch_layout_equals_transformers_video_processor" \
     tests/test_positions.py tests/test_precision.py
-part vllm_positions 150 $PY bench/gpu_vllm_check.py --frames 64 --seconds 600
-part scale 170 $PY bench/gpu_scale_check.py --frames 64,256,512 --budget-s 130
+part vllm_positions 210 $PY bench/gpu_vllm_check.py --frames 64 --seconds 600  # 3 families, one engine each
+part scale 150 $PY bench/gpu_scale_check.py --frames 64,256,512 --budget-s 115
 echo "gpu_check: $failed part(s) failed"
 exit "$failed"
