@@ -198,3 +198,35 @@ def numeric_items(data: dict[str, Any], prefix: str = "") -> dict[str, float]:
         elif isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
             out[name] = float(value)
     return out
+
+
+TINY_DEFAULT_ARCH = "qwen2_5_vl"
+
+
+def tiny_model_spec(model: str) -> tuple[int, str] | None:
+    """The pipeline's `base_model` as a tiny random model: `tiny`, `tiny:SEED` or
+    `tiny:SEED:ARCH` (ARCH a vision family of `longrl model tiny --arch`; default qwen2_5_vl)
+    -> (seed, arch); None for anything else (a model folder). A bad seed or arch is one line
+    naming it and what is accepted."""
+    if model != "tiny" and not model.startswith("tiny:"):
+        return None
+    parts = model.split(":")
+    if len(parts) > 3:
+        raise StepError(f"base model {model!r}: give tiny, tiny:SEED or tiny:SEED:ARCH")
+    seed_text = (parts[1] if len(parts) > 1 else "") or "0"
+    try:
+        seed = int(seed_text)
+    except ValueError:
+        raise StepError(f"base model {model!r}: seed {seed_text!r} is not an integer "
+                        "(tiny:SEED or tiny:SEED:ARCH)") from None  # fmt: skip
+    arch = (parts[2] if len(parts) > 2 else "") or TINY_DEFAULT_ARCH
+    from training.models import FAMILIES  # torch + transformers: only for a tiny model
+
+    families = {f.name: f for f in FAMILIES.values()}
+    video = ", ".join(n for n, f in families.items() if f.has_vision)
+    if arch not in families:
+        raise StepError(f"base model {model!r}: unknown arch {arch!r}; the video model families are {video}")
+    if not families[arch].has_vision:
+        raise StepError(f"base model {model!r}: {arch} is a text-only family and the pipeline trains on "
+                        f"videos; use one of {video}")  # fmt: skip
+    return seed, arch

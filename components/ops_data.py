@@ -63,16 +63,20 @@ def prepare_videos(source: str, synth_videos: int, synth_minutes: float, synth_f
 @dsl.component(**CPU)
 def prepare_model(model: str, base_model: Output[Model]):
     """The base model: a Hugging Face folder (on the shared volume; referenced, not copied) or
-    `tiny` / `tiny:SEED`, a random tiny Qwen2.5-VL written by `longrl model tiny` (demo, tests)."""
+    `tiny`, `tiny:SEED`, `tiny:SEED:ARCH`: a random tiny model written by `longrl model tiny
+    --seed SEED --arch ARCH` (demo, tests; ARCH a video family such as qwen2_5_vl, the
+    default, qwen2_vl or qwen3_vl)."""
     import json
     from pathlib import Path
 
-    from components.launch import StepError, longrl_argv, run_step, write_ref
+    from components.launch import StepError, longrl_argv, run_step, tiny_model_spec, write_ref
 
-    if model == "tiny" or model.startswith("tiny:"):
-        seed = model.partition(":")[2] or "0"
-        run_step(longrl_argv("model", "tiny", "--out", base_model.path, "--seed", seed))
-        base_model.metadata.update({"model": model, "model_type": "qwen2_5_vl"})
+    tiny = tiny_model_spec(model)
+    if tiny is not None:
+        seed, arch = tiny
+        run_step(longrl_argv("model", "tiny", "--out", base_model.path, "--seed", str(seed), "--arch", arch))
+        config = json.loads((Path(base_model.path) / "config.json").read_text())
+        base_model.metadata.update({"model": model, "model_type": config.get("model_type", "")})
         return
     folder = Path(model)
     if not (folder / "config.json").is_file():

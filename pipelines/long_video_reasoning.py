@@ -34,7 +34,7 @@ PIPELINE_NAME = "long-video-reasoning"
 
 # Shown in the KFP UI beside each run parameter (KFP reads the pipeline docstring's Args).
 PARAM_DOCS: dict[str, str] = {
-    "base_model": "Hugging Face model folder on the shared volume, or tiny[:seed] for a random tiny model.",
+    "base_model": "Hugging Face model folder on the shared volume, or tiny[:seed[:arch]] for a random tiny model (arch: qwen2_5_vl, the default, qwen2_vl, qwen3_vl, qwen3_vl_moe).",
     "registered_model": "MLflow registered model that receives the new version.",
     "video_source": "A folder of videos on the shared volume, or 'synth' for procedural videos.",
     "synth_videos": "Number of synthetic videos (video_source=synth).",
@@ -120,7 +120,7 @@ def build_pipeline(cluster: ClusterConfig | None = None) -> Any:
         return _cached(apply_gpu(task, cfg, gpus, kind, shape), cache)
 
     def long_video_reasoning(
-        base_model: str = "/mnt/data/models/Qwen2.5-VL-7B-Instruct",  # HF folder on the volume, or tiny[:seed]
+        base_model: str = "/mnt/data/models/Qwen2.5-VL-7B-Instruct",  # HF folder on the volume, or tiny[:seed[:arch]]
         registered_model: str = "longrl-video-reasoner",
         video_source: str = "/mnt/data/videos",  # a folder of videos, or "synth"
         synth_videos: int = 8,
