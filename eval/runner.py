@@ -10,6 +10,9 @@ run is logged when MLFLOW_TRACKING_URI is set.
 A run folder remembers the settings that change answers (model, engine, frames/fps, pixel budget,
 prompt style, subtitles, decoding) in run_info.json; resuming with different settings is refused
 (use --overwrite or another --out) so one predictions file never mixes two configurations.
+
+The batch loop (eval.answering) and the resume checks (eval.resume) are their own modules; this
+one runs a benchmark and the whole evaluation.
 """
 
 from __future__ import annotations
@@ -21,9 +24,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from common.answers import numbers_match
-from common.short_answers import exact_open, short_answer_matches
 from eval import lmms_output, report, shards
+
+# The generation loop (eval.answering) and the resume checks (eval.resume) live in their own
+# modules; re-exported so `from eval.runner import score, base_record, ...` keeps working.
+from eval.answering import (  # noqa: F401 - re-exported
+    _system_prompt,
+    answer_batch,
+    base_record,
+    error_record,
+    generation_options,
+    score,
+)
 from eval.config import (  # noqa: F401 - EvalConfig and SettingsMismatch are part of this API
     PREDICTIONS,
     REASONING_MAX_NEW_TOKENS,
@@ -35,219 +47,17 @@ from eval.config import (  # noqa: F401 - EvalConfig and SettingsMismatch are pa
     run_settings,
     served_entry,
 )
-from eval.engines import Engine, Generation, Prompt
-from eval.engines.openai_engine import EndpointUnavailable
-from eval.filters import FilterContext, apply_chain
+from eval.engines import Engine
 from eval.judge import NO_JUDGE, judge_metrics, judge_open_ended, judges_used  # noqa: F401
 from eval.metrics import compute_metrics
-from eval.store import PredictionStore
-from eval.task import (
-    EvalItem,
-    TaskError,
-    TaskSpec,
-    get_task,
-    grade_answer,
-    limit_items,
-    subtitle_text,
-    system_for,
+from eval.resume import (  # noqa: F401 - re-exported
+    check_all_resumable,
+    drop_retryable,
+    grade_exact_open,
+    prompt_settings,
 )
-
-
-def score(task: TaskSpec, item: EvalItem, gen: Generation, cfg: EvalConfig) -> dict[str, Any]:
-    ext = apply_chain(task.filter_chain(item.answer_type), gen.text, FilterContext(item.options))
-    rec: dict[str, Any] = {
-        "raw_output": gen.text,
-        "extracted": ext.answer,
-        "extraction_rule": ext.rule,
-        "output_tokens": gen.num_tokens,
-        "finished": gen.finished,
-    }
-    if not ext.answered:
-        rec.update(status="unanswered", correct=False)
-    elif task.grader:  # the task's own exact grader (GSM8K, MATH: eval.filters.GRADERS)
-        rec.update(status="answered", correct=grade_answer(task, ext.answer, item), grader="exact",
-                   grade_rule=task.grader)
-    elif item.answer_type == "multiple_choice":
-        rec.update(status="answered", correct=ext.answer == item.answer)
-    elif item.answer_type == "numeric":
-        rec.update(
-            status="answered",
-            correct=numbers_match(ext.answer, item.answer, rel_tol=cfg.numeric_rel_tol),
-        )
-    elif exact_open(str(item.meta.get("source", ""))):  # a ground-truth name: graded exactly
-        rec.update(status="answered", correct=short_answer_matches(ext.answer, item.answer),
-                   grader="exact")
-    else:  # open-ended: the judge decides after generation
-        rec.update(status="answered", correct=None, judge=None)
-    return rec
-
-
-def base_record(task: TaskSpec, item: EvalItem) -> dict[str, Any]:
-    return {
-        "qid": item.qid,
-        "benchmark": task.name,
-        "video": item.video_path,
-        "answer_type": item.answer_type,
-        "answer": item.answer,
-        "options": item.options,
-        "breakdown": item.breakdown,
-        "cluster": item.cluster,
-        "group": item.group,
-    }
-
-
-def error_record(task: TaskSpec, item: EvalItem, error: str) -> dict[str, Any]:
-    return {
-        **base_record(task, item),
-        "status": "error",
-        "correct": None,
-        "error": error,
-        "prompt": None,
-        "raw_output": None,
-        "extracted": None,
-    }
-
-
-def answer_batch(
-    engine: Engine,
-    task: TaskSpec,
-    batch: list[EvalItem],
-    cfg: EvalConfig,
-    style: str,
-    max_new_tokens: int,
-) -> list[dict[str, Any]]:
-    """Predictions for one batch: video errors are recorded per question; a generation failure
-    is retried question by question so one bad item cannot take its batch down."""
-    from data_gen.video_io import VideoError
-
-    records, prepared = [], []
-    show_subs = bool(cfg.subtitles and task.supports_subtitles)
-    for item in batch:
-        try:
-            if show_subs:  # read here, not at load: a malformed file fails only its questions
-                item.subtitle_lines()
-            prepared.append(engine.prepare(item))
-        except TaskError as exc:
-            records.append(error_record(task, item, f"subtitles: {exc}"))
-        except (VideoError, OSError) as exc:
-            records.append(error_record(task, item, f"video: {exc}"))
-    system = _system_prompt(style)
-    subs = [
-        subtitle_text(p.item.subtitle_lines(), p.timestamps_s) if show_subs else None
-        for p in prepared
-    ]
-    prompts = [
-        Prompt(task.render_prompt(p.item, sub[0] if sub else None, style), system_for(system, p.item))
-        for p, sub in zip(prepared, subs, strict=True)
-    ]
-    groups: list[list[int]] = [list(range(len(prepared)))] if prepared else []
-    while groups:
-        idx = groups.pop(0)
-        t0 = time.perf_counter()
-        try:
-            gens = engine.generate(
-                [prepared[i] for i in idx],
-                [prompts[i] for i in idx],
-                max_new_tokens,
-                cfg.temperature,
-                **generation_options(cfg),
-            )
-        except EndpointUnavailable:
-            raise  # the server is down: stop, keep what is written, resume later
-        except Exception as exc:  # noqa: BLE001 - recorded per question below, never swallowed silently
-            if len(idx) > 1:
-                groups = [[i] for i in idx] + groups
-                continue
-            p = prepared[idx[0]]
-            records.append(error_record(task, p.item, f"generation: {type(exc).__name__}: {exc}"))
-            continue
-        share = (time.perf_counter() - t0) / len(idx)
-        for i, gen in zip(idx, gens, strict=True):
-            p = prepared[i]
-            if gen.error:  # this question's request failed for good (openai engine)
-                rec = error_record(task, p.item, f"generation: {gen.error}")
-                records.append({**rec, "prompt": prompts[i].user, **(
-                    {"retry": True} if gen.retryable else {})})
-                continue
-            records.append(
-                {
-                    **base_record(task, p.item),
-                    "prompt": prompts[i].user,
-                    "system": prompts[i].system,
-                    **score(task, p.item, gen, cfg),
-                    "latency_s": round(p.decode_s + share, 4),
-                    "decode_s": round(p.decode_s, 4),
-                    "batch_size": len(idx),
-                    "num_frames": len(p.timestamps_s),
-                    "num_video_tokens": p.num_video_tokens,
-                    **({"subtitles": subs[i][1]} if subs[i] else {}),
-                }
-            )
-    return records
-
-
-def generation_options(cfg: EvalConfig) -> dict[str, Any]:
-    """Decoding options beyond temperature, passed only when set (engines default to off)."""
-    opts: dict[str, Any] = {}
-    if cfg.top_p != 1.0:
-        opts["top_p"] = cfg.top_p
-    if cfg.num_beams != 1:
-        opts["num_beams"] = cfg.num_beams
-    return opts
-
-
-def drop_retryable(store: PredictionStore) -> int:
-    """Remove the error records of requests that failed transiently (`retry`), so this run
-    asks those questions again; returns how many were removed."""
-    recs = store.load()
-    keep = [r for r in recs.values() if not (r.get("status") == "error" and r.get("retry"))]
-    if len(keep) < len(recs):
-        store.rewrite(keep)
-    return len(recs) - len(keep)
-
-
-def _system_prompt(style: str) -> str | None:
-    if style != "reasoning":
-        return None
-    from training.prompts import SYSTEM_PROMPT
-
-    return SYSTEM_PROMPT
-
-
-def grade_exact_open(records: list[dict[str, Any]], items: dict[str, EvalItem]) -> int:
-    """Grade the open-ended answers of ground-truth records exactly (common.short_answers),
-    also in predictions resumed from before that rule; returns the records changed."""
-    changed = 0
-    for r in records:
-        item = items.get(r["qid"])
-        if (r["answer_type"] != "open_ended" or r.get("grader") == "exact" or item is None
-                or r["status"] not in ("answered", "ungraded", "judge_error")
-                or not exact_open(str(item.meta.get("source", "")))):
-            continue
-        r.update(status="answered", correct=short_answer_matches(r.get("extracted"), item.answer),
-                 grader="exact", judge=None)
-        changed += 1
-    return changed
-
-
-def prompt_settings(cfg: EvalConfig, task: TaskSpec) -> tuple[str, int]:
-    """(prompt style, max new tokens) a benchmark runs with."""
-    style = task.native_style if cfg.prompt_style == "auto" else cfg.prompt_style
-    max_new = cfg.max_new_tokens or (
-        max(task.max_new_tokens, REASONING_MAX_NEW_TOKENS)
-        if style == "reasoning"
-        else task.max_new_tokens
-    )
-    return style, max_new
-
-
-def check_all_resumable(cfg: EvalConfig, out: Path) -> None:
-    """Every benchmark's resume guard, before anything is written (issue 16.11)."""
-    for name in cfg.benchmarks:
-        task = get_task(name)
-        bench_dir = out / benchmark_dir_name(task, cfg.subtitles)
-        check_resume(bench_dir, run_settings(cfg, task, *prompt_settings(cfg, task)), cfg.overwrite,
-                     record=False)
+from eval.store import PredictionStore
+from eval.task import get_task, limit_items
 
 
 def evaluate_benchmark(
