@@ -28,7 +28,9 @@ def register_like_the_pipeline(model_name: str, kfp_run_id: str, tracking_uri: s
     mv = registry.register_version(model_name, source, tags={"pipeline.kfp_run_id": kfp_run_id}, alias="challenger")
     registry.record_decision(model_name, mv.version, {"decision": "promoted", "reason": "no champion yet",
                                                       "alias": "champion", "actor": "pipeline"})  # fmt: skip
-    registry._client().set_registered_model_alias(model_name, "champion", mv.version)
+    from mlflow import MlflowClient
+
+    MlflowClient().set_registered_model_alias(model_name, "champion", mv.version)
     return str(mv.version)
 
 
