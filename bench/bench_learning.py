@@ -3,8 +3,8 @@
     .venv/bin/python bench/bench_learning.py --seed N [--out DIR] [--sft-steps S] [--grpo-steps G]
 
 N seeds everything: the tiny Qwen2.5-VL's weights, the SFT videos, the RL videos and a disjoint
-benchmark (seeds 10_000 + 10 N + {1, 2, 3}: no test or demo uses them; the script checks that
-no benchmark video's bytes appear in the training sets). The model is the "learn" preset, a
+benchmark (seeds 10_000 + 10 N + {1, 2, 3}: no test or demo uses them; a benchmark video whose
+bytes also occur in a training set is left out, with its questions). The model is the "learn" preset, a
 real Qwen2.5-VL folder of ~1 M parameters; the data are one rung of the synthetic task ladder
 (`SynthConfig.task_types`, objects, slots, reasoning style). Each model answers every benchmark
 question greedily; answers are graded exactly (multiple choice by letter, ground-truth names by
@@ -34,11 +34,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 # One rung of the ladder and the model that climbs it (sizes for 2 CPU cores).
+# The rung the learning bar is measured on (docs/grpo.md "Learning"): one large object that keeps
+# its colour, colour options in palette order (a letter per colour).
 LADDER = {"task_types": ["state_change"], "min_objects": 1, "max_objects": 1, "num_slots": 8,
-          "reasoning": "brief", "minutes": 0.5, "fps": 4.0, "width": 168, "height": 112}
+          "reasoning": "brief", "minutes": 0.5, "fps": 4.0, "width": 168, "height": 112,
+          "object_scale": 6.0, "max_recolours": 0, "canonical_options": True}
 MODEL = {"hidden_size": 128, "intermediate_size": 256, "num_layers": 4, "num_heads": 4, "num_kv_heads": 2,
          "vision_depth": 2, "vision_hidden_size": 64, "vision_intermediate_size": 128,
          "vision_num_heads": 2, "vision_fullatt_blocks": [1], "video_max_pixels": 168 * 112}
+# Rollouts at T=0.7 (at T=1 most of the tiny model's samples are broken text, far from the greedy
+# answers that are graded) with KL to the SFT model.
+GRPO_RECIPE = ["optim.lr=5e-5", "rollout.temperature=0.7", "algorithm.kl_coef=0.02"]
 FRAMES, MAX_PIXELS = 8, 4704  # one merged token per region of the 2x3 grid, 4 temporal patches
 
 
@@ -56,8 +62,23 @@ def make_data(out: Path, seed: int, videos: dict[str, int]) -> dict[str, Path]:
                for name, d in dirs.items()}  # fmt: skip
     leak = digests["bench"] & (digests["sft"] | digests["rl"])
     if leak:
-        raise SystemExit(f"benchmark videos also in the training data: {sorted(leak)[:3]}")
+        drop_videos(dirs["bench"], leak)
     return dirs
+
+
+def drop_videos(bench: Path, digests: set[str]) -> None:
+    """Take benchmark videos whose bytes also occur in a training set out of the benchmark (with
+    their questions). A one-object rung has few distinct scripts, so a disjoint seed can still
+    draw a training video again now and then: held out means held out by content, not by seed."""
+    man = json.loads((bench / "manifest.json").read_text())
+    gone = {v["video_id"] for v in man["videos"] if v["digest"] in digests}
+    man["videos"] = [v for v in man["videos"] if v["video_id"] not in gone]
+    rows = [x for x in (bench / "questions.jsonl").read_text().splitlines()
+            if x.strip() and json.loads(x)["video_id"] not in gone]  # fmt: skip
+    (bench / "questions.jsonl").write_text("".join(r + "\n" for r in rows))
+    (bench / "manifest.json").write_text(json.dumps(man, indent=1))
+    print(f"benchmark: {len(gone)} video(s) also in the training data left out ({sorted(gone)}); "
+          f"{len(rows)} questions remain")
 
 
 def make_model(out: Path, seed: int) -> Path:
@@ -76,7 +97,7 @@ def run_sft(base: Path, data: Path, out: Path, steps: int, seed: int) -> Path:
 
     cfg = load_config(SFTConfig, None, [
         f"video.num_frames={FRAMES}", "video.fps=0", f"video.max_pixels={MAX_PIXELS}", "micro_batch_size=8",
-        "epochs=100", f"max_steps={steps}", "lr=1e-3", "freeze_vision_tower=false", "eval_generate=0",
+        "epochs=100", f"max_steps={steps}", "lr=1e-3", "freeze_vision_tower=true", "eval_generate=0",
         "save_every=0", "log_every=50", f"seed={seed}", "scan_decode=false"])  # fmt: skip
     if not (out / "model" / "config.json").is_file():
         train_sft(cfg, base, data, out)
@@ -91,8 +112,8 @@ def run_grpo(sft: Path, data: Path, out: Path, steps: int, seed: int) -> Path:
     cfg = load_config(GRPOConfig, None, [
         f"max_steps={steps}", f"seed={seed}", "rollout.prompts_per_step=8", "rollout.group_size=6",
         "rollout.max_new_tokens=40", f"video.num_frames={FRAMES}", "video.fps=0",
-        f"video.max_pixels={MAX_PIXELS}", "optim.lr=2e-5", "algorithm.kl_coef=0.0", "save_every=0",
-        "plots=true", "progress=false"])  # fmt: skip
+        f"video.max_pixels={MAX_PIXELS}", *GRPO_RECIPE, "save_every=0", "plots=true",
+        "progress=false"])  # fmt: skip
     if not (out / "model" / "config.json").is_file():
         train_grpo(cfg, sft, data, out)
     return out / "model"
@@ -119,6 +140,13 @@ def by_type(run: Path) -> dict[str, tuple[int, int]]:
     return out
 
 
+def mc_chance(run: Path) -> float:
+    """Chance level of the multiple-choice items: the mean of 1 / number of options."""
+    rows = [json.loads(x) for x in (run / "synth" / "predictions.jsonl").read_text().splitlines()]
+    opts = [len(r["options"]) for r in rows if r["answer_type"] == "multiple_choice" and r.get("options")]
+    return sum(1 / n for n in opts) / len(opts) if opts else float("nan")
+
+
 def reward_quarters(grpo_out: Path) -> tuple[float, float]:
     hist = [json.loads(x) for x in (grpo_out / "metrics.jsonl").read_text().splitlines() if x.strip()]
     acc = [h["reward/accuracy"] for h in hist if h.get("reward/accuracy") is not None]
@@ -130,8 +158,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", type=Path, default=None)
-    ap.add_argument("--sft-steps", type=int, default=300)
-    ap.add_argument("--grpo-steps", type=int, default=60)
+    ap.add_argument("--sft-steps", type=int, default=180, help="short on purpose: SFT leaves room for GRPO")
+    ap.add_argument("--grpo-steps", type=int, default=30)
     ap.add_argument("--videos", type=int, default=500, help="SFT videos (RL: the same number)")
     ap.add_argument("--bench-videos", type=int, default=60, help="benchmark videos (4 questions each)")
     args = ap.parse_args()
@@ -151,9 +179,9 @@ def main() -> int:
     runs = {name: evaluate(m, data["bench"], out / f"eval-{name}") for name, m in
             (("base", base), ("sft", sft), ("grpo", grpo))}  # fmt: skip
     acc = {k: by_type(r) for k, r in runs.items()}
-    n_opt = 4  # the ladder's multiple-choice questions have 4 options
+    chance = mc_chance(runs["base"])
     table = Table(title=f"held-out synth benchmark (seed {args.seed}, {acc['base']['all'][1]} questions)")
-    for col in ("model", "overall", f"multiple choice (chance {1 / n_opt:.0%})", "open-ended (7 colours)"):
+    for col in ("model", "overall", f"multiple choice (chance {chance:.0%})", "open-ended (7 colours)"):
         table.add_column(col, justify="right")
     for name, a in acc.items():
         table.add_row(name, *(f"{100 * c / max(1, n):.1f} % ({c}/{n})" for c, n in a.values()))
