@@ -6,7 +6,10 @@ of a run of temporal patches do not depend on the others. Each rank therefore en
 run of (video, temporal patch) units, balanced by patch count, and the ranks all-gather the merged
 embeddings once, as tensors over torch.distributed (the reference pickles them through Ray).
 The result equals `get_video_features` on the whole batch (tested) and can be cached exactly as
-the unsplit embeddings are.
+the unsplit embeddings are. Qwen3-VL's tower also attends within one frame group; its DeepStack
+features (per token, from intermediate blocks) are packed beside each token's embedding
+(training.models.qwen3_vl.pack_video_features, the cached layout), so they are gathered and
+split with their tokens and injected by the text model's pre-hook as on one process.
 """
 
 from __future__ import annotations
@@ -55,19 +58,22 @@ def split_frames(grid_thw: list[tuple[int, int, int]], parts: int) -> list[list[
     return pieces
 
 
-def encode_videos_split(model, pixel_values: torch.Tensor, grid_thw: torch.Tensor,
-                        group, rank: int, size: int) -> list[torch.Tensor]:
+def encode_videos_split(
+    model, pixel_values: torch.Tensor, grid_thw: torch.Tensor, group, rank: int, size: int
+) -> list[torch.Tensor]:
     """Per-video merged embeddings (as `mm_batch.encode_videos`), each rank encoding only its
     share of the frames. Every rank calls the vision tower exactly once (FSDP needs all ranks in
     each unit's collectives), on a dummy frame group if it was given none."""
     inner = base_model(model)
-    merge = inner.visual.spatial_merge_size ** 2
+    merge = inner.visual.spatial_merge_size**2
     grids = [tuple(int(x) for x in g) for g in grid_thw.tolist()]
     offsets = [0]
     for t, h, w in grids:
         offsets.append(offsets[-1] + t * h * w)
     if offsets[-1] != pixel_values.shape[0]:
-        raise ValueError(f"grid_thw covers {offsets[-1]} patches but pixel_values has {pixel_values.shape[0]} rows")
+        raise ValueError(
+            f"grid_thw covers {offsets[-1]} patches but pixel_values has {pixel_values.shape[0]} rows"
+        )
     plan = split_frames(grids, size)
     mine = plan[rank]
     dummy = not mine
@@ -78,13 +84,27 @@ def encode_videos_split(model, pixel_values: torch.Tensor, grid_thw: torch.Tenso
         _, h, w = grids[p.video]
         rows.append(pixel_values[offsets[p.video] + p.t0 * h * w : offsets[p.video] + p.t1 * h * w])
         local_grid.append((p.t1 - p.t0, h, w))
-    out = inner.get_video_features(torch.cat(rows), torch.tensor(local_grid, device=grid_thw.device),
-                                   return_dict=True)
-    local = torch.cat(list(out.pooler_output))
+    out = inner.get_video_features(
+        torch.cat(rows), torch.tensor(local_grid, device=grid_thw.device), return_dict=True
+    )
+    if getattr(out, "deepstack_features", None):  # Qwen3-VL: each token's DeepStack levels travel
+        from training.models.qwen3_vl import (  # with it, as cached
+            attach_deepstack,
+            pack_video_features,
+        )
+
+        attach_deepstack(
+            model
+        )  # the text model splits the wide rows again (mm_batch.encode_videos)
+        local = torch.cat(pack_video_features(out))
+    else:
+        local = torch.cat(list(out.pooler_output))
     if dummy:
         local = local[:0] + 0.0 * local.sum()
-    counts = [sum((p.t1 - p.t0) * grids[p.video][1] * grids[p.video][2] // merge for p in pieces)
-              for pieces in plan]
+    counts = [
+        sum((p.t1 - p.t0) * grids[p.video][1] * grids[p.video][2] // merge for p in pieces)
+        for pieces in plan
+    ]
     full = gather_rows(local, counts, rank, group)
     sizes = [t * h * w // merge for t, h, w in grids]
     return list(full.split(sizes))
