@@ -20,6 +20,7 @@ parameters and shared storages counted once): the per-layer figure the model mul
 
     .venv/bin/python bench/bench_memory.py [--models 3b,7b] [--frames 64,256,1024,2048] [--sp 1,2,4]
         [--tokens-per-frame 1] [--naive-frames 64,256] [--json out.json]
+    .venv/bin/python bench/bench_memory.py --resident 3b:2:2   # parameters per rank, replica vs none
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import torch.distributed as dist
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from memory_model import SHAPES, fit_and_report  # noqa: E402
+from memory_model import GIB, MIB, SHAPES, fit_and_report  # noqa: E402
 
 from training.grpo.algorithms import kl_loss, ppo_clip_loss  # noqa: E402
 from training.mm_batch import collate, embed_with_video, rope_positions  # noqa: E402
@@ -59,18 +60,34 @@ def build_model(shape: dict, depth: int, tokenizer, dtype=torch.float32, device:
 
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
     config = Qwen2_5_VLConfig(
-        text_config={"vocab_size": shape["vocab"], "hidden_size": shape["hidden"],
-                     "intermediate_size": shape["intermediate"], "num_hidden_layers": depth,
-                     "num_attention_heads": shape["heads"], "num_key_value_heads": shape["kv_heads"],
-                     "max_position_embeddings": 128000,
-                     "rope_parameters": {"rope_type": "default", "rope_theta": 1_000_000.0,
-                                         "mrope_section": default_mrope_section(shape["hidden"] // shape["heads"])},
-                     "pad_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"]},
-        vision_config={"depth": 1, "hidden_size": shape["vision_hidden"], "num_heads": shape["vision_heads"],
-                       "intermediate_size": shape["vision_intermediate"], "out_hidden_size": shape["hidden"],
-                       "fullatt_block_indexes": [0]},
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        text_config={
+            "vocab_size": shape["vocab"],
+            "hidden_size": shape["hidden"],
+            "intermediate_size": shape["intermediate"],
+            "num_hidden_layers": depth,
+            "num_attention_heads": shape["heads"],
+            "num_key_value_heads": shape["kv_heads"],
+            "max_position_embeddings": 128000,
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": 1_000_000.0,
+                "mrope_section": default_mrope_section(shape["hidden"] // shape["heads"]),
+            },
+            "pad_token_id": ids["<|endoftext|>"],
+            "eos_token_id": ids["<|im_end|>"],
+        },
+        vision_config={
+            "depth": 1,
+            "hidden_size": shape["vision_hidden"],
+            "num_heads": shape["vision_heads"],
+            "intermediate_size": shape["vision_intermediate"],
+            "out_hidden_size": shape["hidden"],
+            "fullatt_block_indexes": [0],
+        },
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
         tie_word_embeddings=shape["tied"],
     )
     torch.manual_seed(0)
@@ -82,7 +99,9 @@ def build_model(shape: dict, depth: int, tokenizer, dtype=torch.float32, device:
             p.normal_(0, 0.02) if p.dim() > 1 else p.fill_(1.0)
     from training.model_loading import _restore_buffers
 
-    _restore_buffers(model, [n for n, m in model.named_modules() if "rotary" in type(m).__name__.lower()], device)
+    _restore_buffers(
+        model, [n for n, m in model.named_modules() if "rotary" in type(m).__name__.lower()], device
+    )
     model.train()
     model.get_input_embeddings().requires_grad_(False)
     model.get_output_embeddings().requires_grad_(False)
@@ -95,17 +114,27 @@ def build_model(shape: dict, depth: int, tokenizer, dtype=torch.float32, device:
 def make_batch(tokenizer, frames: int, tokens_per_frame: int, hidden: int, pad: int = 0):
     """One row: prompt, `frames` frames of video tokens (cached embeddings), text, response;
     `pad` left-padding tokens (the naive path: a padded row gets the [1, 1, L, L] mask)."""
-    h, w = {1: (2, 4), 2: (4, 4), 4: (4, 8), 8: (8, 8), 16: (8, 16), 32: (16, 16), 64: (16, 32)}[tokens_per_frame]
-    video = VideoPatches(pixel_values=torch.empty(0, 1176), grid_thw=(frames // 2, h, w),
-                         second_per_grid_t=1.0, timestamps_s=[float(i) for i in range(frames)])
+    h, w = {1: (2, 4), 2: (4, 4), 4: (4, 8), 8: (8, 8), 16: (8, 16), 32: (16, 16), 64: (16, 32)}[
+        tokens_per_frame
+    ]
+    video = VideoPatches(
+        pixel_values=torch.empty(0, 1176),
+        grid_thw=(frames // 2, h, w),
+        second_per_grid_t=1.0,
+        timestamps_s=[float(i) for i in range(frames)],
+    )
     g = torch.Generator().manual_seed(frames)
     vid = tokenizer.convert_tokens_to_ids("<|video_pad|>")
     text = torch.randint(20, vid - 20, (PROMPT + AFTER + RESPONSE,), generator=g).tolist()
     n = video.num_tokens
     ids = text[:PROMPT] + [vid] * n + text[PROMPT:]
     types = [0] * PROMPT + [2] * n + [0] * (AFTER + RESPONSE)
-    batch = collate([EncodedExample(ids, types, PROMPT + n + AFTER)], [video], tokenizer.pad_token_id,
-                    with_pixels=False)
+    batch = collate(
+        [EncodedExample(ids, types, PROMPT + n + AFTER)],
+        [video],
+        tokenizer.pad_token_id,
+        with_pixels=False,
+    )
     if pad:
         z = torch.zeros(1, pad, dtype=torch.long)
         batch.input_ids = torch.cat([z + tokenizer.pad_token_id, batch.input_ids], 1)
@@ -117,7 +146,9 @@ def make_batch(tokenizer, frames: int, tokens_per_frame: int, hidden: int, pad: 
 
 def _loss(lp, mask):
     old = lp.detach() + 0.1 * mask
-    return ppo_clip_loss(lp, old, torch.ones(1), mask, clip_low=0.2, clip_high=0.28).loss + 0.01 * kl_loss(lp, old, mask)
+    return ppo_clip_loss(
+        lp, old, torch.ones(1), mask, clip_low=0.2, clip_high=0.28
+    ).loss + 0.01 * kl_loss(lp, old, mask)
 
 
 def naive_step(model, batch, embeds, pos):
@@ -125,8 +156,14 @@ def naive_step(model, batch, embeds, pos):
     from training.mm_batch import video_positions
 
     inputs = embed_with_video(model, batch.input_ids, embeds, video_positions(batch))
-    logits = model(inputs_embeds=inputs, attention_mask=batch.attention_mask, position_ids=pos).logits
-    logp = torch.log_softmax(logits.float(), -1)[:, :-1].gather(-1, batch.input_ids[:, 1:, None]).squeeze(-1)
+    logits = model(
+        inputs_embeds=inputs, attention_mask=batch.attention_mask, position_ids=pos
+    ).logits
+    logp = (
+        torch.log_softmax(logits.float(), -1)[:, :-1]
+        .gather(-1, batch.input_ids[:, 1:, None])
+        .squeeze(-1)
+    )
     lp = torch.zeros_like(batch.loss_mask)
     lp[:, 1:] = logp * batch.loss_mask[:, 1:]
     _loss(lp, batch.loss_mask).backward()
@@ -165,7 +202,16 @@ def _status_mib(key: str) -> float:
     raise KeyError(key)
 
 
-def _rank(rank: int, world: int, model, tokenizer, frames: list[int], tpf: int, path: str, checkpointing: bool):
+def _rank(
+    rank: int,
+    world: int,
+    model,
+    tokenizer,
+    frames: list[int],
+    tpf: int,
+    path: str,
+    checkpointing: bool,
+):
     ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, 1 << 16)
     state = init_parallel(sp_size=world)
     cfg = ParallelConfig(sp_size=world, fsdp=False, activation_checkpointing=checkpointing)
@@ -182,11 +228,17 @@ def _rank(rank: int, world: int, model, tokenizer, frames: list[int], tpf: int, 
         Path("/proc/self/clear_refs").write_text("5")
         base = _status_mib("VmRSS")
         t = time.perf_counter()
-        with saved.hooks() if saved else torch.autograd.graph.saved_tensors_hooks(lambda x: x, lambda x: x):
+        with (
+            saved.hooks()
+            if saved
+            else torch.autograd.graph.saved_tensors_hooks(lambda x: x, lambda x: x)
+        ):
             if path == "naive":
                 naive_step(model, batch, embeds, pos)
             else:
-                lp, _ = lpm(batch.input_ids, batch.attention_mask, pos, batch.loss_mask, video_embeds=embeds)
+                lp, _ = lpm(
+                    batch.input_ids, batch.attention_mask, pos, batch.loss_mask, video_embeds=embeds
+                )
                 _loss(lp, batch.loss_mask).backward()
         wall = time.perf_counter() - t
         peak = _status_mib("VmHWM") - base
@@ -194,16 +246,32 @@ def _rank(rank: int, world: int, model, tokenizer, frames: list[int], tpf: int, 
         stats = torch.tensor([peak, wall, layer_mib])
         if dist.is_initialized():
             dist.all_reduce(stats, op=dist.ReduceOp.MAX)
-        out.append({"frames": f, "tokens": batch.input_ids.shape[1], "peak_mib": stats[0].item(),
-                    "wall_s": stats[1].item(), "layer_saved_mib": stats[2].item()})
+        out.append(
+            {
+                "frames": f,
+                "tokens": batch.input_ids.shape[1],
+                "peak_mib": stats[0].item(),
+                "wall_s": stats[1].item(),
+                "layer_saved_mib": stats[2].item(),
+            }
+        )
     return out[1:]
 
 
 _BUILT: dict[tuple, torch.nn.Module] = {}
 
 
-def measure(name: str, depth: int, frames: list[int], sp: int, tpf: int, path: str, checkpointing: bool,
-            tokenizer, dtype=torch.float32) -> list[dict]:
+def measure(
+    name: str,
+    depth: int,
+    frames: list[int],
+    sp: int,
+    tpf: int,
+    path: str,
+    checkpointing: bool,
+    tokenizer,
+    dtype=torch.float32,
+) -> list[dict]:
     key = (name, depth, dtype)
     if key not in _BUILT:  # one model alive at a time; the ranks share it (fork, copy-on-write)
         _BUILT.clear()
@@ -211,9 +279,87 @@ def measure(name: str, depth: int, frames: list[int], sp: int, tpf: int, path: s
         _BUILT[key] = build_model(SHAPES[name], depth, tokenizer, dtype)
     rows = run_local_group(_rank, sp, _BUILT[key], tokenizer, frames, tpf, path, checkpointing)[0]
     for r in rows:
-        r.update(model=name, depth=depth, sp=sp, path=path, checkpointing=checkpointing, tpf=tpf,
-                 dtype=str(dtype).removeprefix("torch."))
+        r.update(
+            model=name,
+            depth=depth,
+            sp=sp,
+            path=path,
+            checkpointing=checkpointing,
+            tpf=tpf,
+            dtype=str(dtype).removeprefix("torch."),
+        )
     return rows
+
+
+def _resident_rank(rank: int, world: int, folder: str, replica: bool) -> dict:
+    """ParallelGRPOTrainer.build_models as the trainer runs it (dp = world): parameter bytes this
+    rank holds (its FSDP shards of policy and reference, plus the replica when there is one) and
+    its resident memory after the build above the start."""
+    from torch.distributed.tensor import DTensor
+
+    from training.grpo.config import GRPOConfig
+    from training.precision import resolve_precision
+    from training.sequence_parallel.grpo_trainer import ParallelGRPOTrainer
+
+    t = ParallelGRPOTrainer.__new__(ParallelGRPOTrainer)  # only the model set-up, not the data
+    t.cfg = t.global_cfg = GRPOConfig(parallel=ParallelConfig(rollout_replica=replica))
+    t.parallel, t.device, t.model_dir = t.cfg.parallel, torch.device("cpu"), Path(folder)
+    t.par = init_parallel(1, t.device)
+    t.precision = resolve_precision(t.cfg.precision, t.device)
+    gc.collect()
+    base = _status_mib("VmRSS")
+    t.build_models(None)
+    with torch.no_grad():  # touch every parameter: a safetensors mmap is resident only once read
+        for m in (t.model, t.ref, t.replica):
+            for p in m.parameters() if m is not None else ():
+                (p.to_local() if isinstance(p, DTensor) else p).sum()
+    gc.collect()
+
+    def nbytes(m) -> int:
+        if m is None:
+            return 0
+        return sum(
+            (p.to_local() if isinstance(p, DTensor) else p).numel() * p.element_size()
+            for p in m.parameters()
+        )
+
+    return {
+        "replica": replica,
+        "policy_mib": nbytes(t.model) / MIB,
+        "reference_mib": nbytes(t.ref) / MIB,
+        "replica_mib": nbytes(t.replica) / MIB,
+        "rss_mib": _status_mib("VmRSS") - base,
+        "peak_mib": _status_mib("VmHWM") - base,
+    }
+
+
+def resident(name: str, depth: int, world: int, tokenizer, folder: Path) -> None:
+    """Parameters resident per rank with and without the rollout replica (issue 12.1), measured
+    at the real widths with the depth cut, and the same terms at full depth from the count."""
+    model = build_model(SHAPES[name], depth, tokenizer)
+    if SHAPES[name]["tied"]:  # build_model fills both tensors; the folder must hold one
+        model.get_output_embeddings().weight = model.get_input_embeddings().weight
+    total = sum(p.numel() for p in model.parameters())
+    model.save_pretrained(folder)
+    del model
+    gc.collect()
+    print(
+        f"== {name} depth {depth}: {total / 1e6:.1f} M parameters (fp32 {total * 4 / MIB:.0f} MiB), {world} ranks"
+    )
+    for replica in (True, False):
+        r = run_local_group(_resident_rank, world, str(folder), replica)[0]
+        print(
+            f"   rollout_replica={str(replica).lower():<5}: policy {r['policy_mib']:7.0f} + reference "
+            f"{r['reference_mib']:7.0f} + replica {r['replica_mib']:7.0f} MiB of parameters per rank; "
+            f"RSS after the build +{r['rss_mib']:.0f} MiB (peak +{r['peak_mib']:.0f})",
+            flush=True,
+        )
+    full = SHAPES[name]["params"]
+    print(
+        f"   full depth ({full / 1e9:.2f} B parameters), {world * 4} GPUs, bf16 compute: the replica is "
+        f"{2 * full / GIB:.1f} GiB per GPU (bf16), policy + reference shards {20 * full / (world * 4) / GIB:.1f} "
+        f"GiB with optimizer state"
+    )
 
 
 def main() -> None:
@@ -221,16 +367,44 @@ def main() -> None:
     ap.add_argument("--models", default="3b,7b")
     ap.add_argument("--frames", default="64,256,1024,2048")
     ap.add_argument("--sp", default="1,2,4")
-    ap.add_argument("--tokens-per-frame", type=int, default=1, help="reduced pixel budget (1: 28 x 56 px frames)")
-    ap.add_argument("--naive-frames", default="64,256", help="naive path (full logits) frame counts, SP 1")
-    ap.add_argument("--ckpt-frames", default="256,1024", help="activation-checkpointing runs (SP 1, depth 1/2)")
-    ap.add_argument("--bf16-frames", default="64", help="a bf16-compute run (depth 1, SP 1): the dtype ratio")
+    ap.add_argument(
+        "--tokens-per-frame",
+        type=int,
+        default=1,
+        help="reduced pixel budget (1: 28 x 56 px frames)",
+    )
+    ap.add_argument(
+        "--naive-frames", default="64,256", help="naive path (full logits) frame counts, SP 1"
+    )
+    ap.add_argument(
+        "--ckpt-frames", default="256,1024", help="activation-checkpointing runs (SP 1, depth 1/2)"
+    )
+    ap.add_argument(
+        "--bf16-frames", default="64", help="a bf16-compute run (depth 1, SP 1): the dtype ratio"
+    )
     ap.add_argument("--json", default="", help="write every measured row here")
-    ap.add_argument("--real-tokens-per-frame", type=int, default=64, help="extrapolation: tokens per frame")
+    ap.add_argument(
+        "--real-tokens-per-frame", type=int, default=64, help="extrapolation: tokens per frame"
+    )
     ap.add_argument("--gpu-gib", type=float, default=80.0)
-    ap.add_argument("--from-json", default="", help="skip measuring: the report from saved runs (comma-separated JSON files)")
+    ap.add_argument(
+        "--from-json",
+        default="",
+        help="skip measuring: the report from saved runs (comma-separated JSON files)",
+    )
+    ap.add_argument(
+        "--resident",
+        default="",
+        help="only the per-rank parameter residency with and without the "
+        "rollout replica: MODEL:DEPTH:RANKS (e.g. 3b:2:2), the folder written under .tmp/",
+    )
     args = ap.parse_args()
     ints = lambda s: [int(x) for x in s.split(",") if x]  # noqa: E731
+    if args.resident:
+        name, depth, world = args.resident.split(":")
+        folder = Path(__file__).resolve().parent.parent / ".tmp" / f"resident_{name}_{depth}"
+        resident(name, int(depth), int(world), train_tokenizer(1024), folder)
+        return
     if args.from_json:
         rows = [r for f in args.from_json.split(",") for r in json.loads(Path(f).read_text())]
         fit_and_report(rows, args.real_tokens_per_frame, gpu_gib=args.gpu_gib)
@@ -245,10 +419,12 @@ def main() -> None:
         if args.json:  # after every configuration: an interrupted run keeps what it measured
             Path(args.json).write_text(json.dumps(rows, indent=1))
         for r in got:
-            print(f"  {r['model']} {r['path']:>5} depth {r['depth']} sp {r['sp']} ckpt {int(r['checkpointing'])} "
-                  f"{r['dtype']:>8} {r['frames']:>5} frames {r['tokens']:>6} tokens: peak {r['peak_mib']:8.1f} MiB/rank, "
-                  f"layer saved {r['layer_saved_mib']:8.1f} MiB, {r['wall_s']:6.1f} s   [{time.perf_counter() - t0:.0f} s]",
-                  flush=True)
+            print(
+                f"  {r['model']} {r['path']:>5} depth {r['depth']} sp {r['sp']} ckpt {int(r['checkpointing'])} "
+                f"{r['dtype']:>8} {r['frames']:>5} frames {r['tokens']:>6} tokens: peak {r['peak_mib']:8.1f} MiB/rank, "
+                f"layer saved {r['layer_saved_mib']:8.1f} MiB, {r['wall_s']:6.1f} s   [{time.perf_counter() - t0:.0f} s]",
+                flush=True,
+            )
 
     tpf = args.tokens_per_frame
     for name in args.models.split(","):

@@ -9,9 +9,12 @@ checkpoint writing are GRPOTrainer's, unchanged; what differs is the parts it is
 - `self.model` is a LogProbModel sharded with FSDP2 over the mesh, scoring every old-policy,
   reference and update pass with Ulysses sequence parallelism (`logprob_fn` below);
 - the reference is a frozen LogProbModel, optionally with its shards offloaded to CPU;
-- an unsharded replica of the policy encodes the (frozen) vision tower split by frames over the
-  SP group and samples rollouts with the `hf` engine (refreshed from the shards every update);
-  with the `vllm` engine each GPU's colocated engine gets the weights instead (vllm_colocate.py);
+- the vision tower (split by frames over the SP group) and the `hf` rollout engine run through
+  the sharded policy itself, every rank in lockstep (lockstep.py): no rank holds a full copy.
+  With `parallel.rollout_replica=true` (and by default where lockstep does not apply: offline
+  embeddings, dynamic sampling over DP replicas) an unsharded frozen replica does both instead,
+  refreshed from the shards every update; with the `vllm` engine each GPU's colocated engine
+  samples and gets the weights (vllm_colocate.py);
 - prompts are split over DP replicas, rollouts and rewards over all ranks (step_split.py).
 `rollout.prompts_per_step` counts prompts of the whole job per step (must divide by dp).
 Metrics are averaged over replicas (counts summed, times maxed); rank 0 writes the files.
@@ -40,6 +43,7 @@ from training.grpo.trainer import GRPOTrainer
 from training.mm_batch import VIDEO_TOKEN_TYPE, base_model, rope_positions
 from training.model_io import load_model
 from training.model_loading import meta_model
+from training.sequence_parallel.lockstep import LockstepRolloutEngine, reshard
 from training.sequence_parallel.mesh import (
     ParallelConfig,
     build_log_prob_model,
@@ -66,7 +70,7 @@ def lpm_logprobs(
     with_entropy: bool = False,
 ):
     """GRPOTrainer's `logprob_fn` for a LogProbModel (positions on the full sequence)."""
-    return lpm(
+    out = lpm(
         batch.input_ids,
         batch.attention_mask,
         rope_positions(lpm.model, batch),
@@ -76,6 +80,9 @@ def lpm_logprobs(
         with_entropy=with_entropy,
         video_mask=batch.mm_token_type_ids == VIDEO_TOKEN_TYPE,
     )
+    if not torch.is_grad_enabled():  # old-policy / reference pass: no backward will reshard
+        reshard(lpm)
+    return out
 
 
 class ParallelGRPOTrainer(GRPOTrainer):
@@ -121,23 +128,28 @@ class ParallelGRPOTrainer(GRPOTrainer):
         return f"judge_cache.rank{self.par.rank}.jsonl"
 
     def build_models(self, resume: Path | None) -> None:
-        """An unsharded frozen replica (encodes videos, samples with `hf`, refreshed after every
-        update); the policy and reference as FSDP-sharded LogProbModels."""
+        """The policy and reference as FSDP-sharded LogProbModels; with
+        `parallel.rollout_replica` (or where the sharded lockstep path does not apply) also an
+        unsharded frozen replica that encodes videos and samples with `hf`, refreshed after
+        every update."""
         st, load = self.par, self.load_kwargs()
         # bf16 compute on fp32 shards (FSDP2 MixedPrecisionPolicy, fp32 gradient reduction).
         self.parallel.param_dtype = self.precision.fsdp_param_dtype
-        # The replica is frozen and only samples (hf engine) and encodes the frozen tower: under
-        # bf16 compute it is held in bf16 (7B: 16.6 GB per GPU, not 33 GB in fp32); the fp32
-        # shards are copied into it (rounded) after every update.
-        replica_dtype = "bfloat16" if self.precision.bf16 else load["dtype"]
-        self.replica = load_model(
-            resume or self.model_dir, **{**load, "dtype": replica_dtype}
-        ).requires_grad_(False)
+        self.replica = None
+        if self.cfg.uses_rollout_replica(st.dp_size):
+            # The replica is frozen and only samples (hf engine) and encodes the frozen tower:
+            # under bf16 compute it is held in bf16 (7B: 16.6 GB per GPU, not 33 GB in fp32);
+            # the fp32 shards are copied into it (rounded) after every update.
+            replica_dtype = "bfloat16" if self.precision.bf16 else load["dtype"]
+            self.replica = load_model(
+                resume or self.model_dir, **{**load, "dtype": replica_dtype}
+            ).requires_grad_(False)
         # Policy and reference: built on the meta device, each rank loading only its FSDP shards.
         meta = {k: v for k, v in load.items() if k != "device"}
         policy = meta_model(resume or self.model_dir, **meta)
-        if hasattr(base_model(policy), "visual"):  # text-only LMs (qwen2/qwen3) have no tower
-            base_model(policy).visual.requires_grad_(False)  # SplitVideoEmbedder insists on it
+        # text-only LMs (qwen2/qwen3) have no tower
+        if self.cfg.video.freeze_vision and hasattr(base_model(policy), "visual"):
+            base_model(policy).visual.requires_grad_(False)
         self.model = build_log_prob_model(
             policy, st, self.parallel, weights=resume or self.model_dir
         )
@@ -153,7 +165,8 @@ class ParallelGRPOTrainer(GRPOTrainer):
 
     @property
     def rollout_model(self) -> torch.nn.Module:
-        return self.replica
+        """The replica, or the sharded policy itself (lockstep.py)."""
+        return self.replica if self.replica is not None else self.model
 
     def build_sampler(self):
         return DataParallelSampler(super().build_sampler(), self.par)
@@ -170,12 +183,27 @@ class ParallelGRPOTrainer(GRPOTrainer):
             offline,
             v.use_record_frames,
             state=self.par,
+            sharded=self.replica is None,
         )
 
     def build_engine(self, resume: Path | None) -> SplitRolloutEngine:
         r = self.cfg.rollout
-        if r.engine == "hf":
-            engine = HFRolloutEngine(self.replica, self.tokenizer, self.stop_ids, r.generate_rows)
+        if r.engine == "hf" and self.replica is not None:
+            engine = HFRolloutEngine(
+                self.replica,
+                self.tokenizer,
+                self.stop_ids,
+                r.generate_rows,
+                share_prefix=r.share_prefix,
+            )
+        elif r.engine == "hf":
+            engine = LockstepRolloutEngine(
+                self.model,
+                self.tokenizer,
+                self.stop_ids,
+                r.generate_rows,
+                share_prefix=r.share_prefix,
+            )
         else:
             from training.sequence_parallel.vllm_colocate import ColocatedVLLMEngine
 
@@ -183,7 +211,7 @@ class ParallelGRPOTrainer(GRPOTrainer):
                 str(resume or self.model_dir),
                 self.tokenizer,
                 self.stop_ids,
-                self.replica.config.video_token_id,
+                self.model.model.config.video_token_id,
                 gpu_memory_utilization=r.vllm_gpu_memory_utilization,
                 dtype=r.vllm_dtype,
                 seed=self.cfg.seed + self.par.rank,
@@ -206,6 +234,13 @@ class ParallelGRPOTrainer(GRPOTrainer):
 
     def train_step(self, step: int) -> dict[str, float]:
         return self._reduce_metrics(super().train_step(step))
+
+    def _prompts_with_videos(self, want: int):
+        """The round's records and videos; then the videos found are encoded, with every rank
+        in step when the tower runs through the sharded policy (SplitVideoEmbedder.flush)."""
+        records, videos = super()._prompts_with_videos(want)
+        self.embedder.flush()
+        return records, videos
 
     def collect_groups(self, step, timer):
         """The step's groups, cut to the smallest count of any replica (dynamic sampling can keep

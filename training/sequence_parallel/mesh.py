@@ -41,10 +41,19 @@ class ParallelConfig:
     token_chunk: int = 2048  # log-prob tiles: scored tokens per tile
     vocab_chunk: int = 32768  # log-prob tiles: vocabulary entries per tile
     reference_cpu_offload: bool = False  # keep the frozen reference model's shards in CPU memory
-    param_dtype: Literal["float32", "bfloat16"] = "float32"  # FSDP compute dtype (grads reduced in fp32)
+    param_dtype: Literal["float32", "bfloat16"] = (
+        "float32"  # FSDP compute dtype (grads reduced in fp32)
+    )
     pack: bool = True  # rows packed end to end with varlen attention (no [B, 1, L, L] mask, no padding compute)
-    attention_layout: Literal["auto", "ulysses", "kv_gather"] = "auto"  # auto: Ulysses up to SP = query heads
+    attention_layout: Literal["auto", "ulysses", "kv_gather"] = (
+        "auto"  # auto: Ulysses up to SP = query heads
+    )
     kv_block: int = 1024  # kv_gather layout: keys per attention tile
+    # GRPO: sample (hf engine) and encode videos on an unsharded per-rank copy of the policy
+    # (true), or through the sharded policy in lockstep (false: no copy, lockstep.py); unset:
+    # the sharded path wherever it is exact (not with offline embeddings or dynamic sampling
+    # over data-parallel replicas, whose rounds differ by replica: there the copy)
+    rollout_replica: bool | None = None
 
 
 @dataclass
@@ -82,7 +91,9 @@ def init_parallel(sp_size: int = 1, device: torch.device | None = None) -> Paral
     device = device or default_device()
     if not (dist.is_available() and dist.is_initialized()):
         if sp_size != 1:
-            raise ValueError(f"sp_size={sp_size} needs torch.distributed initialised with >= {sp_size} ranks")
+            raise ValueError(
+                f"sp_size={sp_size} needs torch.distributed initialised with >= {sp_size} ranks"
+            )
         return ParallelState(1, 0, 1, 0, 1, 0, device)
     world, rank = dist.get_world_size(), dist.get_rank()
     if sp_size < 1 or world % sp_size:
@@ -90,8 +101,15 @@ def init_parallel(sp_size: int = 1, device: torch.device | None = None) -> Paral
     dp_size = world // sp_size
     mesh = init_device_mesh(device.type, (dp_size, sp_size), mesh_dim_names=("dp", "sp"))
     return ParallelState(
-        world_size=world, rank=rank, dp_size=dp_size, dp_rank=rank // sp_size, sp_size=sp_size,
-        sp_rank=rank % sp_size, device=device, mesh=mesh, sp_group=mesh.get_group("sp"),
+        world_size=world,
+        rank=rank,
+        dp_size=dp_size,
+        dp_rank=rank // sp_size,
+        sp_size=sp_size,
+        sp_rank=rank % sp_size,
+        device=device,
+        mesh=mesh,
+        sp_group=mesh.get_group("sp"),
         dp_group=mesh.get_group("dp"),
     )
 
@@ -113,13 +131,18 @@ def _fsdp_kwargs(state: ParallelState, cfg: ParallelConfig, offload: bool) -> di
     dtype = torch.bfloat16 if cfg.param_dtype == "bfloat16" else None
     return {
         "mesh": fsdp_mesh(state, cfg.shard_over),
-        "mp_policy": MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32 if dtype else None),
-        "offload_policy": CPUOffloadPolicy(pin_memory=state.device.type == "cuda") if offload else OffloadPolicy(),
+        "mp_policy": MixedPrecisionPolicy(
+            param_dtype=dtype, reduce_dtype=torch.float32 if dtype else None
+        ),
+        "offload_policy": CPUOffloadPolicy(pin_memory=state.device.type == "cuda")
+        if offload
+        else OffloadPolicy(),
     }
 
 
-def shard_log_prob_model(lpm: LogProbModel, state: ParallelState, cfg: ParallelConfig,
-                         offload: bool = False) -> LogProbModel:
+def shard_log_prob_model(
+    lpm: LogProbModel, state: ParallelState, cfg: ParallelConfig, offload: bool = False
+) -> LogProbModel:
     """FSDP2 over decoder layers, vision blocks, then the LogProbModel as root (its forward and
     `generate` unshard the embeddings / lm_head / norms it uses)."""
     from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
@@ -128,16 +151,22 @@ def shard_log_prob_model(lpm: LogProbModel, state: ParallelState, cfg: ParallelC
     inner = base_model(lpm.model)
     for layer in inner.language_model.layers:
         fully_shard(layer, **kwargs)
-    for block in (inner.visual.blocks if hasattr(inner, "visual") else ()):  # text-only LMs have none
+    for block in inner.visual.blocks if hasattr(inner, "visual") else ():  # text-only LMs have none
         fully_shard(block, **kwargs)
     fully_shard(lpm, **kwargs)
     register_fsdp_forward_method(lpm, "generate")
     register_fsdp_forward_method(lpm, "encode_videos")
+    register_fsdp_forward_method(lpm, "run_unsharded")
     return lpm
 
 
-def build_log_prob_model(model: torch.nn.Module, state: ParallelState, cfg: ParallelConfig,
-                         trainable: bool = True, weights: str | Path | None = None) -> LogProbModel:
+def build_log_prob_model(
+    model: torch.nn.Module,
+    state: ParallelState,
+    cfg: ParallelConfig,
+    trainable: bool = True,
+    weights: str | Path | None = None,
+) -> LogProbModel:
     """Wrap (and, with more than one rank, shard) a Qwen2.5-VL model for scoring/training.
     `trainable=False` is the frozen reference: no activation checkpointing, no grads, optional
     CPU offload of its shards. `weights`: `model` was built on the meta device
@@ -151,9 +180,16 @@ def build_log_prob_model(model: torch.nn.Module, state: ParallelState, cfg: Para
     if not trainable:
         model.requires_grad_(False)
         model.eval()
-    lpm = LogProbModel(model, state.sp_group if state.sp_size > 1 else None,
-                       cfg.token_chunk, cfg.vocab_chunk, cfg.attention, pack=cfg.pack,
-                       layout=cfg.attention_layout, kv_block=cfg.kv_block)
+    lpm = LogProbModel(
+        model,
+        state.sp_group if state.sp_size > 1 else None,
+        cfg.token_chunk,
+        cfg.vocab_chunk,
+        cfg.attention,
+        pack=cfg.pack,
+        layout=cfg.attention_layout,
+        kv_block=cfg.kv_block,
+    )
     if cfg.fsdp and state.distributed:
         shard_log_prob_model(lpm, state, cfg, offload=offload)
     if weights is not None:

@@ -47,10 +47,18 @@ from training.sequence_parallel.vision import encode_videos_split
 class LogProbModel(torch.nn.Module):
     """A Qwen2.5-VL model that returns per-token log-probs (and entropy) of scored tokens."""
 
-    def __init__(self, model: torch.nn.Module, sp_group: dist.ProcessGroup | None = None,
-                 token_chunk: int = 2048, vocab_chunk: int = 32768, attention: str | None = None,
-                 pack: bool = True, layout: str = "auto", kv_block: int = 1024,
-                 vision_attention: str | None = "varlen"):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        sp_group: dist.ProcessGroup | None = None,
+        token_chunk: int = 2048,
+        vocab_chunk: int = 32768,
+        attention: str | None = None,
+        pack: bool = True,
+        layout: str = "auto",
+        kv_block: int = 1024,
+        vision_attention: str | None = "varlen",
+    ):
         super().__init__()
         self.model = model
         self.sp_group = sp_group
@@ -58,10 +66,14 @@ class LogProbModel(torch.nn.Module):
         self.sp_rank = dist.get_rank(sp_group) if sp_group is not None else 0
         self.token_chunk, self.vocab_chunk = token_chunk, vocab_chunk
         self.pack = pack  # rows packed end to end (varlen attention), never a [B, 1, L, L] mask
-        text = getattr(model.config, "text_config", model.config)  # text-only LMs: the config itself
+        text = getattr(
+            model.config, "text_config", model.config
+        )  # text-only LMs: the config itself
         self.layout = attention_layout(layout, text.num_attention_heads, self.sp_size)
         if self.layout == "kv_gather" and not pack:
-            raise ValueError("parallel.attention_layout=kv_gather needs packed rows (parallel.pack=true)")
+            raise ValueError(
+                "parallel.attention_layout=kv_gather needs packed rows (parallel.pack=true)"
+            )
         self.kv_block = kv_block
         use_ulysses_attention(model, attention)
         if vision_attention == "varlen" and hasattr(model.config, "vision_config"):
@@ -71,15 +83,21 @@ class LogProbModel(torch.nn.Module):
     def split_active(self) -> bool:
         return self.sp_size > 1
 
-    def encode_videos(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> list[torch.Tensor]:
+    def encode_videos(
+        self, pixel_values: torch.Tensor, grid_thw: torch.Tensor
+    ) -> list[torch.Tensor]:
         """Per-video embeddings (equal on every SP rank), split by frames over the SP group when
         there is one: what the trainer caches once per video and step."""
         return [e.clone() for e in self._encode_videos(pixel_values, grid_thw)]
 
-    def _encode_videos(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> list[torch.Tensor]:
+    def _encode_videos(
+        self, pixel_values: torch.Tensor, grid_thw: torch.Tensor
+    ) -> list[torch.Tensor]:
         if not self.split_active:
             return encode_videos(self.model, pixel_values, grid_thw)
-        return encode_videos_split(self.model, pixel_values, grid_thw, self.sp_group, self.sp_rank, self.sp_size)
+        return encode_videos_split(
+            self.model, pixel_values, grid_thw, self.sp_group, self.sp_rank, self.sp_size
+        )
 
     def forward(
         self,
@@ -103,18 +121,30 @@ class LogProbModel(torch.nn.Module):
             raise ValueError("give cached video_embeds or pixel_values_videos with video_grid_thw")
         b, length = input_ids.shape
         if position_ids.shape != (3, b, length):
-            raise ValueError(f"position_ids must be [3, {b}, {length}] (full sequence), got {tuple(position_ids.shape)}")
+            raise ValueError(
+                f"position_ids must be [3, {b}, {length}] (full sequence), got {tuple(position_ids.shape)}"
+            )
         inner = base_model(self.model)
         if video_mask is None:  # callers holding a Batch pass mm_batch.video_positions(batch)
             video_mask = input_ids == inner.config.video_token_id
         if self.pack:
-            return self._forward_packed(input_ids, attention_mask, position_ids, score_mask, video_embeds,
-                                        video_mask, temperature, with_entropy)
+            return self._forward_packed(
+                input_ids,
+                attention_mask,
+                position_ids,
+                score_mask,
+                video_embeds,
+                video_mask,
+                temperature,
+                with_entropy,
+            )
         embeds = embed_with_video(self.model, input_ids, video_embeds, video_mask)
         masks = full_sequence_masks(inner.language_model, embeds, attention_mask)
         split = SequenceSplit.even(length, self.sp_size)
         start, end = split.bounds(self.sp_rank)
-        hidden = self._language_model(embeds[:, start:end], position_ids[:, :, start:end], masks, split, None)
+        hidden = self._language_model(
+            embeds[:, start:end], position_ids[:, :, start:end], masks, split, None
+        )
         # Hidden state at position p predicts token p + 1: this rank scores tokens start+1..end.
         scored = score_mask[:, 1:] > 0
         rows, cols = scored[:, start:end].nonzero(as_tuple=True)
@@ -124,13 +154,24 @@ class LogProbModel(torch.nn.Module):
             counts = [int(scored[:, s:e].sum()) for s, e in map(split.bounds, range(self.sp_size))]
             lp, ent = self._gather(lp, counts), self._gather(ent, counts)
             # gathered rows come rank by rank, each rank's in row-major order of its slice
-            order = [scored[:, s:e].nonzero() + torch.tensor([0, s], device=scored.device)
-                     for s, e in map(split.bounds, range(self.sp_size))]
+            order = [
+                scored[:, s:e].nonzero() + torch.tensor([0, s], device=scored.device)
+                for s, e in map(split.bounds, range(self.sp_size))
+            ]
             rows, cols = torch.cat(order).unbind(1)
         return self._scatter(b, length, rows, cols + 1, lp, ent, input_ids.device)
 
-    def _forward_packed(self, input_ids, attention_mask, position_ids, score_mask, video_embeds, video_mask,
-                        temperature, with_entropy):
+    def _forward_packed(
+        self,
+        input_ids,
+        attention_mask,
+        position_ids,
+        score_mask,
+        video_embeds,
+        video_mask,
+        temperature,
+        with_entropy,
+    ):
         """The rows packed end to end (padding dropped), split over the SP ranks as one sequence."""
         b, length = input_ids.shape
         inner = base_model(self.model)
@@ -142,11 +183,17 @@ class LogProbModel(torch.nn.Module):
             for i, ve in enumerate(video_embeds):
                 n = int(video_mask[i].sum())
                 if ve.shape[0] != n:
-                    raise ValueError(f"row {i}: video embedding of shape {tuple(ve.shape)} does not fit "
-                                     f"{n} video tokens")
+                    raise ValueError(
+                        f"row {i}: video embedding of shape {tuple(ve.shape)} does not fit "
+                        f"{n} video tokens"
+                    )
         packed_embeds = [ve for ve in video_embeds if ve.shape[0]]
-        embeds = embed_with_video(self.model, input_ids[valid][None], [torch.cat(packed_embeds)] if packed_embeds
-                                  else [video_embeds[0][:0]], video_mask[valid][None])
+        embeds = embed_with_video(
+            self.model,
+            input_ids[valid][None],
+            [torch.cat(packed_embeds)] if packed_embeds else [video_embeds[0][:0]],
+            video_mask[valid][None],
+        )
         pos = position_ids[:, valid][:, None]  # [3, 1, T]
         # packed token i predicts packed token i + 1 of the same row
         nxt = (cols_idx + 1).clamp(max=length - 1)
@@ -154,39 +201,57 @@ class LogProbModel(torch.nn.Module):
         targets = input_ids[rows_idx, nxt]
         split = SequenceSplit.even(packed.total, self.sp_size)
         start, end = split.bounds(self.sp_rank)
-        hidden = self._language_model(embeds[:, start:end], pos[:, :, start:end], {"full_attention": None},
-                                      split, packed)[0]
+        hidden = self._language_model(
+            embeds[:, start:end], pos[:, :, start:end], {"full_attention": None}, split, packed
+        )[0]
         local = scored[start:end].nonzero(as_tuple=True)[0]
         lp, ent = self._score(hidden[local], targets[start:end][local], temperature, with_entropy)
         if self.split_active:
             counts = [int(scored[s:e].sum()) for s, e in map(split.bounds, range(self.sp_size))]
             lp, ent = self._gather(lp, counts), self._gather(ent, counts)
         where = scored.nonzero(as_tuple=True)[0]  # rank by rank = ascending packed order
-        return self._scatter(b, length, rows_idx[where], cols_idx[where] + 1, lp, ent, input_ids.device)
+        return self._scatter(
+            b, length, rows_idx[where], cols_idx[where] + 1, lp, ent, input_ids.device
+        )
 
-    def _language_model(self, embeds, position_ids, masks, split: SequenceSplit, packed: PackedRows | None):
+    def _language_model(
+        self, embeds, position_ids, masks, split: SequenceSplit, packed: PackedRows | None
+    ):
         extra = {}
         if self.split_active:
-            extra["sequence_parallel"] = SPContext(self.sp_group, self.sp_rank, split, self.layout, self.kv_block)
+            extra["sequence_parallel"] = SPContext(
+                self.sp_group, self.sp_rank, split, self.layout, self.kv_block
+            )
         if packed is not None:
             extra["packed_rows"] = packed
             if base_model(self.model).config.model_type in ("qwen3_vl", "qwen3_vl_moe"):
                 masks = None  # its text model takes no mask mapping; packed attention reads no mask
-        return base_model(self.model).language_model(
-            inputs_embeds=embeds, position_ids=position_ids, attention_mask=masks, use_cache=False, **extra,
-        ).last_hidden_state
+        return (
+            base_model(self.model)
+            .language_model(
+                inputs_embeds=embeds,
+                position_ids=position_ids,
+                attention_mask=masks,
+                use_cache=False,
+                **extra,
+            )
+            .last_hidden_state
+        )
 
     def _score(self, hidden, targets, temperature, with_entropy):
         weight = self.model.get_output_embeddings().weight
-        return linear_logprobs(hidden, weight, targets, temperature, self.token_chunk, self.vocab_chunk,
-                               with_entropy)
+        return linear_logprobs(
+            hidden, weight, targets, temperature, self.token_chunk, self.vocab_chunk, with_entropy
+        )
 
     def _gather(self, x: torch.Tensor | None, counts: list[int]) -> torch.Tensor | None:
         return None if x is None else gather_rows(x, counts, self.sp_rank, self.sp_group)
 
     @staticmethod
     def _scatter(b, length, rows, cols, lp, ent, device):
-        out = torch.zeros((b, length), dtype=torch.float32, device=device).index_put((rows, cols), lp)
+        out = torch.zeros((b, length), dtype=torch.float32, device=device).index_put(
+            (rows, cols), lp
+        )
         ent_out = None if ent is None else torch.zeros_like(out).index_put((rows, cols), ent)
         return out, ent_out
 
@@ -194,3 +259,9 @@ class LogProbModel(torch.nn.Module):
         """The wrapped model's `generate` (unsplit; sequence parallelism is for scoring)."""
         return self.model.generate(*args, **kwargs)
 
+    def run_unsharded(self, fn, *args, **kwargs):
+        """fn(wrapped model, *args, **kwargs) with the root's own parameters (embeddings, lm_head,
+        norms, patch embedding, merger) unsharded for its duration - a registered FSDP forward
+        method (mesh.shard_log_prob_model); the decoder layers / vision blocks all-gather as they
+        are called (training.sequence_parallel.lockstep keeps the ranks in step)."""
+        return fn(self.model, *args, **kwargs)

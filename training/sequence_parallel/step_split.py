@@ -9,9 +9,10 @@
   dp x sp ranks. It syncs the engine's weights from the FSDP shards each step.
 - `SplitRewardScorer`: rewards (and LLM-judge calls) likewise split over the SP group, never
   computed twice.
-- `SplitVideoEmbedder`: the frozen vision tower encodes each step video split by frames over the
-  SP group (vision.py), from an unsharded replica, so no FSDP collective depends on which videos
-  a replica happens to have.
+- `SplitVideoEmbedder`: the vision tower encodes each step video split by frames over the SP
+  group (vision.py): through the sharded policy with every rank in step (lockstep.py), or on an
+  unsharded frozen replica (`parallel.rollout_replica=true`), where no FSDP collective depends
+  on which videos a replica happens to have.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 import torch.distributed as dist
 
 from training.grpo.video_cache import StepVideo, VideoEmbedder
+from training.sequence_parallel.lockstep import all_max, dummy_video, reshard
 from training.sequence_parallel.mesh import ParallelState, iter_full_tensors
 from training.sequence_parallel.vision import encode_videos_split
 
@@ -53,7 +55,7 @@ class DataParallelSampler:
 
     def next(self, n: int):
         drawn = self.sampler.next(n * self.state.dp_size)
-        return drawn[self.state.dp_rank * n:(self.state.dp_rank + 1) * n]
+        return drawn[self.state.dp_rank * n : (self.state.dp_rank + 1) * n]
 
     def __getattr__(self, name: str):  # mark_bad, state_dict, load_state_dict, records
         return getattr(self.sampler, name)
@@ -63,7 +65,9 @@ class SplitRolloutEngine:
     """A rollout engine whose prompts are split over the SP group and whose weights come from
     the FSDP-sharded policy. `replica` is the unsharded model the `hf` engine samples with."""
 
-    def __init__(self, engine, state: ParallelState, replica: torch.nn.Module | None = None) -> None:
+    def __init__(
+        self, engine, state: ParallelState, replica: torch.nn.Module | None = None
+    ) -> None:
         self.engine, self.state, self.replica = engine, state, replica
         self.name = engine.name
 
@@ -72,13 +76,21 @@ class SplitRolloutEngine:
         mine = _strided(len(prompts), s.sp_rank, s.sp_size)
         # distinct streams per replica and per SP rank; the same on a resumed run
         seed = (sampling.seed * 1_000_003 + s.dp_rank * 7_919 + s.sp_rank * 104_729) % 2**62
-        local = self.engine.generate([prompts[i] for i in mine], replace(sampling, seed=seed)) if mine else []
+        # a collective engine (the sharded lockstep one) is called by every rank, prompts or not
+        run = bool(mine) or getattr(self.engine, "collective", False)
+        local = (
+            self.engine.generate([prompts[i] for i in mine], replace(sampling, seed=seed))
+            if run
+            else []
+        )
         return _gather_in_order(local, len(prompts), s)
 
     @torch.no_grad()
     def sync_weights(self, lpm) -> None:
         """Collective over the FSDP mesh (all ranks, every step)."""
-        if self.engine.name != "hf":
+        if (
+            self.engine.name != "hf" or self.replica is None
+        ):  # vLLM, or the sharded engine (a no-op)
             self.engine.sync_weights(lpm)
             return
         params = dict(self.replica.state_dict())
@@ -95,7 +107,11 @@ class SplitRewardScorer:
     def score(self, completions: Sequence[str], examples: Sequence) -> list:
         s = self.state
         mine = _strided(len(completions), s.sp_rank, s.sp_size)
-        local = self.scorer.score([completions[i] for i in mine], [examples[i] for i in mine]) if mine else []
+        local = (
+            self.scorer.score([completions[i] for i in mine], [examples[i] for i in mine])
+            if mine
+            else []
+        )
         return _gather_in_order(local, len(completions), s)
 
     def __getattr__(self, name: str):  # ctx (judge statistics), cfg
@@ -103,16 +119,43 @@ class SplitRewardScorer:
 
 
 class SplitVideoEmbedder(VideoEmbedder):
-    """VideoEmbedder whose (frozen) vision tower runs split by frames over the SP group."""
+    """VideoEmbedder whose vision tower runs split by frames over the SP group.
 
-    def __init__(self, *args, state: ParallelState, **kwargs) -> None:
+    On an unsharded replica (`sharded=False`) the tower must be frozen; each SP group encodes
+    its own replica's videos. Through the sharded policy (`sharded=True`, `model` the
+    LogProbModel) every encode is collective over all ranks (lockstep.py): the videos a step's
+    `prepare` calls find are queued and encoded by one `flush` per round, and the update
+    passes' encodes (a trainable tower) are in step because every replica runs the same
+    micro-batches."""
+
+    def __init__(self, *args, state: ParallelState, sharded: bool = False, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        if self.trainable_vision:
-            raise ValueError("multi-rank GRPO needs video.freeze_vision=true (embeddings are cached "
-                             "and reused; a trainable tower would need lockstep passes under FSDP)")
-        self.state = state
+        if self.trainable_vision and not sharded:
+            raise ValueError(
+                "multi-rank GRPO with an unsharded rollout replica needs video.freeze_vision=true "
+                "(set parallel.rollout_replica=false to train the tower)"
+            )
+        self.state, self.sharded = state, sharded
+        self._queued: list[StepVideo] = []
+        self.dangling: torch.Tensor | None = None  # a dummy encode's output, to tie into the loss
+
+    def _encode_once(self, videos: list[StepVideo]) -> None:
+        if not self.sharded:
+            super()._encode_once(videos)
+        else:
+            self._queued += videos
+
+    def flush(self) -> None:
+        """Encode the queued videos: once per round on every rank (a collective)."""
+        if not self.sharded:
+            return
+        videos, self._queued = self._queued, []
+        for v, e in zip(videos, self._encode(videos, grad=False), strict=True):
+            v.embeds = e.detach()
 
     def _encode(self, videos: Sequence[StepVideo], grad: bool) -> list[torch.Tensor]:
+        if self.sharded:
+            return self._encode_lockstep(videos, grad)
         if self.state.sp_size == 1 or not videos:
             return super()._encode(videos, grad)
         device = next(self.model.parameters()).device
@@ -120,10 +163,48 @@ class SplitVideoEmbedder(VideoEmbedder):
         grid = torch.tensor([v.grid_thw for v in videos], dtype=torch.long, device=device)
         self.calls += len(videos)
         with torch.no_grad():
-            embeds = encode_videos_split(self.model, pixels, grid, self.state.sp_group,
-                                         self.state.sp_rank, self.state.sp_size)
+            embeds = encode_videos_split(
+                self.model,
+                pixels,
+                grid,
+                self.state.sp_group,
+                self.state.sp_rank,
+                self.state.sp_size,
+            )
+        return self._checked(videos, embeds)
+
+    def _encode_lockstep(self, videos: Sequence[StepVideo], grad: bool) -> list[torch.Tensor]:
+        real = [v for v in videos if v.num_tokens]  # text-only rows keep their empty embedding
+        device = next(self.model.parameters()).device
+        if not all_max(int(bool(real)), device):
+            return [v.embeds for v in videos]  # type: ignore[misc]
+        if real:
+            pixels = torch.cat([v.pixel_values for v in real]).to(device)
+            grid = torch.tensor([v.grid_thw for v in real], dtype=torch.long, device=device)
+        else:  # another rank encodes: call the tower on a dummy frame group, drop the result
+            pixels, grid = (t.to(device) for t in dummy_video(self.model))
+        self.calls += len(real)
+        with torch.set_grad_enabled(grad):
+            embeds = self.model.encode_videos(pixels, grid)  # split by frames over the SP group
+        if not grad:
+            reshard(self.model)
+        if not real:
+            if grad:  # the blocks' backward must run here too (FSDP reduce-scatters their grads)
+                self.dangling = 0.0 * sum(e.sum() for e in embeds)
+            return [v.embeds for v in videos]  # type: ignore[misc]
+        it = iter(self._checked(real, embeds))
+        return [next(it) if v.num_tokens else v.embeds for v in videos]  # type: ignore[misc]
+
+    def take_dangling(self) -> torch.Tensor | None:
+        out, self.dangling = self.dangling, None
+        return out
+
+    @staticmethod
+    def _checked(videos: Sequence[StepVideo], embeds: list[torch.Tensor]) -> list[torch.Tensor]:
         for v, e in zip(videos, embeds, strict=True):
             if e.shape[0] != v.num_tokens:
-                raise ValueError(f"video {v.video_id}: vision tower gave {e.shape[0]} tokens, "
-                                 f"grid {v.grid_thw} implies {v.num_tokens}")
+                raise ValueError(
+                    f"video {v.video_id}: vision tower gave {e.shape[0]} tokens, "
+                    f"grid {v.grid_thw} implies {v.num_tokens}"
+                )
         return embeds

@@ -1,0 +1,156 @@
+"""GRPO without a full policy copy per rank (issue 12.1): the hf rollout and the vision tower run
+through the FSDP2-sharded policy in lockstep (training/sequence_parallel/lockstep.py). A GRPO step
+on that path equals the step with the unsharded replica (same seeds: the same rollout tokens,
+log-probs <= 1e-5, the same update) and the single process, at 2 ranks whose prompts and
+responses differ in length and count; and each rank holds 1/world of the parameters, not a
+full copy more.
+
+The regime: a Qwen2.5-VL with 3 query heads and 1 KV head (SP=2 divides neither), several
+videos of two frame sizes at 16 s per temporal patch beside text-only records (so one rank can
+have no video to encode while another has), and a tiny model whose end-of-turn token is likely
+enough (~10 % per step) that rows - and ranks - finish at different steps."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from common.config import load_config
+from data_gen.schema import QARecord
+from training.grpo.config import GRPOConfig
+from training.sequence_parallel.local_group import run_local_group
+from training.sequence_parallel.mesh import ParallelConfig
+
+from .test_sequence_parallel_grpo_equiv import BASE, REWARD, compare, parallel_step, single_step
+
+LONG = [
+    *BASE,
+    "rollout.max_new_tokens=12",
+    "video.sampling.num_frames=4",
+    "data.shuffle=true",
+    "rollout.generate_rows=3",
+]  # one prompt (G=3 rows) per generate call: ranks differ in calls
+
+
+def stop_biased(path, k: float = 4.0) -> None:
+    """Point the <|im_end|> row of the LM head along the mean final hidden state, so its logit is
+    ~k on average (p ~ 0.1 per step at this vocabulary): responses end at varied lengths."""
+    from training.model_io import load_model, load_tokenizer
+
+    model, tok = load_model(path), load_tokenizer(path)
+    stop = tok.convert_tokens_to_ids("<|im_end|>")
+    ids = torch.randint(0, stop, (8, 64), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        h = model.model.language_model(
+            inputs_embeds=model.get_input_embeddings()(ids)
+        ).last_hidden_state
+        mean = h.reshape(-1, h.shape[-1]).mean(0)
+        model.get_output_embeddings().weight[stop] = k * mean / mean.dot(mean)
+    model.save_pretrained(path)
+
+
+@pytest.fixture(scope="module")
+def long_task(tmp_path_factory):
+    from tests.fixtures.model_kit import write_video
+    from training.tiny_model import TinyModelSpec, write_tiny_model_folder
+
+    root = tmp_path_factory.mktemp("lockstep")
+    model = write_tiny_model_folder(
+        root / "m", TinyModelSpec(hidden_size=48, num_heads=3, num_kv_heads=1, seed=4)
+    )
+    stop_biased(model)
+    data = root / "data"
+    data.mkdir()
+    rows = []
+    for i in range(8):
+        if i % 4 == 3:  # text-only records beside the video ones
+            rows.append(
+                QARecord(
+                    id=f"t{i}",
+                    video_id="",
+                    video_path="",
+                    question=f"What is {i} + 2?",
+                    answer=str(i + 2),
+                    answer_type="numeric",
+                    category="Math",
+                    modality="text",
+                )
+            )
+            continue
+        w = 56 if i % 2 else 84
+        f = np.random.default_rng(i).integers(0, 255, (8, 56, w, 3), dtype=np.uint8)
+        write_video(
+            data / f"v{i}.mp4", f, fps=0.25
+        )  # 32 s: 4 sampled frames, 16 s per temporal patch
+        rows.append(
+            QARecord(
+                id=f"q{i}",
+                video_id=f"v{i}",
+                video_path=f"v{i}.mp4",
+                question="Which colour?",
+                options=["red", "blue"],
+                answer="A",
+                answer_type="multiple_choice",
+                category="Spatial",
+            )
+        )
+    (data / "rl.jsonl").write_text("".join(json.dumps(r.to_dict()) + "\n" for r in rows))
+    return model, data
+
+
+def _merged(ranks: list[dict]) -> dict:
+    """One run's result as `compare` takes a reference: every rank's rollouts and update
+    log-probs; metrics (reduced over replicas), weights and gradients are the same on all."""
+    out = {**ranks[0], "rollouts": {}, "update_logprobs": {}}
+    for r in ranks:
+        out["rollouts"].update(r["rollouts"])
+        out["update_logprobs"].update(r["update_logprobs"])
+    return out
+
+
+def _total_parameters(model_dir) -> int:
+    from training.model_io import load_model
+
+    return sum(p.numel() for p in load_model(model_dir).parameters())
+
+
+@pytest.mark.parametrize("sp, prompts", [(1, 4), (2, 3)])
+def test_sharded_lockstep_step_equals_the_replica_and_one_process(long_task, tmp_path, sp, prompts):
+    model, data = long_task
+    cfg = load_config(
+        GRPOConfig, None, [*LONG, f"rollout.prompts_per_step={prompts}"], values=REWARD
+    )
+    runs = {}
+    for replica in (True, False):  # the rank-seeded streams of a real run: no per-prompt seeds
+        par = ParallelConfig(sp_size=sp, rollout_replica=replica)
+        runs[replica] = run_local_group(
+            parallel_step, 2, cfg, par, model, data, tmp_path / f"r{replica}", False
+        )
+    worst = compare(_merged(runs[True]), runs[False])
+    assert worst["rollout"] <= 1e-5 and worst["weights"] <= 1e-5
+    # the regime: prompts and responses of different lengths, ranks with different work
+    rollouts = runs[False][0]["rollouts"]
+    assert (
+        len({len(k[0]) for k in rollouts}) > 1 and len({len(t) for t, _ in rollouts.values()}) > 2
+    )
+    if sp == 1:  # dp2: the replicas hold different prompts, and one may have no video to encode
+        per_rank = [{len(t) for t, _ in r["rollouts"].values()} for r in runs[False]]
+        assert per_rank[0] != per_rank[1]
+    # no full copy: each rank holds half of policy + reference; the replica path a full copy more
+    total = _total_parameters(model)
+    sharded, with_replica = runs[False][0]["resident"], runs[True][0]["resident"]
+    assert (
+        abs(sharded - total) <= total // 100
+    )  # 2 models x 1/2 each (FSDP pads shards by a few rows)
+    assert with_replica - sharded == total
+    # and the sharded step is the one-process step (per-prompt seeds so both sample the same)
+    ref = single_step(cfg, model, data, tmp_path / "one")
+    compare(
+        ref,
+        run_local_group(
+            parallel_step, 2, cfg, ParallelConfig(sp_size=sp), model, data, tmp_path / "s"
+        ),
+    )
