@@ -2,7 +2,8 @@
 opencv seeking vs opencv sequential grab (and decord, a peer library, when it is importable), on
 mp4v and H.264 files, uniform 16 and 64 frames; then the caption phase's access pattern (10 s
 clips x 8 frames over a whole video): one decoder pass per video (data_gen.clip_reader) vs one
-read_frames call per clip (the path it replaces).
+read_frames call per clip (the path it replaces); and `probe_video` per file (first call in a
+fresh process, which demuxes the packet index, and with the index cached).
 
 Every backend's frames are checked against sequential decoding and the frame number drawn into
 each frame (a barcode) before it is timed; a peer that returns other frames is reported as
@@ -10,7 +11,7 @@ inexact and timed anyway, never counted as a win. Timings are interleaved (each 
 every backend once, in a rotating order) on a fixed set of CPUs, and reported as min and median.
 
     .venv/bin/python bench/bench_decode.py [--seconds 60] [--size 640x360] [--fps 30] [--repeat 5]
-        [--cpus 1] [--backends pyav,pyav-seq,opencv-seq,decord] [--clips-only]
+        [--cpus 1] [--backends pyav,pyav-seq,opencv-seq,decord] [--clips-only] [--probe-only]
         [--max-default-ratio 1.25] [--min-clip-speedup 1.1]
 
 --max-default-ratio R: exit 1 when, on any row, the default backend's median is more than R x
@@ -22,8 +23,11 @@ wheel from 2021; PYTHONPATH may point at a --target folder holding it).
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -73,6 +77,23 @@ def timed(fns: dict[str, Callable[[], object]], repeat: int) -> dict[str, list[f
     return times
 
 
+# a fresh process times one probe_video call (import time excluded)
+PROBE_CHILD = ("import sys, time; sys.path.insert(0, sys.argv[1]); from data_gen.video_io import probe_video; "
+               "t = time.perf_counter(); probe_video(sys.argv[2]); print((time.perf_counter() - t) * 1000)")
+
+
+def probe_section(files: dict[str, Path], repeat: int) -> None:
+    print("\nprobe_video, ms per file: min, median; first call in a fresh process (demuxes the packet index, "
+          "3 processes), then with the index cached")
+    root = str(Path(__file__).resolve().parent.parent)
+    for name, path in files.items():
+        first = [float(subprocess.run([sys.executable, "-c", PROBE_CHILD, root, str(path)], capture_output=True,
+                                      text=True, check=True).stdout) for _ in range(3)]
+        later = timed({"probe": lambda p=path: probe_video(p)}, repeat)["probe"]
+        print(f"{name:32s} first call {min(first):7.1f} {statistics.median(first):7.1f}   "
+              f"index cached {min(later):7.1f} {statistics.median(later):7.1f}")
+
+
 def cell(ts: list[float], base: float, note: str = "") -> str:
     med = statistics.median(ts)
     return f"{min(ts):7.1f} {med:7.1f} ({med / base:4.2f}x){note:2s}"
@@ -87,6 +108,7 @@ def main() -> None:
     ap.add_argument("--cpus", type=int, default=1, help="CPUs the process may use (fixed: decoders' threads)")
     ap.add_argument("--backends", default=",".join(BACKENDS) + ",decord", help="which to time (pyav always)")
     ap.add_argument("--clips-only", action="store_true", help="only the caption access pattern section")
+    ap.add_argument("--probe-only", action="store_true", help="only the probe_video section")
     ap.add_argument("--max-default-ratio", type=float, default=0.0)
     ap.add_argument("--min-clip-speedup", type=float, default=0.0)
     args = ap.parse_args()
@@ -98,6 +120,7 @@ def main() -> None:
     w, h = (int(v) for v in args.size.split("x"))
     n = int(args.seconds * args.fps)
     tmp = Path(tempfile.mkdtemp(prefix="bench_decode_"))
+    atexit.register(shutil.rmtree, tmp, True)  # the three videos (~22 MB) go with the process
     files = {
         "mp4v (opencv, GOP 12)": write(tmp / "a.mp4", "mp4v", n, w, h, args.fps),
         "H.264 (x264 default GOP 250)": write(tmp / "b.mp4", "h264", n, w, h, args.fps),
@@ -110,6 +133,9 @@ def main() -> None:
     if peer and "decord" in wanted:
         readers["decord"] = peer
     failed, inexact = [], False
+    if args.probe_only:
+        probe_section(files, args.repeat)
+        sys.exit(0)
     if args.clips_only:
         failed += clips_section(files, args)
         print("regression check: " + ("FAILED\n  " + "\n  ".join(failed) if failed else "ok"))
@@ -140,6 +166,7 @@ def main() -> None:
                 failed.append(f"{name} {count}: {DEFAULT_BACKEND} {base:.0f} ms > {args.max_default_ratio} x {best:.0f}")
     if inexact:
         print("(! = decord returned other frames than the frame numbers asked for: not a valid result)")
+    probe_section(files, args.repeat)
     failed += clips_section(files, args)
     print("regression check: " + ("FAILED\n  " + "\n  ".join(failed) if failed else "ok"))
     sys.exit(1 if failed else 0)
