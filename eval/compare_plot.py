@@ -56,7 +56,8 @@ def roles_figure(
 ) -> Any:
     """Left: per benchmark one bar per role (candidate, base, champion). Right: candidate - each
     other role, a point with its 95 % interval and p (one row per pair, coloured as the other
-    role's bar); a pair whose interval excludes 0 is drawn filled, otherwise hollow."""
+    role's bar); a pair whose interval excludes 0 and whose p is below 0.05 is drawn filled,
+    otherwise hollow (a bootstrap over one video cluster gives a zero-width interval at p = 1)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -93,7 +94,7 @@ def roles_figure(
             if other not in r["differences"]:
                 continue
             d, (lo, hi), p = r["differences"][other]
-            significant = lo > 0 or hi < 0
+            significant = (lo > 0 or hi < 0) and p < 0.05
             dx.errorbar([d], [y + off], xerr=[[max(0.0, d - lo)], [max(0.0, hi - d)]], fmt="o", color=colour,
                         markerfacecolor=colour if significant else "white", capsize=3,
                         label=f"{candidate} - {other}" if y == 0 else None)  # fmt: skip

@@ -54,6 +54,8 @@ def test_the_plot_draws_candidate_base_and_champion(tmp_path):
     ]
     points = {c.get_label(): round(float(c.lines[0].get_xdata()[0]), 1) for c in diffs.containers}
     assert points == {"candidate - base": 40.0, "candidate - champion": 20.0}
+    # Neither difference is significant here (p = 0.12 and 0.5): hollow markers.
+    assert all(c.lines[0].get_markerfacecolor() == "white" for c in diffs.containers)
     texts = sorted(t.get_text() for t in diffs.texts)
     assert texts[0].startswith("+20.0, p=") and texts[1].startswith("+40.0, p=")
     assert fig._suptitle.get_text() == "candidate vs base, champion"
