@@ -40,7 +40,7 @@ DEMO_PARAMS: dict[str, Any] = {
     "sft_lr": 2e-3,
     "sft_overrides": ["video.max_pixels=12544", "micro_batch_size=4", "epochs=100", "eval_generate=0"],
     "run_grpo": True,
-    "grpo_steps": 2,
+    "grpo_max_steps": 2,
     "grpo_lr": 1e-5,
     "grpo_group_size": 4,
     "grpo_kl_coef": 0.01,
