@@ -159,7 +159,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--sft-steps", type=int, default=180, help="short on purpose: SFT leaves room for GRPO")
-    ap.add_argument("--grpo-steps", type=int, default=30)
+    ap.add_argument("--grpo-steps", type=int, default=60)
     ap.add_argument("--videos", type=int, default=500, help="SFT videos (RL: the same number)")
     ap.add_argument("--bench-videos", type=int, default=60, help="benchmark videos (4 questions each)")
     args = ap.parse_args()
