@@ -203,14 +203,30 @@ def numeric_items(data: dict[str, Any], prefix: str = "") -> dict[str, float]:
 TINY_DEFAULT_ARCH = "qwen2_5_vl"
 
 
+def tiny_model_preset(model: str) -> str:
+    """The size preset of a tiny base_model (`longrl model tiny --preset`): "learn" for
+    `tiny-learn[:SEED[:ARCH]]`, "" for plain `tiny...` (the test sizes) or a model folder."""
+    head = model.split(":", 1)[0]
+    return head.removeprefix("tiny-") if head.startswith("tiny-") and "/" not in head else ""  # a path is a folder
+
+
 def tiny_model_spec(model: str) -> tuple[int, str] | None:
     """The pipeline's `base_model` as a tiny random model: `tiny`, `tiny:SEED` or
-    `tiny:SEED:ARCH` (ARCH a vision family of `longrl model tiny --arch`; default qwen2_5_vl)
-    -> (seed, arch); None for anything else (a model folder). A bad seed or arch is one line
-    naming it and what is accepted."""
-    if model != "tiny" and not model.startswith("tiny:"):
+    `tiny:SEED:ARCH` (ARCH a vision family of `longrl model tiny --arch`; default qwen2_5_vl),
+    or the same with a size preset, `tiny-learn:SEED` (tiny_model_preset) -> (seed, arch); None
+    for anything else (a model folder). A bad seed, arch or preset is one line naming it and
+    what is accepted."""
+    preset = tiny_model_preset(model)
+    if preset:
+        from training.tiny_model import TINY_PRESETS
+
+        if preset not in TINY_PRESETS:
+            raise StepError(f"base model {model!r}: unknown tiny preset {preset!r}; known: "
+                            f"{', '.join('tiny-' + p for p in TINY_PRESETS)}")  # fmt: skip
+    plain = "tiny" + model[len("tiny-" + preset) :] if preset else model  # the preset is not part of the parse
+    if plain != "tiny" and not plain.startswith("tiny:"):
         return None
-    parts = model.split(":")
+    parts = plain.split(":")
     if len(parts) > 3:
         raise StepError(f"base model {model!r}: give tiny, tiny:SEED or tiny:SEED:ARCH")
     seed_text = (parts[1] if len(parts) > 1 else "") or "0"

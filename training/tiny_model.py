@@ -63,6 +63,26 @@ class TinyModelSpec:
     video_max_pixels: int = 56 * 56
 
 
+# Named sizes (`longrl model tiny --preset`, the pipeline's base_model=tiny-PRESET:SEED). "test":
+# the defaults above, milliseconds to build, for tests. "learn": ~1 M parameters, the smallest
+# model measured to learn the synthetic ladder's perception rung on 2 CPU cores (docs/grpo.md
+# "Learning"; the same sizes as bench/bench_learning.py's MODEL): a wider LLM and vision tower and
+# a video processor budget of a whole 168x112 synth frame.
+TINY_PRESETS: dict[str, dict] = {
+    "test": {},
+    "learn": {"hidden_size": 128, "intermediate_size": 256, "num_layers": 4, "num_heads": 4, "num_kv_heads": 2,
+              "vision_depth": 2, "vision_hidden_size": 64, "vision_intermediate_size": 128,
+              "vision_num_heads": 2, "vision_fullatt_blocks": [1], "video_max_pixels": 168 * 112},
+}
+
+
+def preset_spec(preset: str, seed: int = 0, arch: str = "qwen2_5_vl") -> TinyModelSpec:
+    """The TinyModelSpec of a named preset; an unknown name is a ValueError naming the known ones."""
+    if preset not in TINY_PRESETS:
+        raise ValueError(f"tiny model preset {preset!r} unknown; known: {', '.join(TINY_PRESETS)}")
+    return TinyModelSpec(seed=seed, arch=arch, **TINY_PRESETS[preset])
+
+
 def default_mrope_section(head_dim: int) -> list[int]:
     """Split head_dim/2 rotary frequencies over (time, height, width) in Qwen's proportions
     (Qwen2.5-VL-7B: [16, 24, 24] of 64)."""
