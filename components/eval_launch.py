@@ -13,7 +13,9 @@ from typing import Any
 
 from components.launch import longrl_argv, mlflow_env, run_step
 
-ROLES = ("candidate", "base", "champion")
+# The SFT model is evaluated too when a run trains both stages (the candidate is then the GRPO
+# model): the learning table shows base -> SFT -> GRPO with the paired tests of each step.
+ROLES = ("candidate", "sft", "base", "champion")
 
 
 def eval_argv(model: Path, data: Path, out: Path, benchmarks: str, frames: int, limit: int,
@@ -75,11 +77,29 @@ def compare(outs: dict[str, Path], benchmarks: list[str], max_error_rate: float)
     for role, out in outs.items():
         ok, why = eval_succeeded(out, benchmarks, max_error_rate)
         result["roles"][role] = {"out": str(out), "succeeded": ok, "reason": why, "metrics": role_metrics(out)}
-    if result["roles"]["candidate"]["succeeded"]:
-        for other in ("base", "champion"):
-            if other in outs and result["roles"][other]["succeeded"]:
+    ok = {role: info["succeeded"] for role, info in result["roles"].items()}
+    if ok["candidate"]:
+        for other in ("base", "champion", "sft"):
+            if ok.get(other):
                 result["paired"][other] = compare_runs(outs["candidate"], outs[other])["benchmarks"]
+    if ok.get("sft") and ok.get("base"):
+        result["learning"] = learning(outs, benchmarks, compare_runs(outs["sft"], outs["base"])["benchmarks"],
+                                      result["paired"].get("sft", {}))  # fmt: skip
     return result
+
+
+def learning(outs: dict[str, Path], benchmarks: list[str], sft_vs_base: dict[str, Any],
+             grpo_vs_sft: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """Per benchmark: base, SFT and candidate (GRPO) accuracy by answer type, MC chance, the
+    paired tests sft-vs-base and grpo-vs-sft (eval.compare_learning)."""
+    from eval.compare_learning import answer_type_counts, learning_result
+
+    out = {}
+    for bench in benchmarks:
+        counts = {role: answer_type_counts(outs[role] / bench) for role in ("base", "sft", "candidate")
+                  if role in outs and (outs[role] / bench / "predictions.jsonl").is_file()}  # fmt: skip
+        out[bench] = {"counts": counts, **learning_result(counts, sft_vs_base.get(bench), grpo_vs_sft.get(bench))}
+    return out
 
 
 def _pct(v: float | None) -> str:
@@ -88,13 +108,14 @@ def _pct(v: float | None) -> str:
 
 def markdown(result: dict[str, Any]) -> str:
     roles = [r for r in ROLES if r in result["roles"]]
-    lines = ["| benchmark | " + " | ".join(roles) + " | vs base | vs champion |",
-             "|---" * (len(roles) + 3) + "|"]  # fmt: skip
+    versus = ["base", "champion"] + (["sft"] if "sft" in roles else [])
+    lines = ["| benchmark | " + " | ".join(roles) + " | " + " | ".join(f"vs {v}" for v in versus) + " |",
+             "|---" * (len(roles) + len(versus) + 1) + "|"]  # fmt: skip
     for bench in result["benchmarks"]:
         key = f"{bench}/score"
         row = [_pct(result["roles"][r]["metrics"].get(key)) for r in roles]
         deltas = []
-        for other in ("base", "champion"):
+        for other in versus:
             p = result["paired"].get(other, {}).get(bench)
             if not p or p["difference"] is None:
                 deltas.append("n/a")
@@ -114,7 +135,18 @@ def markdown(result: dict[str, Any]) -> str:
                               f"{int(m.get(f'{bench}/errors', 0))} errors")  # fmt: skip
         status = "ok" if info["succeeded"] else f"**did not succeed**: {info['reason']}"
         lines.append(f"- {role}: {'; '.join(counts) or 'no results'} - {status}")
+    if result.get("learning"):
+        from eval.compare_learning import learning_markdown
+
+        for bench, info in result["learning"].items():
+            lines += ["", learning_markdown(bench, info["counts"], info).rstrip("\n")]
     return "\n".join(lines) + "\n"
+
+
+def learning_line(result: dict[str, Any]) -> str:
+    """The one-line summary of the first benchmark's learning table ("" without an SFT role)."""
+    info = result.get("learning") or {}
+    return next((v["line"] for v in info.values()), "")
 
 
 def plot_comparison(result: dict[str, Any], work: Path, mlflow_tracking_uri: str = "",

@@ -37,21 +37,33 @@ def video_fingerprint(source: str) -> str:
 
 @dsl.component(**CPU)
 def prepare_videos(source: str, synth_videos: int, synth_minutes: float, synth_fps: float, synth_seed: int,
-                   runs_root: str, videos: Output[Dataset], fingerprint: str = ""):
-    """`source="synth"`: render procedural videos with `longrl synth`; otherwise `source` is a
-    folder of videos (on the shared volume), recorded by reference (never copied). `fingerprint`
-    (video_fingerprint) is part of the cache key and recorded in the artifact's metadata."""
+                   runs_root: str, videos: Output[Dataset], fingerprint: str = "",
+                   synth_overrides: list = []):  # noqa: B006 - KFP parameter default
+    """`source="synth"`: render procedural videos with `longrl synth` (`synth_overrides`: its
+    config keys, e.g. a rung of the task ladder); otherwise `source` is a folder of videos (on the
+    shared volume), recorded by reference (never copied). `fingerprint` (video_fingerprint) is
+    part of the cache key and recorded in the artifact's metadata."""
     import hashlib
     from pathlib import Path
 
-    from components.launch import StepError, longrl_argv, output_dir, run_step, write_ref
+    from components.benchmark_launch import synth_argv
+    from components.launch import (
+        StepError,
+        longrl_argv,
+        output_dir,
+        overrides_list,
+        run_step,
+        write_ref,
+    )
 
     if source == "synth":
-        key = hashlib.sha256(f"{synth_videos}|{synth_minutes}|{synth_fps}|{synth_seed}".encode()).hexdigest()[:16]
+        sets = overrides_list(synth_overrides)
+        fields = f"{synth_videos}|{synth_minutes}|{synth_fps}|{synth_seed}" + (f"|{sets}" if sets else "")
+        key = hashlib.sha256(fields.encode()).hexdigest()[:16]  # without overrides: the key it always had
         out = output_dir(videos.path, runs_root, "cache", f"synth-{key}")
-        run_step(longrl_argv("synth", "--out", str(out), "--videos", str(synth_videos), "--minutes",
-                             str(synth_minutes), "--fps", str(synth_fps), "--seed", str(synth_seed)))  # fmt: skip
-        videos.metadata.update({"source": "synth", "videos": synth_videos, "minutes": synth_minutes})
+        run_step(longrl_argv(*synth_argv(out, synth_videos, synth_minutes, synth_fps, synth_seed, sets)))
+        videos.metadata.update({"source": "synth", "videos": synth_videos, "minutes": synth_minutes,
+                                "seed": synth_seed, "overrides": sets})  # fmt: skip
         return
     folder = Path(source)
     if not folder.is_dir():
@@ -61,20 +73,74 @@ def prepare_videos(source: str, synth_videos: int, synth_minutes: float, synth_f
 
 
 @dsl.component(**CPU)
+def prepare_benchmark(source: str, videos: Input[Dataset], dataset: Input[Dataset], eval_synth_videos: int,
+                      eval_synth_seed: int, synth_minutes: float, synth_fps: float, synth_seed: int,
+                      synth_overrides: list, runs_root: str, benchmark: Output[Dataset]):  # fmt: skip
+    """What the evaluation reads (--data). `eval_synth_videos` = 0: the dataset (its eval split).
+    Otherwise a held-out `longrl synth` benchmark (the `synth` eval task): that many videos
+    rendered with the training videos' settings and `synth_overrides` but seed `eval_synth_seed`
+    (refused when it equals `synth_seed`), less any video whose bytes equal a training video's."""
+    import hashlib
+
+    from components.benchmark_launch import (
+        benchmark_summary,
+        check_held_out,
+        drop_seen_videos,
+        synth_argv,
+        synth_digests,
+    )
+    from components.launch import (
+        longrl_argv,
+        output_dir,
+        overrides_list,
+        resolve,
+        run_step,
+        write_ref,
+    )
+
+    if eval_synth_videos <= 0:
+        write_ref(benchmark.path, resolve(dataset.path))
+        benchmark.metadata.update({"benchmark": "dataset"})
+        return
+    check_held_out(source, synth_seed, eval_synth_seed)
+    sets = overrides_list(synth_overrides)
+    training = resolve(videos.path)
+    fields = f"bench|{eval_synth_videos}|{synth_minutes}|{synth_fps}|{eval_synth_seed}|{sets}|{training}"
+    out = output_dir(benchmark.path, runs_root, "cache", "bench-" + hashlib.sha256(fields.encode()).hexdigest()[:16])
+    run_step(longrl_argv(*synth_argv(out, eval_synth_videos, synth_minutes, synth_fps, eval_synth_seed, sets)))
+    gone = drop_seen_videos(out, synth_digests(training))
+    held = benchmark_summary(out)
+    print(f"held-out benchmark: seed {eval_synth_seed} (training videos: seed {synth_seed}), {held['videos']} videos, "
+          f"{held['questions']} questions; {len(gone)} video(s) equal to a training video left out {gone or ''}")
+    benchmark.metadata.update({"benchmark": "synth", "seed": eval_synth_seed, "training_seed": synth_seed,
+                               "dropped_videos": gone, **held})  # fmt: skip
+
+
+@dsl.component(**CPU)
 def prepare_model(model: str, base_model: Output[Model]):
     """The base model: a Hugging Face folder (on the shared volume; referenced, not copied) or
     `tiny`, `tiny:SEED`, `tiny:SEED:ARCH`: a random tiny model written by `longrl model tiny
     --seed SEED --arch ARCH` (demo, tests; ARCH a video family such as qwen2_5_vl, the
-    default, qwen2_vl or qwen3_vl)."""
+    default, qwen2_vl or qwen3_vl); `tiny-learn:SEED[:ARCH]`: the same with `--preset learn`
+    (the demo's model, sized to learn the synthetic ladder)."""
     import json
     from pathlib import Path
 
-    from components.launch import StepError, longrl_argv, run_step, tiny_model_spec, write_ref
+    from components.launch import (
+        StepError,
+        longrl_argv,
+        run_step,
+        tiny_model_preset,
+        tiny_model_spec,
+        write_ref,
+    )
 
     tiny = tiny_model_spec(model)
     if tiny is not None:
         seed, arch = tiny
-        run_step(longrl_argv("model", "tiny", "--out", base_model.path, "--seed", str(seed), "--arch", arch))
+        preset = tiny_model_preset(model)
+        run_step(longrl_argv("model", "tiny", "--out", base_model.path, "--seed", str(seed), "--arch", arch,
+                             *(["--preset", preset] if preset else [])))  # fmt: skip
         config = json.loads((Path(base_model.path) / "config.json").read_text())
         base_model.metadata.update({"model": model, "model_type": config.get("model_type", "")})
         return

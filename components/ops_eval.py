@@ -37,11 +37,13 @@ def resolve_champion(model_name: str, mlflow_tracking_uri: str) -> NamedTuple("C
 def evaluate_models(candidate: Input[Model], base: Input[Model], data: Input[Dataset], champion_uri: str,
                     benchmarks: str, frames: int, limit: int, overrides: list, max_error_rate: float,
                     shared_volume: str, mlflow_tracking_uri: str, mlflow_experiment: str,
-                    comparison: Output[Artifact], report: Output[Markdown], metrics: Output[Metrics]):
-    """`longrl eval` of the candidate, the base model and the champion (when there is one) with
-    identical settings; writes comparison.json (scores, paired tests), a Markdown table, and the
-    candidate's scores and deltas as KFP metrics. A failed evaluation is recorded, not hidden:
-    the promote step refuses a candidate whose evaluation did not succeed."""
+                    comparison: Output[Artifact], report: Output[Markdown], metrics: Output[Metrics],
+                    sft: Input[Model] = None):
+    """`longrl eval` of the candidate, the base model, the SFT model (`sft`: given when the run
+    trained SFT then GRPO) and the champion (when there is one) with identical settings; writes
+    comparison.json (scores, paired tests, the base -> SFT -> GRPO learning table), a Markdown
+    table, and the scores as KFP metrics. A failed evaluation is recorded, not hidden: the
+    promote step refuses a candidate whose evaluation did not succeed."""
     import os
     from pathlib import Path
 
@@ -52,6 +54,8 @@ def evaluate_models(candidate: Input[Model], base: Input[Model], data: Input[Dat
     work = Path(comparison.path)
     work.mkdir(parents=True, exist_ok=True)
     models = {"candidate": resolve(candidate.path), "base": resolve(base.path)}
+    if sft is not None:
+        models["sft"] = resolve(sft.path)
     if champion_uri:
         import tempfile
 

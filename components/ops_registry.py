@@ -12,11 +12,12 @@ from components.images import CPU
 def register_and_promote(candidate: Input[Model], comparison: Input[Artifact], data: Input[Dataset],
                          model_name: str, base_model: str, gate_metric: str, gate_min_margin: float,
                          auto_promote: bool, shared_volume: str, kfp_run_id: str, mlflow_tracking_uri: str,
-                         mlflow_parent_run_id: str, decision: Output[Markdown]
+                         mlflow_parent_run_id: str, decision: Output[Markdown], gate_max_p: float = 1.0
                          ) -> NamedTuple("Registered", version=str, promoted=bool):  # fmt: skip
     """New version of `model_name` (@challenger) with lineage tags, its evaluation recorded, and
-    @champion moved only if the gate passes (scores of candidate and champion from the same
-    evaluation run). Not cached: it changes the registry."""
+    @champion moved only if the gate passes: the candidate beats the base model (with paired
+    p < `gate_max_p` when that is below 1) and the champion, by more than the margin (scores from
+    the same evaluation run). Not cached: it changes the registry."""
     from collections import namedtuple
 
     from components.launch import resolve
@@ -26,7 +27,7 @@ def register_and_promote(candidate: Input[Model], comparison: Input[Artifact], d
     version, promoted, text = register_candidate(
         resolve(candidate.path), resolve(comparison.path), resolve(data.path), model_name, base_model,
         gate_metric, gate_min_margin, auto_promote, shared_volume, kfp_run_id, mlflow_tracking_uri,
-        mlflow_parent_run_id, candidate_meta=dict(candidate.metadata))
+        mlflow_parent_run_id, candidate_meta=dict(candidate.metadata), gate_max_p=gate_max_p)
     with open(decision.path, "w") as f:
         f.write(text)
     print(text)

@@ -50,13 +50,45 @@ def evaluated_champion(comparison: dict[str, Any]) -> str:
     return uri.rsplit("/", 1)[-1] if uri else ""
 
 
+def base_gate(comparison: dict[str, Any], metric: str, min_margin: float, max_p: float = 1.0) -> str:
+    """Why the candidate does not beat the base model it was trained from ("" when it does, or
+    when the base model's evaluation gave nothing to compare). A first run has no champion, and
+    without this check any candidate that evaluated at all - one that learned nothing - became
+    @champion. The candidate's `metric` must exceed the base model's by more than `min_margin`,
+    measured in the same evaluation; with `max_p` < 1 the paired test of that benchmark
+    (eval.compare: McNemar over questions) must also give p < max_p."""
+    base = comparison["roles"].get("base")
+    cand = comparison["roles"]["candidate"]["metrics"].get(metric)
+    if not base or not base["succeeded"] or base["metrics"].get(metric) is None or cand is None:
+        return ""  # nothing to hold it against (a missing candidate metric: the registry gate says so)
+    ref = base["metrics"][metric]
+    if not cand > ref + min_margin:
+        return f"{metric} {cand:.4g} does not beat the base model's {ref:.4g} by more than {min_margin:g}"
+    pair = comparison.get("paired", {}).get("base", {}).get(metric.split("/")[0])
+    if max_p < 1.0 and (pair is None or pair.get("p_value") is None or not pair["p_value"] < max_p):
+        p = "n/a" if pair is None or pair.get("p_value") is None else f"{pair['p_value']:.3g}"
+        return f"{metric} gain over the base model ({cand:.4g} vs {ref:.4g}) is not significant: p = {p} >= {max_p:g}"
+    return ""
+
+
+def base_gain_text(comparison: dict[str, Any], metric: str) -> str:
+    """The candidate's gain over the base model on the gate's benchmark, for the decision text."""
+    pair = comparison.get("paired", {}).get("base", {}).get(metric.split("/")[0])
+    if not pair or pair.get("difference") is None:
+        return "n/a"
+    return f"{100 * pair['difference']:+.1f} pp (wins {pair['wins']}, losses {pair['losses']}, p = {pair['p_value']:.3g})"
+
+
 def register_candidate(model_dir: Path, comparison_dir: Path, data_dir: Path, model_name: str, base_model: str,
                        gate_metric: str, gate_min_margin: float, auto_promote: bool, shared_volume: str,
                        kfp_run_id: str, tracking_uri: str, parent_run_id: str,
-                       candidate_meta: dict[str, Any] | None = None) -> tuple[str, bool, str]:  # fmt: skip
+                       candidate_meta: dict[str, Any] | None = None, gate_max_p: float = 1.0
+                       ) -> tuple[str, bool, str]:  # fmt: skip
     """Returns (version, promoted, Markdown summary of the decision). `candidate_meta`: the
     trained model artifact's metadata; when it names the training run's logged checkpoint of
-    this same folder, that is what gets registered (no second copy of the weights)."""
+    this same folder, that is what gets registered (no second copy of the weights). The gate:
+    the candidate must beat the base model (base_gate) and then the champion (the registry's
+    gate_and_promote)."""
     from components.launch import mlflow_env
     from components.launch import tracking_uri as resolve_uri
 
@@ -82,7 +114,12 @@ def register_candidate(model_dir: Path, comparison_dir: Path, data_dir: Path, mo
         mv = registry.register_version(model_name, source, run_id=source_run, tags=tags, alias=registry.CHALLENGER)
         registry.record_eval(model_name, mv.version, cand["metrics"], cand["succeeded"],
                              settings_digest=comparison.get("settings_digest"))  # fmt: skip
-        if auto_promote:
+        not_over_base = base_gate(comparison, gate_metric, gate_min_margin, gate_max_p) if auto_promote else ""
+        if not_over_base:
+            promoted, reason = False, not_over_base
+            registry.record_decision(model_name, mv.version, {"decision": "rejected", "reason": reason,
+                                                              "alias": registry.CHAMPION, "actor": "pipeline"})  # fmt: skip
+        elif auto_promote:
             # The champion this run evaluated ("" none); its numbers only if its evaluation here
             # succeeded - never its older recorded score (issue 15.12, 15.14).
             evaluated = evaluated_champion(comparison)
@@ -108,7 +145,9 @@ def register_candidate(model_dir: Path, comparison_dir: Path, data_dir: Path, mo
             tracking.StageRun(pipeline_run, "pipeline").set_tags(outcome)
     text = (f"**{model_name} v{mv.version}** registered as @challenger "
             f"({'promoted to @champion' if promoted else 'not promoted'}: {reason})\n\n"
-            f"- gate: `{gate_metric}` must beat the champion by more than {gate_min_margin:g}\n"
+            f"- gate: `{gate_metric}` must beat the base model and the champion by more than {gate_min_margin:g}"
+            f"{f' (over the base model with paired p < {gate_max_p:g})' if gate_max_p < 1 else ''}\n"
+            f"- candidate vs base model: {base_gain_text(comparison, gate_metric)}\n"
             f"- candidate `{gate_metric}` = {cand['metrics'].get(gate_metric, 'n/a')}; evaluation "
             f"{'succeeded' if cand['succeeded'] else 'failed: ' + cand['reason']}\n"
             f"- data digest: {digest}\n- source: {mv.source}\n")  # fmt: skip

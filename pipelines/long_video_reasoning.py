@@ -19,6 +19,7 @@ from components.ops_data import (
     build_data,
     build_data_shard,
     data_shard_indices,
+    prepare_benchmark,
     prepare_model,
     prepare_videos,
     video_fingerprint,
@@ -41,6 +42,7 @@ PARAM_DOCS: dict[str, str] = {
     "synth_minutes": "Length of each synthetic video in minutes.",
     "synth_fps": "Frame rate of the synthetic videos.",
     "synth_seed": "Seed of the synthetic videos.",
+    "synth_overrides": "`longrl synth` config overrides, key=value strings (a rung of the task ladder: task_types, max_objects, object_scale, ...); the held-out benchmark uses them too.",
     "data_annotator": "llm (captioner + reasoner endpoints) or groundtruth (synthetic videos only).",
     "captioner_url": "OpenAI-compatible endpoint of the clip captioner.",
     "captioner_model": "Served model name of the captioner.",
@@ -62,11 +64,14 @@ PARAM_DOCS: dict[str, str] = {
     "ray_workers": "0: train in the step's pod; >0: a KubeRay RayJob on this many GPU nodes (the step pod then requests no GPU).",
     "gpus_per_worker": "GPUs per Ray worker node.",
     "eval_benchmarks": "Comma-separated benchmarks to evaluate.",
+    "eval_synth_videos": "0: evaluate on the dataset (its eval split). >0: render this many held-out synthetic videos (the synth_* settings, seed eval_synth_seed; videos equal to a training video left out) as the evaluation data, for the `synth` benchmark.",
+    "eval_synth_seed": "Seed of the held-out synthetic benchmark (must differ from synth_seed).",
     "eval_limit": "Samples per benchmark (0: all).",
     "eval_overrides": "Evaluation config overrides, key=value strings.",
     "eval_max_error_rate": "Largest fraction of failed samples for an evaluation to count as succeeded.",
     "gate_metric": "Metric the promotion gate compares (benchmark/metric).",
-    "gate_min_margin": "The candidate must beat the champion by more than this to be promoted.",
+    "gate_min_margin": "The candidate must beat the base model and the champion by more than this to be promoted.",
+    "gate_max_p": "Below 1: the candidate's gain over the base model must also be significant, paired test (McNemar) p below this.",
     "auto_promote": "Move @champion when the gate passes (else register as @challenger only).",
     "mlflow_tracking_uri": "MLflow tracking server ('' runs without tracking).",
     "mlflow_experiment": "MLflow experiment of the pipeline's runs.",
@@ -127,6 +132,7 @@ def build_pipeline(cluster: ClusterConfig | None = None) -> Any:
         synth_minutes: float = 2.0,
         synth_fps: float = 8.0,
         synth_seed: int = 0,
+        synth_overrides: list = [],  # noqa: B006 - KFP parameter default
         data_annotator: str = "llm",  # llm (captioner + reasoner endpoints) or groundtruth (synth)
         captioner_url: str = "http://vllm.longrl.svc.cluster.local:8000/v1",
         captioner_model: str = "qwen2.5-vl-7b-instruct",  # served name (manifests/gpu/vllm)
@@ -148,11 +154,14 @@ def build_pipeline(cluster: ClusterConfig | None = None) -> Any:
         ray_workers: int = 0,  # >0: training runs as a KubeRay RayJob on this many GPU nodes
         gpus_per_worker: int = 8,
         eval_benchmarks: str = "longvideo_reason",
+        eval_synth_videos: int = 0,  # >0: a held-out synth benchmark of this many videos
+        eval_synth_seed: int = 1_000_001,
         eval_limit: int = 0,
         eval_overrides: list = [],  # noqa: B006
         eval_max_error_rate: float = 0.05,
         gate_metric: str = "longvideo_reason/score",
         gate_min_margin: float = 0.01,
+        gate_max_p: float = 1.0,  # < 1: the gain over base must be significant too
         auto_promote: bool = True,
         mlflow_tracking_uri: str = "http://mlflow.longrl.svc.cluster.local:5000",
         mlflow_experiment: str = "longrl",
@@ -173,7 +182,8 @@ def build_pipeline(cluster: ClusterConfig | None = None) -> Any:
             fingerprint = cpu(video_fingerprint(source=video_source), cache=False, kind="inputs")
             videos = cpu(prepare_videos(source=video_source, synth_videos=synth_videos, synth_minutes=synth_minutes,
                                         synth_fps=synth_fps, synth_seed=synth_seed, runs_root=runs_root,
-                                        fingerprint=fingerprint.output), cache=True, kind="inputs")  # fmt: skip
+                                        fingerprint=fingerprint.output, synth_overrides=synth_overrides), cache=True,
+                         kind="inputs")  # fmt: skip
             base = cpu(prepare_model(model=base_model), cache=True, kind="inputs")
             build_args = {"annotator": data_annotator, "captioner_url": captioner_url,
                           "captioner_model": captioner_model, "reasoner_url": reasoner_url,
@@ -185,6 +195,11 @@ def build_pipeline(cluster: ClusterConfig | None = None) -> Any:
                            cache=False, kind="registry")  # fmt: skip
             champion.after(start)
             dataset = data.outputs["dataset"]
+            bench = cpu(prepare_benchmark(source=video_source, videos=videos.outputs["videos"], dataset=dataset,
+                                          eval_synth_videos=eval_synth_videos, eval_synth_seed=eval_synth_seed,
+                                          synth_minutes=synth_minutes, synth_fps=synth_fps, synth_seed=synth_seed,
+                                          synth_overrides=synth_overrides, runs_root=runs_root), cache=True,
+                        kind="inputs")  # fmt: skip
             common = {"runs_root": runs_root, "kfp_run_id": run_id, "mlflow_tracking_uri": mlflow_tracking_uri,
                       "mlflow_parent_run_id": parent, "ray_workers": ray_workers,
                       "gpus_per_worker": gpus_per_worker, "rayjob_config_json": rayjob_json}  # fmt: skip
@@ -201,17 +216,19 @@ def build_pipeline(cluster: ClusterConfig | None = None) -> Any:
                                 group_size=grpo_group_size, kl_coef=grpo_kl_coef, overrides=grpo_overrides,
                                 pod_gpus=shape.output, **common), cfg.train_gpus, cache=False, kind="train", shape=shape)  # fmt: skip
 
-            def evaluate_and_promote(model: Any) -> None:
-                ev = gpu(evaluate_models(candidate=model, base=base.outputs["base_model"], data=dataset,
+            def evaluate_and_promote(model: Any, sft_model: Any = None) -> None:
+                extra = {"sft": sft_model} if sft_model is not None else {}
+                ev = gpu(evaluate_models(candidate=model, base=base.outputs["base_model"], data=bench.outputs["benchmark"],
                                          champion_uri=champion.outputs["model_uri"], benchmarks=eval_benchmarks,
                                          frames=frames, limit=eval_limit, overrides=eval_overrides,
                                          max_error_rate=eval_max_error_rate, shared_volume=cfg.shared_volume,
-                                         mlflow_tracking_uri=mlflow_tracking_uri, mlflow_experiment=mlflow_experiment),
-                         cfg.eval_gpus, cache=True, kind="eval")  # fmt: skip
+                                         mlflow_tracking_uri=mlflow_tracking_uri, mlflow_experiment=mlflow_experiment,
+                                         **extra), cfg.eval_gpus, cache=True, kind="eval")  # fmt: skip
                 ev.after(start)
                 cpu(register_and_promote(candidate=model, comparison=ev.outputs["comparison"], data=dataset,
                                          model_name=registered_model, base_model=base_model, gate_metric=gate_metric,
-                                         gate_min_margin=gate_min_margin, auto_promote=auto_promote,
+                                         gate_min_margin=gate_min_margin, gate_max_p=gate_max_p,
+                                         auto_promote=auto_promote,
                                          shared_volume=cfg.shared_volume, kfp_run_id=run_id,
                                          mlflow_tracking_uri=mlflow_tracking_uri, mlflow_parent_run_id=parent),
                     cache=False, kind="registry")  # fmt: skip
@@ -220,7 +237,8 @@ def build_pipeline(cluster: ClusterConfig | None = None) -> Any:
             with dsl.If(run_sft == True, name="sft"):  # noqa: E712 - a KFP condition, not Python
                 sft_task = train_sft(base_model_artifact)
                 with dsl.If(run_grpo == True, name="sft-then-grpo"):  # noqa: E712
-                    evaluate_and_promote(train_grpo(sft_task.outputs["trained"]).outputs["trained"])
+                    evaluate_and_promote(train_grpo(sft_task.outputs["trained"]).outputs["trained"],
+                                         sft_model=sft_task.outputs["trained"])
                 with dsl.Else(name="sft-only"):
                     evaluate_and_promote(sft_task.outputs["trained"])
             # Else + If, not Elif: in kfp 2.17 a dsl.If/dsl.Elif chain without a dsl.Else leaves
