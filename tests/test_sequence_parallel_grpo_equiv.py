@@ -160,6 +160,7 @@ def parallel_step(
         "grads": grads,
         "resident": resident,
         "vision_calls": trainer.embedder.calls,
+        "dummy_grad_encodes": trainer.embedder.dummy_grad_encodes,
     }
 
 

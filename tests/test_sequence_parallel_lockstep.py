@@ -66,7 +66,7 @@ def long_task(tmp_path_factory):
     data.mkdir()
     rows = []
     for i in range(8):
-        if i % 4 == 3:  # text-only records beside the video ones
+        if i % 2:  # text-only records beside the video ones
             rows.append(
                 QARecord(
                     id=f"t{i}",
@@ -80,7 +80,7 @@ def long_task(tmp_path_factory):
                 )
             )
             continue
-        w = 56 if i % 2 else 84
+        w = 56 if i % 4 else 84
         f = np.random.default_rng(i).integers(0, 255, (8, 56, w, 3), dtype=np.uint8)
         write_video(
             data / f"v{i}.mp4", f, fps=0.25
@@ -154,3 +154,32 @@ def test_sharded_lockstep_step_equals_the_replica_and_one_process(long_task, tmp
             parallel_step, 2, cfg, ParallelConfig(sp_size=sp), model, data, tmp_path / "s"
         ),
     )
+
+
+@pytest.mark.parametrize("sp, prompts", [(1, 4), (2, 2)])
+def test_trainable_vision_tower_on_two_ranks_equals_one_process(long_task, tmp_path, sp, prompts):
+    """Issue 12.7: video.freeze_vision=false on dp2 / sp2. The update passes re-encode with
+    gradients through the sharded tower, every rank in step (a rank whose micro-batch has no
+    video encodes a dummy frame group tied into its loss at weight 0); the reference encodes with
+    its own frozen tower. Equal to one process: rollouts, loss, gradients and weights, the
+    vision tower's included (non-zero)."""
+    model, data = long_task
+    # seed 11 draws (video, text) for replica 0 and (video, video) for replica 1 at dp2: the
+    # last micro-batch of replica 0 holds no video while replica 1's does
+    over = [*LONG, f"rollout.prompts_per_step={prompts}", "video.freeze_vision=false", "seed=11"]
+    cfg = load_config(GRPOConfig, None, over, values=REWARD)
+    ref = single_step(cfg, model, data, tmp_path / "one")
+    ranks = run_local_group(
+        parallel_step, 2, cfg, ParallelConfig(sp_size=sp), model, data, tmp_path / "two"
+    )
+    compare(ref, ranks)
+    vision = [k for k in ref["grads"] if k.startswith("model.visual.")]
+    assert vision and all(float(ref["grads"][k].abs().max()) > 0 for k in vision)
+    from training.model_io import load_model
+
+    init = load_model(model).state_dict()
+    for r in ranks:
+        assert all(float(r["grads"][k].abs().max()) > 0 for k in vision)
+        assert max(float((r["weights"][k] - init[k]).abs().max()) for k in vision) > 1e-4  # trained
+    if sp == 1:  # a micro-batch without video on one replica while the other encodes
+        assert sum(r["dummy_grad_encodes"] for r in ranks) > 0

@@ -216,9 +216,10 @@ class GRPOConfig:
         if self.rollout.prompts_per_step % dp:
             problems.append(f"rollout.prompts_per_step={self.rollout.prompts_per_step} does not divide over "
                             f"{dp} data-parallel replicas")
-        if not self.video.freeze_vision:
-            problems.append("multi-rank GRPO needs video.freeze_vision=true (embeddings are cached and "
-                            "reused; a trainable tower would need lockstep passes under FSDP)")
+        if not self.video.freeze_vision and self.uses_rollout_replica(dp):
+            problems.append("multi-rank GRPO trains the vision tower only through the sharded policy: "
+                            "video.freeze_vision=false needs video.embeddings=online and parallel.rollout_replica "
+                            "unset or false (the replica encodes with a frozen copy)")
         if self.video.embeddings == "pixels":
             problems.append("video.embeddings=pixels re-encodes per pass; multi-rank GRPO caches (online/offline)")
         if self.ref_offload:

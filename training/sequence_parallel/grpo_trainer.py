@@ -68,6 +68,7 @@ def lpm_logprobs(
     temperature: float = 1.0,
     chunk_size: int = 1024,
     with_entropy: bool = False,
+    input_bias: torch.Tensor | None = None,
 ):
     """GRPOTrainer's `logprob_fn` for a LogProbModel (positions on the full sequence)."""
     out = lpm(
@@ -79,6 +80,7 @@ def lpm_logprobs(
         temperature=temperature,
         with_entropy=with_entropy,
         video_mask=batch.mm_token_type_ids == VIDEO_TOKEN_TYPE,
+        input_bias=input_bias,
     )
     if not torch.is_grad_enabled():  # old-policy / reference pass: no backward will reshard
         reshard(lpm)
@@ -106,8 +108,17 @@ class ParallelGRPOTrainer(GRPOTrainer):
             device  # the launcher's choice (training.distributed) wins over cfg.device
         )
         super().__init__(
-            cfg, model_dir, data_dir, out_dir, logprob_fn=lpm_logprobs, on_step=on_step
+            cfg, model_dir, data_dir, out_dir, logprob_fn=self._logprobs, on_step=on_step
         )
+
+    def _logprobs(self, lpm, batch, video_embeds, **kwargs):
+        """lpm_logprobs, with a dummy vision encode of this rank (a trainable tower, no video of
+        its own in the micro-batch while another rank has one) added to the input embeddings at
+        weight 0: the tower's backward - FSDP's gradient reduce-scatters - then runs here too,
+        and in the same order as on a rank with a real video (after the decoder layers'; tied
+        to the output instead, it ran first and the ranks' collectives deadlocked)."""
+        dangling = self.embedder.take_dangling() if torch.is_grad_enabled() else None
+        return lpm_logprobs(lpm, batch, video_embeds, input_bias=dangling, **kwargs)
 
     # -- set-up overrides, in TrainerSetup.__init__'s order ------------------------------------
     def build_context(self) -> DistContext:
@@ -170,6 +181,22 @@ class ParallelGRPOTrainer(GRPOTrainer):
 
     def build_sampler(self):
         return DataParallelSampler(super().build_sampler(), self.par)
+
+    def build_embedders(self, spec) -> None:
+        super().build_embedders(spec)
+        if self.ref_embedder is not None:  # a trained tower: the reference encodes with its own
+            v = self.cfg.video
+            self.ref_embedder = SplitVideoEmbedder(
+                self.ref,
+                "online",
+                v.sampling,
+                spec,
+                False,
+                use_record_frames=v.use_record_frames,
+                state=self.par,
+                sharded=self.replica is None,
+            )
+            self.ref_embedder.store = self.embedder.store  # decode each video once for both
 
     def make_embedder(self, model, spec, offline) -> SplitVideoEmbedder:
         v = self.cfg.video
@@ -240,6 +267,11 @@ class ParallelGRPOTrainer(GRPOTrainer):
         in step when the tower runs through the sharded policy (SplitVideoEmbedder.flush)."""
         records, videos = super()._prompts_with_videos(want)
         self.embedder.flush()
+        if self.ref_embedder is not None:  # its embeddings were queued too: set them now
+            self.ref_embedder.flush()
+            for v in videos.values():
+                if v.num_tokens:
+                    v.ref_embeds = self.ref_embedder.step_videos[v.key].embeds
         return records, videos
 
     def collect_groups(self, step, timer):

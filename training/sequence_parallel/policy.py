@@ -111,10 +111,13 @@ class LogProbModel(torch.nn.Module):
         temperature: float = 1.0,
         with_entropy: bool = False,
         video_mask: torch.Tensor | None = None,
+        input_bias: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(log-probs [B, L], entropy [B, L] or None) of the tokens where score_mask > 0.
         `video_mask` [B, L] marks where the video embeddings go (batch.mm_token_type_ids == 2);
-        without it every <|video_pad|> token id is taken for a video position."""
+        without it every <|video_pad|> token id is taken for a video position. `input_bias`, a
+        scalar added to the input embeddings: a zero tied to a dummy vision encode, so its
+        backward runs after the decoder layers' as a real video's does (lockstep.py)."""
         if video_embeds is None and pixel_values_videos is not None:
             video_embeds = self._encode_videos(pixel_values_videos, video_grid_thw)
         if video_embeds is None:
@@ -137,8 +140,11 @@ class LogProbModel(torch.nn.Module):
                 video_mask,
                 temperature,
                 with_entropy,
+                input_bias,
             )
         embeds = embed_with_video(self.model, input_ids, video_embeds, video_mask)
+        if input_bias is not None:
+            embeds = embeds + input_bias
         masks = full_sequence_masks(inner.language_model, embeds, attention_mask)
         split = SequenceSplit.even(length, self.sp_size)
         start, end = split.bounds(self.sp_rank)
@@ -171,6 +177,7 @@ class LogProbModel(torch.nn.Module):
         video_mask,
         temperature,
         with_entropy,
+        input_bias=None,
     ):
         """The rows packed end to end (padding dropped), split over the SP ranks as one sequence."""
         b, length = input_ids.shape
@@ -194,6 +201,8 @@ class LogProbModel(torch.nn.Module):
             [torch.cat(packed_embeds)] if packed_embeds else [video_embeds[0][:0]],
             video_mask[valid][None],
         )
+        if input_bias is not None:
+            embeds = embeds + input_bias
         pos = position_ids[:, valid][:, None]  # [3, 1, T]
         # packed token i predicts packed token i + 1 of the same row
         nxt = (cols_idx + 1).clamp(max=length - 1)

@@ -138,6 +138,7 @@ class SplitVideoEmbedder(VideoEmbedder):
         self.state, self.sharded = state, sharded
         self._queued: list[StepVideo] = []
         self.dangling: torch.Tensor | None = None  # a dummy encode's output, to tie into the loss
+        self.dummy_grad_encodes = 0  # update passes where this rank encoded only to stay in step
 
     def _encode_once(self, videos: list[StepVideo]) -> None:
         if not self.sharded:
@@ -191,6 +192,7 @@ class SplitVideoEmbedder(VideoEmbedder):
         if not real:
             if grad:  # the blocks' backward must run here too (FSDP reduce-scatters their grads)
                 self.dangling = 0.0 * sum(e.sum() for e in embeds)
+                self.dummy_grad_encodes += 1
             return [v.embeds for v in videos]  # type: ignore[misc]
         it = iter(self._checked(real, embeds))
         return [next(it) if v.num_tokens else v.embeds for v in videos]  # type: ignore[misc]
