@@ -183,3 +183,24 @@ def test_trainable_vision_tower_on_two_ranks_equals_one_process(long_task, tmp_p
         assert max(float((r["weights"][k] - init[k]).abs().max()) for k in vision) > 1e-4  # trained
     if sp == 1:  # a micro-batch without video on one replica while the other encodes
         assert sum(r["dummy_grad_encodes"] for r in ranks) > 0
+
+
+def test_qwen3_vl_grpo_step_on_sp2_equals_one_process(long_task, tmp_path_factory, tmp_path):
+    """Issues 13 + 12.1: Qwen3-VL on sp2 - the step's videos encoded through the sharded tower,
+    split by frame groups with their DeepStack features (vision.py), timestamped frame groups in
+    the prompts - equals the one-process step."""
+    from training.tiny_model import TinyModelSpec, write_tiny_model_folder
+
+    _, data = long_task
+    spec = TinyModelSpec(arch="qwen3_vl", hidden_size=48, num_heads=3, num_kv_heads=1, seed=5)
+    model = write_tiny_model_folder(tmp_path_factory.mktemp("q3vl"), spec)
+    stop_biased(model)
+    cfg = load_config(
+        GRPOConfig, None, [*LONG, "rollout.prompts_per_step=2", "seed=11"], values=REWARD
+    )
+    ref = single_step(cfg, model, data, tmp_path / "one")
+    ranks = run_local_group(
+        parallel_step, 2, cfg, ParallelConfig(sp_size=2), model, data, tmp_path / "two"
+    )
+    compare(ref, ranks)
+    assert all(r["vision_calls"] > 0 for r in ranks)
