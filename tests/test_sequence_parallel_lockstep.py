@@ -118,7 +118,7 @@ def _total_parameters(model_dir) -> int:
 
 
 @pytest.mark.parametrize("sp, prompts", [(1, 4), (2, 3)])
-def test_sharded_lockstep_step_equals_the_replica_and_one_process(long_task, tmp_path, sp, prompts):
+def test_sharded_lockstep_step_equals_the_replica(long_task, tmp_path, sp, prompts):
     model, data = long_task
     cfg = load_config(
         GRPOConfig, None, [*LONG, f"rollout.prompts_per_step={prompts}"], values=REWARD
@@ -146,14 +146,8 @@ def test_sharded_lockstep_step_equals_the_replica_and_one_process(long_task, tmp
         abs(sharded - total) <= total // 100
     )  # 2 models x 1/2 each (FSDP pads shards by a few rows)
     assert with_replica - sharded == total
-    # and the sharded step is the one-process step (per-prompt seeds so both sample the same)
-    ref = single_step(cfg, model, data, tmp_path / "one")
-    compare(
-        ref,
-        run_local_group(
-            parallel_step, 2, cfg, ParallelConfig(sp_size=sp), model, data, tmp_path / "s"
-        ),
-    )
+    # (the sharded step against one process: the trainable-tower and Qwen3-VL tests below run
+    # it on this data, the text-model tests in test_sequence_parallel_grpo_equiv.py)
 
 
 @pytest.mark.parametrize("sp, prompts", [(1, 4), (2, 2)])
