@@ -238,7 +238,8 @@ class ParallelGRPOTrainer(GRPOTrainer):
                 str(resume or self.model_dir),
                 self.tokenizer,
                 self.stop_ids,
-                self.model.model.config.video_token_id,
+                # text-only LMs (qwen2/qwen3) have no video token: nothing to collapse
+                getattr(self.model.model.config, "video_token_id", -1),
                 gpu_memory_utilization=r.vllm_gpu_memory_utilization,
                 dtype=r.vllm_dtype,
                 seed=self.cfg.seed + self.par.rank,
