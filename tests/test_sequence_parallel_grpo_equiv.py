@@ -161,6 +161,7 @@ def parallel_step(
         "resident": resident,
         "vision_calls": trainer.embedder.calls,
         "dummy_grad_encodes": trainer.embedder.dummy_grad_encodes,
+        "lockstep": dict(getattr(trainer.engine.engine, "stats", {})),  # the sharded hf engine's
     }
 
 

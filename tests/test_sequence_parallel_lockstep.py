@@ -136,6 +136,12 @@ def test_sharded_lockstep_step_equals_the_replica(long_task, tmp_path, sp, promp
     assert (
         len({len(k[0]) for k in rollouts}) > 1 and len({len(t) for t, _ in rollouts.values()}) > 2
     )
+    # ranks waited for each other: decode steps after a rank's rows ended, and at sp2 (3 prompts,
+    # one per call: 2 and 1 per rank) a generate call on a dummy row
+    stats = [r["lockstep"] for r in runs[False]]
+    assert sum(st["idle_steps"] for st in stats) > 0
+    if sp == 2:
+        assert sorted(st["dummy_calls"] for st in stats) == [0, 1]
     if sp == 1:  # dp2: the replicas hold different prompts, and one may have no video to encode
         per_rank = [{len(t) for t, _ in r["rollouts"].values()} for r in runs[False]]
         assert per_rank[0] != per_rank[1]

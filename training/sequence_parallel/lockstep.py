@@ -118,9 +118,16 @@ def _generate_chunk(
     stop_ids,
     pad_id: int,
     device,
+    stats: dict[str, int],
 ):
     state = prefill(model, batch, video_embeds).expand(n)
     done = torch.full((state.hidden.shape[0],), dummy, dtype=torch.bool, device=device)
+
+    def keep_going(alive: bool) -> bool:
+        going = all_max(int(alive), device) > 0
+        stats["idle_steps"] += int(going and not alive)  # a decode step only to stay in step
+        return going
+
     return lockstep_decode(
         model,
         state,
@@ -131,7 +138,7 @@ def _generate_chunk(
         sampling.top_p,
         generator,
         done,
-        lambda alive: all_max(int(alive), device) > 0,
+        keep_going,
     )
 
 
@@ -155,6 +162,8 @@ class LockstepRolloutEngine:
         self.stop_ids = list(stop_ids)
         self.rows_per_call = max(1, rows_per_call)
         self.share_prefix = share_prefix
+        # calls on a dummy row / decode steps after this rank's rows ended (cumulative)
+        self.stats = {"dummy_calls": 0, "idle_steps": 0}
 
     @torch.no_grad()
     def generate(
@@ -186,6 +195,7 @@ class LockstepRolloutEngine:
                         [EncodedExample([pad], [0], 1)], [no_video()], pad, with_pixels=False
                     )
                     embeds, k, dummy = [], 1, True
+                    self.stats["dummy_calls"] += 1
                 out = self.lpm.run_unsharded(
                     _generate_chunk,
                     batch.to(device),
@@ -197,6 +207,7 @@ class LockstepRolloutEngine:
                     self.stop_ids,
                     pad,
                     device,
+                    self.stats,
                 )
                 if not dummy:
                     got = to_lists(*out)
