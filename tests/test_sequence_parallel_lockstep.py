@@ -204,3 +204,78 @@ def test_qwen3_vl_grpo_step_on_sp2_equals_one_process(long_task, tmp_path_factor
     )
     compare(ref, ranks)
     assert all(r["vision_calls"] > 0 for r in ranks)
+
+
+def _build_error(rank: int, world: int, cfg: GRPOConfig, parallel, model_dir, data_dir, out) -> str:
+    """Build the dp x sp trainer; the EmbedCacheError it raises (every rank), or ""."""
+    from training.grpo.embed_cache import EmbedCacheError
+    from training.sequence_parallel.grpo_trainer import ParallelGRPOTrainer
+
+    try:
+        trainer = ParallelGRPOTrainer(cfg, model_dir, data_dir, out, parallel)
+    except EmbedCacheError as exc:
+        return str(exc)
+    return "" if trainer.embedder.offline is not None else "no offline cache"
+
+
+def test_offline_cache_without_a_replica_equals_the_replica(long_task, tmp_path):
+    """Issue 12.1 (a): video.embeddings=offline on dp2 with no rollout replica (the default now).
+    The cache's tower fingerprint is computed from the FSDP shards, one all-gathered tensor at a
+    time: it accepts the cache `embed-cache build` wrote for this model and refuses one built
+    for another model with the replica path's error; the step from the cache equals the
+    replica path's (same tokens, update <= 1e-5), with no vision call and no replica."""
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+    from training.tiny_model import TinyModelSpec, write_tiny_model_folder
+
+    model, data = long_task
+    other = write_tiny_model_folder(
+        tmp_path / "other", TinyModelSpec(hidden_size=48, num_heads=3, num_kv_heads=1, seed=9)
+    )
+    for name, folder in (("cache", model), ("other_cache", other)):
+        res = CliRunner().invoke(
+            app,
+            ["embed-cache", "build", "--model", str(folder), "--data", str(data), "--out",
+             str(tmp_path / name), "video.sampling.num_frames=4", "progress=false"],
+        )  # fmt: skip
+        assert res.exit_code == 0, res.output
+    over = [*LONG, "rollout.prompts_per_step=4", "video.embeddings=offline"]
+    errors = {}
+    for replica in (True, None):
+        cfg = load_config(
+            GRPOConfig,
+            None,
+            [*over, f"video.embed_cache={tmp_path / 'other_cache'}"],
+            values=REWARD,
+        )
+        par = ParallelConfig(rollout_replica=replica)
+        errors[replica] = run_local_group(
+            _build_error, 2, cfg, par, model, data, tmp_path / f"e{replica}"
+        )
+    assert "was built with another vision tower" in errors[True][0]
+    assert errors[None] == errors[True]  # the same fingerprints, the same message on every rank
+    cfg = load_config(
+        GRPOConfig, None, [*over, f"video.embed_cache={tmp_path / 'cache'}"], values=REWARD
+    )
+    runs = {}
+    for replica in (True, None):
+        par = ParallelConfig(rollout_replica=replica)
+        runs[replica] = run_local_group(
+            parallel_step, 2, cfg, par, model, data, tmp_path / f"r{replica}", False
+        )
+    worst = compare(_merged(runs[True]), runs[None])
+    assert worst["rollout"] <= 1e-5 and worst["weights"] <= 1e-5
+    assert all(r["vision_calls"] == 0 for run in runs.values() for r in run)
+    total = _total_parameters(model)
+    assert runs[True][0]["resident"] - runs[None][0]["resident"] == total  # no replica by default
+    # the value is the one caches written before were checked against (video_cache's)
+    from training.grpo.video_cache import vision_fingerprint
+    from training.model_io import load_model, load_tokenizer
+
+    # every replica's prompts hold videos (their embeddings read from the cache)
+    pad = load_tokenizer(model).convert_tokens_to_ids("<|video_pad|>")
+    assert all(any(pad in k[0] for k in r["rollouts"]) for r in runs[None])
+
+    index = json.loads((tmp_path / "cache" / "index.json").read_text())
+    assert index["vision_fingerprint"] == vision_fingerprint(load_model(model))

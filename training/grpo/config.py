@@ -225,13 +225,9 @@ class GRPOConfig:
         if self.ref_offload:
             problems.append("ref_offload is for one process; multi-rank GRPO offloads the reference with "
                             "parallel.reference_cpu_offload=true")
-        if self.parallel.rollout_replica is False:
-            if self.video.embeddings == "offline":
-                problems.append("parallel.rollout_replica=false needs video.embeddings=online (the offline "
-                                "cache checks the tower's fingerprint on an unsharded copy)")
-            if self.algorithm.dynamic_sampling and dp > 1:
-                problems.append("parallel.rollout_replica=false with algorithm.dynamic_sampling needs dp=1 "
-                                "(replicas draw different numbers of rounds; the sharded rollout is lockstep)")
+        if self.parallel.rollout_replica is False and self.algorithm.dynamic_sampling and dp > 1:
+            problems.append("parallel.rollout_replica=false with algorithm.dynamic_sampling needs dp=1 "
+                            "(replicas draw different numbers of rounds; the sharded rollout is lockstep)")
         return problems
 
     def uses_rollout_replica(self, dp: int) -> bool:
@@ -240,7 +236,7 @@ class GRPOConfig:
         lockstep path, training.sequence_parallel.lockstep, does not apply)."""
         if self.parallel.rollout_replica is not None:
             return self.parallel.rollout_replica
-        return self.video.embeddings == "offline" or (self.algorithm.dynamic_sampling and dp > 1)
+        return self.algorithm.dynamic_sampling and dp > 1
 
     @property
     def steps(self) -> int:

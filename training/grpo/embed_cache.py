@@ -17,6 +17,7 @@ name and renamed, so an interrupted build leaves no half-written entry.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterable
@@ -33,7 +34,6 @@ from training.grpo.video_cache import (
     sampling_for,
     video_digest,
     video_key,
-    vision_fingerprint,
 )
 from training.models.qwen3_vl import embedding_width
 from training.video_inputs import VideoSampling, VisionSpec
@@ -46,25 +46,57 @@ class EmbedCacheError(ValueError):
     pass
 
 
-class EmbeddingCache:
-    """Reads a cache built for this exact vision tower, sampling and pixel layout."""
+def vision_fingerprint(model) -> str:
+    """sha256 over the vision tower's full parameters (sorted names, shapes, dtypes, bytes).
 
-    def __init__(self, folder: str | Path, model, sampling: VideoSampling, spec: VisionSpec) -> None:
+    The same value for the unsharded model (`embed-cache build`, one process, the rollout
+    replica) and for the FSDP2-sharded policy of a dp x sp job: a sharded entry (DTensor) is
+    all-gathered one tensor at a time, so no rank ever holds the whole tower - and every rank
+    of the job must call this in step (it is collective there)."""
+    from torch.distributed.tensor import DTensor
+
+    from training.mm_batch import base_model
+
+    h = hashlib.sha256()
+    for name, p in sorted(base_model(model).visual.state_dict().items()):
+        full = p.full_tensor() if isinstance(p, DTensor) else p
+        t = full.detach().to("cpu").contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        del full, t  # one full tensor at a time
+    return h.hexdigest()
+
+
+class EmbeddingCache:
+    """Reads a cache built for this exact vision tower, sampling and pixel layout. `model` is
+    the Hugging Face model, unsharded or FSDP2-sharded (then built on every rank in step)."""
+
+    def __init__(
+        self, folder: str | Path, model, sampling: VideoSampling, spec: VisionSpec
+    ) -> None:
         self.folder = Path(folder)
         index_path = self.folder / "index.json"
         if not index_path.is_file():
-            raise EmbedCacheError(f"{self.folder} is not an embedding cache (no index.json); "
-                                  "build one with `longrl embed-cache build`")
+            raise EmbedCacheError(
+                f"{self.folder} is not an embedding cache (no index.json); "
+                "build one with `longrl embed-cache build`"
+            )
         self.index = json.loads(index_path.read_text())
         if self.index.get("format") != FORMAT:
-            raise EmbedCacheError(f"{index_path}: format {self.index.get('format')!r} is not {FORMAT}")
+            raise EmbedCacheError(
+                f"{index_path}: format {self.index.get('format')!r} is not {FORMAT}"
+            )
         fp = vision_fingerprint(model)
         if self.index["vision_fingerprint"] != fp:
-            raise EmbedCacheError(f"{self.folder} was built with another vision tower "
-                                  f"({self.index['vision_fingerprint'][:12]} != {fp[:12]}); rebuild it")
+            raise EmbedCacheError(
+                f"{self.folder} was built with another vision tower "
+                f"({self.index['vision_fingerprint'][:12]} != {fp[:12]}); rebuild it"
+            )
         self.hidden = embedding_width(model)  # Qwen3-VL: with its DeepStack levels
         if int(self.index["hidden_size"]) != self.hidden:
-            raise EmbedCacheError(f"{self.folder}: hidden size {self.index['hidden_size']} != model's {self.hidden}")
+            raise EmbedCacheError(
+                f"{self.folder}: hidden size {self.index['hidden_size']} != model's {self.hidden}"
+            )
         self.sampling, self.spec = sampling, spec
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
@@ -77,7 +109,8 @@ class EmbeddingCache:
             raise EmbedCacheError(
                 f"video {record.video_id} ({record.video_path}, clip {record.clip_start_s}-"
                 f"{record.clip_end_s} s): no cached embedding for its content and sampling "
-                f"(key {key}); rebuild the cache with the training config")
+                f"(key {key}); rebuild the cache with the training config"
+            )
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata()
             embeds = f.get_tensor("embeds")
@@ -86,21 +119,40 @@ class EmbeddingCache:
         expect = grid[0] * grid[1] * grid[2] // merge**2
         problems = []
         if meta["video_digest"] != video_digest(record):
-            problems.append(f"digest {meta['video_digest'][:12]} != record's {video_digest(record)[:12]}")
+            problems.append(
+                f"digest {meta['video_digest'][:12]} != record's {video_digest(record)[:12]}"
+            )
         if tuple(embeds.shape) != (expect, self.hidden):
-            problems.append(f"shape {tuple(embeds.shape)} != ({expect}, {self.hidden}) from grid {grid}")
+            problems.append(
+                f"shape {tuple(embeds.shape)} != ({expect}, {self.hidden}) from grid {grid}"
+            )
         if problems:
-            raise EmbedCacheError(f"video {record.video_id}: cached embedding {path.name} does not "
-                                  f"match: {'; '.join(problems)}")
-        return StepVideo(key, record.video_id, grid, float(meta["second_per_grid_t"]), merge,
-                         embeds=embeds.to(self.device, self.dtype),
-                         timestamps_s=json.loads(meta.get("timestamps_s", "[]")),
-                         frame_groups=meta.get("frame_groups") == "1")
+            raise EmbedCacheError(
+                f"video {record.video_id}: cached embedding {path.name} does not "
+                f"match: {'; '.join(problems)}"
+            )
+        return StepVideo(
+            key,
+            record.video_id,
+            grid,
+            float(meta["second_per_grid_t"]),
+            merge,
+            embeds=embeds.to(self.device, self.dtype),
+            timestamps_s=json.loads(meta.get("timestamps_s", "[]")),
+            frame_groups=meta.get("frame_groups") == "1",
+        )
 
 
-def build_cache(model, records: Iterable[QARecord], out: str | Path, sampling: VideoSampling,
-                spec: VisionSpec, model_dir: str = "", progress: bool = True,
-                use_record_frames: bool = False) -> dict:
+def build_cache(
+    model,
+    records: Iterable[QARecord],
+    out: str | Path,
+    sampling: VideoSampling,
+    spec: VisionSpec,
+    model_dir: str = "",
+    progress: bool = True,
+    use_record_frames: bool = False,
+) -> dict:
     """Encode every unique video of `records` once and write the cache. Returns a summary with
     the failures (unreadable videos are recorded and skipped, never substituted)."""
     from safetensors.torch import save_file
@@ -116,8 +168,15 @@ def build_cache(model, records: Iterable[QARecord], out: str | Path, sampling: V
         old = json.loads(index_path.read_text())
         if old.get("vision_fingerprint") != fp:
             raise EmbedCacheError(f"{out} holds a cache of another vision tower; use a new folder")
-    index = {"format": FORMAT, "version": VERSION, "vision_fingerprint": fp, "hidden_size": hidden,
-             "sampling": asdict(sampling), "spec": asdict(spec), "model_dir": str(model_dir)}
+    index = {
+        "format": FORMAT,
+        "version": VERSION,
+        "vision_fingerprint": fp,
+        "hidden_size": hidden,
+        "sampling": asdict(sampling),
+        "spec": asdict(spec),
+        "model_dir": str(model_dir),
+    }
     index_path.write_text(json.dumps(index, indent=1))
     todo: dict[str, QARecord] = {}
     failures: dict[str, str] = {}
@@ -127,7 +186,9 @@ def build_cache(model, records: Iterable[QARecord], out: str | Path, sampling: V
             text_records += 1
             continue
         try:
-            todo.setdefault(video_key(rec, sampling_for(rec, sampling, use_record_frames), spec), rec)
+            todo.setdefault(
+                video_key(rec, sampling_for(rec, sampling, use_record_frames), spec), rec
+            )
         except VideoError as exc:
             failures[rec.video_id] = str(exc)
     written = kept = 0
@@ -147,15 +208,25 @@ def build_cache(model, records: Iterable[QARecord], out: str | Path, sampling: V
         grid = torch.tensor([patches.grid_thw], dtype=torch.long, device=device)
         with torch.no_grad():
             (emb,) = encode_videos(model, patches.pixel_values.to(device), grid)
-        meta = {"video_id": rec.video_id, "video_digest": video_digest(rec),
-                "grid_thw": json.dumps(list(patches.grid_thw)),
-                "second_per_grid_t": repr(patches.second_per_grid_t),
-                "merge_size": str(patches.merge_size),
-                # Qwen3-VL prompts hold each frame group's timestamp (training.models.qwen3_vl)
-                "timestamps_s": json.dumps(patches.timestamps_s), "frame_groups": str(int(patches.frame_groups))}
+        meta = {
+            "video_id": rec.video_id,
+            "video_digest": video_digest(rec),
+            "grid_thw": json.dumps(list(patches.grid_thw)),
+            "second_per_grid_t": repr(patches.second_per_grid_t),
+            "merge_size": str(patches.merge_size),
+            # Qwen3-VL prompts hold each frame group's timestamp (training.models.qwen3_vl)
+            "timestamps_s": json.dumps(patches.timestamps_s),
+            "frame_groups": str(int(patches.frame_groups)),
+        }
         tmp = path.with_suffix(".tmp")
         save_file({"embeds": emb.detach().to("cpu").contiguous()}, str(tmp), metadata=meta)
         os.replace(tmp, path)
         written += 1
-    return {"videos": len(todo), "written": written, "kept": kept, "failed": failures,
-            "text_records": text_records, "folder": str(out)}
+    return {
+        "videos": len(todo),
+        "written": written,
+        "kept": kept,
+        "failed": failures,
+        "text_records": text_records,
+        "folder": str(out),
+    }

@@ -11,8 +11,7 @@ checkpoint writing are GRPOTrainer's, unchanged; what differs is the parts it is
 - the reference is a frozen LogProbModel, optionally with its shards offloaded to CPU;
 - the vision tower (split by frames over the SP group) and the `hf` rollout engine run through
   the sharded policy itself, every rank in lockstep (lockstep.py): no rank holds a full copy.
-  With `parallel.rollout_replica=true` (and by default where lockstep does not apply: offline
-  embeddings, dynamic sampling over DP replicas) an unsharded frozen replica does both instead,
+  With `parallel.rollout_replica=true` an unsharded frozen replica does both instead,
   refreshed from the shards every update; with the `vllm` engine each GPU's colocated engine
   samples and gets the weights (vllm_colocate.py);
 - prompts are split over DP replicas, rollouts and rewards over all ranks (step_split.py).
@@ -183,9 +182,19 @@ class ParallelGRPOTrainer(GRPOTrainer):
         return DataParallelSampler(super().build_sampler(), self.par)
 
     def build_embedders(self, spec) -> None:
-        super().build_embedders(spec)
-        if self.ref_embedder is not None:  # a trained tower: the reference encodes with its own
-            v = self.cfg.video
+        v = self.cfg.video
+        offline = None
+        if v.embeddings == "offline":
+            from training.grpo.embed_cache import EmbeddingCache
+
+            # The cache's tower fingerprint: over the replica, or over the sharded policy's
+            # tower streamed one full tensor at a time (every rank in step): the same value.
+            hf = self.replica if self.replica is not None else self.model.model
+            offline = EmbeddingCache(v.embed_cache, hf, v.sampling, spec)
+        self.embedder = self.make_embedder(self.rollout_model, spec, offline)
+        self.ref_embedder = None
+        if self.ref is not None and not v.freeze_vision:
+            # a trained tower: the reference encodes with its own
             self.ref_embedder = SplitVideoEmbedder(
                 self.ref,
                 "online",
