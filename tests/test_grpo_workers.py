@@ -92,15 +92,6 @@ def test_cli_trains_on_two_workers_with_sequence_parallelism(tiny_model_dir, col
             ],
             "video.freeze_vision=false needs video.embeddings=online and parallel.rollout_replica unset or false",
         ),
-        (
-            [
-                "num_workers=4",
-                "parallel.sp_size=2",
-                "algorithm.dynamic_sampling=true",
-                "parallel.rollout_replica=false",
-            ],
-            "parallel.rollout_replica=false with algorithm.dynamic_sampling needs dp=1",
-        ),
         (["num_workers=2", "video.embeddings=pixels"], "video.embeddings=pixels"),
         (
             ["num_workers=4", "parallel.sp_size=2", "rollout.prompts_per_step=3"],

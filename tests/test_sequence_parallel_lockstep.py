@@ -279,3 +279,70 @@ def test_offline_cache_without_a_replica_equals_the_replica(long_task, tmp_path)
 
     index = json.loads((tmp_path / "cache" / "index.json").read_text())
     assert index["vision_fingerprint"] == vision_fingerprint(load_model(model))
+
+
+def video_only_vowels(completion: str, example) -> float:
+    """vowel_share on video records, 0 on text-only ones: a text-only prompt's group is flat, so
+    dynamic sampling drops it and that replica draws another round."""
+    from tests.fixtures.sequence_parallel import vowel_share
+
+    return vowel_share(completion, example) if example.has_video else 0.0
+
+
+def _dynamic_step(rank: int, world: int, *args) -> dict:
+    """parallel_step, also returning the groups this replica kept and its (idle) rounds."""
+    from training.sequence_parallel.grpo_trainer import ParallelGRPOTrainer
+
+    seen: dict = {}
+    collect = ParallelGRPOTrainer.collect_groups
+
+    def recording(self, step, timer):
+        groups, extra = collect(self, step, timer)
+        seen.update(kept=[g[0].record.id for g in groups], extra=extra)
+        seen["idle_rounds"] = getattr(self, "idle_rounds", None)
+        return groups, extra
+
+    ParallelGRPOTrainer.collect_groups = recording  # this rank's process only (forked)
+    return {**parallel_step(rank, world, *args), **seen}
+
+
+@pytest.mark.parametrize("sp", [1, 2])
+def test_dynamic_sampling_over_replicas_without_a_replica_equals_the_replica(
+    long_task, tmp_path, sp
+):
+    """Issue 12.1 (b): dynamic sampling on dp2 with no rollout replica (the default now). The
+    replicas need different numbers of rounds (text-only prompts get flat rewards and are
+    dropped); a full replica runs idle rounds in step with the other. Equal to the replica
+    path: the same groups kept, the same rollouts, update <= 1e-5; idle rounds counted."""
+    model, data = long_task
+    reward = {
+        "reward": {"weights": {"tests.test_sequence_parallel_lockstep:video_only_vowels": 1.0}}
+    }
+    over = [*LONG, "rollout.prompts_per_step=2", "algorithm.dynamic_sampling=true",
+            "algorithm.dynamic_sampling_metric=total", "algorithm.dynamic_sampling_max_rounds=4",
+            "seed=0"]  # fmt: skip
+    cfg = load_config(GRPOConfig, None, over, values=reward)
+    runs = {}
+    for replica in (True, None):  # dp2, and dp2 x sp2 (the SP ranks of a replica idle together)
+        par = ParallelConfig(sp_size=sp, rollout_replica=replica)
+        runs[replica] = run_local_group(
+            _dynamic_step, 2 * sp, cfg, par, model, data, tmp_path / f"r{replica}", False
+        )
+    worst = compare(_merged(runs[True]), runs[None])
+    assert worst["rollout"] <= 1e-5 and worst["weights"] <= 1e-5
+    assert [r["kept"] for r in runs[None]] == [r["kept"] for r in runs[True]]
+    # seed 0: replica 0 draws three text-only prompts before a video one (4 rounds, 3 groups
+    # dropped), replica 1 keeps its first group and idles through 3 rounds
+    rounds = [r["extra"]["dynamic_sampling/rounds"] for r in runs[None]]
+    assert rounds == [r["extra"]["dynamic_sampling/rounds"] for r in runs[True]]
+    assert rounds == [4.0] * sp + [1.0] * sp
+    assert [r["idle_rounds"] for r in runs[None]] == [0] * sp + [3] * sp
+    assert [r["extra"]["dynamic_sampling/idle_rounds"] for r in runs[None]] == [0.0] * sp + [
+        3.0
+    ] * sp
+    # each idle round was a real generate call on a dummy row (the busy replica had one prompt
+    # per round; at sp2 its second SP rank has none of it: a dummy call in each of its rounds)
+    dummies = [r["lockstep"]["dummy_calls"] for r in runs[None]]
+    assert dummies == ([0, 3] if sp == 1 else [0, 4, 3, 4])
+    total = _total_parameters(model)
+    assert runs[True][0]["resident"] - runs[None][0]["resident"] == total  # no replica by default

@@ -225,18 +225,13 @@ class GRPOConfig:
         if self.ref_offload:
             problems.append("ref_offload is for one process; multi-rank GRPO offloads the reference with "
                             "parallel.reference_cpu_offload=true")
-        if self.parallel.rollout_replica is False and self.algorithm.dynamic_sampling and dp > 1:
-            problems.append("parallel.rollout_replica=false with algorithm.dynamic_sampling needs dp=1 "
-                            "(replicas draw different numbers of rounds; the sharded rollout is lockstep)")
         return problems
 
     def uses_rollout_replica(self, dp: int) -> bool:
         """Whether the dp x sp trainer keeps an unsharded copy of the policy per rank for the hf
-        rollout and the vision tower (`parallel.rollout_replica`; unset: only where the sharded
-        lockstep path, training.sequence_parallel.lockstep, does not apply)."""
-        if self.parallel.rollout_replica is not None:
-            return self.parallel.rollout_replica
-        return self.algorithm.dynamic_sampling and dp > 1
+        rollout and the vision tower (`parallel.rollout_replica=true`; unset: never - the sharded
+        lockstep path, training.sequence_parallel.lockstep, covers every case)."""
+        return bool(self.parallel.rollout_replica)
 
     @property
     def steps(self) -> int:

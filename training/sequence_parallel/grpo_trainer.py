@@ -36,13 +36,14 @@ import torch
 import torch.distributed as dist
 
 from training.distributed import DistContext
+from training.grpo import algorithms as algo
 from training.grpo.config import GRPOConfig
-from training.grpo.rollout import HFRolloutEngine
+from training.grpo.rollout import HFRolloutEngine, SamplingSettings
 from training.grpo.trainer import GRPOTrainer
 from training.mm_batch import VIDEO_TOKEN_TYPE, base_model, rope_positions
 from training.model_io import load_model
 from training.model_loading import meta_model
-from training.sequence_parallel.lockstep import LockstepRolloutEngine, reshard
+from training.sequence_parallel.lockstep import LockstepRolloutEngine, all_max, reshard
 from training.sequence_parallel.mesh import (
     ParallelConfig,
     build_log_prob_model,
@@ -287,10 +288,51 @@ class ParallelGRPOTrainer(GRPOTrainer):
     def collect_groups(self, step, timer):
         """The step's groups, cut to the smallest count of any replica (dynamic sampling can keep
         fewer): every rank must run the same number of sharded forward passes."""
-        groups, extra = super().collect_groups(step, timer)
+        if self.cfg.algorithm.dynamic_sampling and self.replica is None:
+            groups, extra = self._lockstep_rounds(step, timer)
+        else:
+            groups, extra = super().collect_groups(step, timer)
         n = torch.tensor([len(groups)])
         dist.all_reduce(n, op=dist.ReduceOp.MIN)
         return groups[: int(n)], extra
+
+    def _lockstep_rounds(self, step: int, timer) -> tuple[list, dict]:
+        """GRPOTrainer's dynamic-sampling rounds with every rank in step (the sharded rollout
+        and tower are collective): a replica that is full or at the round limit runs idle
+        rounds - nothing drawn, its round's encode and generate called with nothing of its
+        own - until an all-reduce says every replica is done. A replica's own rounds (prompts
+        drawn, seeds, groups kept) are those it runs with the unsharded replica."""
+        alg = self.cfg.algorithm
+        ds = algo.DynamicSampler(self.cfg.rollout.prompts_per_step, alg.dynamic_sampling_max_rounds)
+        self.idle_rounds = 0
+        while all_max(int(not ds.done), self.par.device):
+            if ds.done:
+                self._idle_round(timer)
+                continue
+            groups = self._one_round(step, ds.rounds, self.cfg.rollout.prompts_per_step, timer)
+            part = alg.dynamic_sampling_metric
+            ds.add(groups, [[r.reward.total if part == "total" else r.reward.parts.get(part, 0.0)
+                             for r in g] for g in groups])  # fmt: skip
+        kept = ds.take()
+        for gi, g in enumerate(kept):  # renumber groups within the step
+            for r in g:
+                r.group = gi
+        return kept, {**ds.stats(), "dynamic_sampling/idle_rounds": float(self.idle_rounds)}
+
+    def _idle_round(self, timer) -> None:
+        """One round's collectives with nothing of this replica's (every SP rank of it idles
+        together, so the SP-group gathers of the reward split are skipped alike)."""
+        r = self.cfg.rollout
+        with timer("encode"):
+            self.embedder.flush()
+            if self.ref_embedder is not None:
+                self.ref_embedder.flush()
+        with timer("rollout"):
+            sampling = SamplingSettings(
+                r.group_size, r.max_new_tokens, r.temperature, r.top_p, seed=0
+            )
+            self.engine.generate([], sampling)
+        self.idle_rounds += 1
 
     def _reduce_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
         st = self.par

@@ -50,9 +50,8 @@ class ParallelConfig:
     )
     kv_block: int = 1024  # kv_gather layout: keys per attention tile
     # GRPO: sample (hf engine) and encode videos on an unsharded per-rank copy of the policy
-    # (true), or through the sharded policy in lockstep (false: no copy, lockstep.py); unset:
-    # the sharded path wherever it is exact (not with offline embeddings or dynamic sampling
-    # over data-parallel replicas, whose rounds differ by replica: there the copy)
+    # (true), or through the sharded policy in lockstep (false or unset: no copy, lockstep.py;
+    # offline embeddings and dynamic sampling over data-parallel replicas included)
     rollout_replica: bool | None = None
 
 
