@@ -255,9 +255,16 @@ def test_offline_cache_without_a_replica_equals_the_replica(long_task, tmp_path)
         )
     assert "was built with another vision tower" in errors[True][0]
     assert errors[None] == errors[True]  # the same fingerprints, the same message on every rank
-    cfg = load_config(
-        GRPOConfig, None, [*over, f"video.embed_cache={tmp_path / 'cache'}"], values=REWARD
-    )
+    good = [*over, f"video.embed_cache={tmp_path / 'cache'}"]
+    # bf16 compute: the replica is a bf16 copy; the fingerprint is the fp32 shards' on both
+    # paths, so the cache is accepted (the replica's own bytes refused it before)
+    for replica in (True, None):
+        cfg = load_config(GRPOConfig, None, [*good, "precision=bf16"], values=REWARD)
+        par = ParallelConfig(rollout_replica=replica)
+        assert run_local_group(
+            _build_error, 2, cfg, par, model, data, tmp_path / f"b{replica}"
+        ) == ["", ""]
+    cfg = load_config(GRPOConfig, None, good, values=REWARD)
     runs = {}
     for replica in (True, None):
         par = ParallelConfig(rollout_replica=replica)

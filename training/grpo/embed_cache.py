@@ -69,10 +69,17 @@ def vision_fingerprint(model) -> str:
 
 class EmbeddingCache:
     """Reads a cache built for this exact vision tower, sampling and pixel layout. `model` is
-    the Hugging Face model, unsharded or FSDP2-sharded (then built on every rank in step)."""
+    the Hugging Face model, unsharded or FSDP2-sharded (then built on every rank in step);
+    `fingerprint`, when given, is the tower's taken elsewhere (a dp x sp job: from the fp32
+    shards, also when `model` is a bf16 rollout replica, whose own bytes would not match)."""
 
     def __init__(
-        self, folder: str | Path, model, sampling: VideoSampling, spec: VisionSpec
+        self,
+        folder: str | Path,
+        model,
+        sampling: VideoSampling,
+        spec: VisionSpec,
+        fingerprint: str | None = None,
     ) -> None:
         self.folder = Path(folder)
         index_path = self.folder / "index.json"
@@ -86,7 +93,7 @@ class EmbeddingCache:
             raise EmbedCacheError(
                 f"{index_path}: format {self.index.get('format')!r} is not {FORMAT}"
             )
-        fp = vision_fingerprint(model)
+        fp = fingerprint or vision_fingerprint(model)
         if self.index["vision_fingerprint"] != fp:
             raise EmbedCacheError(
                 f"{self.folder} was built with another vision tower "

@@ -186,12 +186,14 @@ class ParallelGRPOTrainer(GRPOTrainer):
         v = self.cfg.video
         offline = None
         if v.embeddings == "offline":
-            from training.grpo.embed_cache import EmbeddingCache
+            from training.grpo.embed_cache import EmbeddingCache, vision_fingerprint
 
-            # The cache's tower fingerprint: over the replica, or over the sharded policy's
-            # tower streamed one full tensor at a time (every rank in step): the same value.
+            # The cache's tower fingerprint, over the sharded policy's fp32 tower streamed one
+            # full tensor at a time (every rank in step): `embed-cache build`'s value. Not over
+            # the replica: under bf16 compute it is a bf16 copy, and refused every fp32 cache.
+            fp = vision_fingerprint(self.model.model)
             hf = self.replica if self.replica is not None else self.model.model
-            offline = EmbeddingCache(v.embed_cache, hf, v.sampling, spec)
+            offline = EmbeddingCache(v.embed_cache, hf, v.sampling, spec, fingerprint=fp)
         self.embedder = self.make_embedder(self.rollout_model, spec, offline)
         self.ref_embedder = None
         if self.ref is not None and not v.freeze_vision:
