@@ -115,18 +115,6 @@ def load_decoded(record: QARecord, sampling: VideoSampling, spec: VisionSpec) ->
     return load_video_frames(record.video_path, sampling, spec, record.clip_start_s, end)
 
 
-def vision_fingerprint(model) -> str:
-    """sha256 over the vision tower's parameters (names, shapes, bytes)."""
-    from training.mm_batch import base_model
-
-    h = hashlib.sha256()
-    for name, p in sorted(base_model(model).visual.state_dict().items()):
-        t = p.detach().to("cpu").contiguous()
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
 class VideoEmbedder:
     def __init__(self, model, mode: str, sampling: VideoSampling, spec: VisionSpec,
                  trainable_vision: bool, store_mb: int = 2048, offline=None,
