@@ -102,6 +102,8 @@ def run_local(
                                      "starting one (credentials from MLFLOW_TRACKING_USERNAME/PASSWORD)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Print every task's full output (kfp.local's log) "
                                  "on the console too; by default it goes to OUT/pipeline.log and OUT/logs/TASK.log."),
+    arch: str = typer.Option(None, "--arch", help="Model family of the demo's tiny model (qwen2_5_vl, the default; "
+                             "qwen2_vl, qwen3_vl, qwen3_vl_moe): short for --param base_model=<demo model>:ARCH."),
 ) -> None:
     """Run the whole pipeline on this machine with kfp.local (subprocess runner), a local MLflow
     server and a tiny random Qwen2.5-VL on synthetic videos; prints the MLflow UI command, the
@@ -109,5 +111,25 @@ def run_local(
     task; a failed task's last log lines and its log file; -v shows everything."""
     from pipelines.run_local import run_local as do_run
 
-    code = do_run(out, param or [], keep_server=keep_server, tracking_uri=tracking_uri, verbose=verbose)
+    params = list(param or [])
+    if arch:
+        params.insert(0, f"base_model={demo_model_of_arch(arch, params)}")
+    code = do_run(out, params, keep_server=keep_server, tracking_uri=tracking_uri, verbose=verbose)
     raise typer.Exit(code)
+
+
+def demo_model_of_arch(arch: str, params: list[str]) -> str:
+    """`--arch A`: the demo's tiny model (its preset and seed) in family A, checked now so a typo
+    is one line before anything starts; refused beside an explicit base_model."""
+    from components.launch import StepError, tiny_model_spec
+    from pipelines.run_local import DEMO_PARAMS
+
+    if any(p.split("=", 1)[0].strip() == "base_model" for p in params):
+        fail("--arch: give --arch or --param base_model=..., not both", 2)
+    base = str(DEMO_PARAMS["base_model"])
+    model = ":".join([*base.split(":")[:2], arch]) if ":" in base else f"{base}:0:{arch}"
+    try:
+        tiny_model_spec(model)
+    except StepError as err:
+        fail(f"--arch {arch}: {err}", 2)
+    return model

@@ -75,3 +75,37 @@ def test_first_stages_with_a_qwen3_vl_base_model(tmp_path, monkeypatch):
         if line.strip()
     ]
     assert max(s.get("step", 0) for s in steps) == 2
+
+
+def test_run_local_arch_flag_picks_the_demo_model_in_that_family(tmp_path, monkeypatch):
+    """`longrl pipeline run-local --arch qwen3_vl` is the demo with its tiny model (preset and
+    seed) in that family; a bad or text-only arch, or --arch beside --param base_model, is one
+    line before anything starts (nothing is written to --out)."""
+    from typer.testing import CliRunner
+
+    import pipelines.run_local
+    from pipelines.cli import app
+
+    seen = {}
+
+    def record(out, params, **kwargs):  # the run itself is tested in test_first_stages_... above
+        seen["params"] = params
+        return 0
+
+    monkeypatch.setattr(pipelines.run_local, "run_local", record)
+    cli = CliRunner()
+    demo = pipelines.run_local.DEMO_PARAMS["base_model"]
+    preset_and_seed = ":".join(demo.split(":")[:2])
+    res = cli.invoke(app, ["pipeline", "run-local", "--out", str(tmp_path / "o"), "--arch", "qwen3_vl",
+                           "--param", "eval_limit=4"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert seen["params"] == [f"base_model={preset_and_seed}:qwen3_vl", "eval_limit=4"]
+    assert tiny_model_spec(seen["params"][0].split("=", 1)[1]) == (int(demo.split(":")[1]), "qwen3_vl")
+    seen.clear()
+    for argv, msg in ((["--arch", "qwen9"], "unknown arch 'qwen9'"),
+                      (["--arch", "qwen3"], "text-only family"),
+                      (["--arch", "qwen3_vl", "--param", "base_model=/m"], "give --arch or --param base_model")):  # fmt: skip
+        res = cli.invoke(app, ["pipeline", "run-local", "--out", str(tmp_path / "o"), *argv])
+        assert res.exit_code == 2 and msg in res.output and not seen, (argv, res.output)
+        assert len(res.output.strip().splitlines()) == 1, res.output
+    assert not (tmp_path / "o").exists()
