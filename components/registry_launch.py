@@ -130,6 +130,8 @@ def register_candidate(model_dir: Path, comparison_dir: Path, data_dir: Path, mo
                                           evaluated_champion=evaluated,
                                           settings_digest=comparison.get("settings_digest"))  # fmt: skip
             promoted, reason = d.promote, d.reason
+            if base_gain_text(comparison, gate_metric) != "n/a":
+                reason = f"beats the base model ({base_gain_text(comparison, gate_metric)}); {reason}"
         else:
             promoted, reason = False, "auto_promote is off (promote by hand: longrl registry promote)"
             registry.record_decision(model_name, mv.version, {"decision": "rejected", "reason": reason,

@@ -69,7 +69,7 @@ def test_demo_params_are_the_measured_recipe_on_a_held_out_benchmark():
     grpo |= dict(o.split("=") for o in p["grpo_overrides"] if o.startswith("rollout.temperature"))
     assert {k: float(v) for k, v in grpo.items()} == {k: float(v) for k, v in
                                                       (o.split("=") for o in bench.GRPO_RECIPE)}  # fmt: skip
-    assert (p["grpo_max_steps"], p["grpo_group_size"]) == (30, 6) and "rollout.prompts_per_step=8" in p["grpo_overrides"]
+    assert (p["grpo_max_steps"], p["grpo_group_size"]) == (60, 6) and "rollout.prompts_per_step=8" in p["grpo_overrides"]
 
 
 def test_seen_videos_leave_the_benchmark(tmp_path):
