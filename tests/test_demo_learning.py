@@ -158,3 +158,58 @@ def test_gate_holds_the_candidate_against_the_base_model(tmp_path):
     assert base_gate(small, "synth/score", 0.0, max_p=0.05) == (
         "synth/score gain over the base model (0.0625 vs 0) is not significant: p = 1 >= 0.05")
     assert base_gate(small, "other/score", 0.0, max_p=0.05) == ""  # nothing to hold it against
+
+
+def test_only_the_sft_then_grpo_branch_evaluates_the_sft_model():
+    from google.protobuf.json_format import MessageToDict
+
+    from pipelines.long_video_reasoning import build_pipeline
+
+    spec = MessageToDict(build_pipeline().pipeline_spec)
+    evals = {task: sorted(t.get("inputs", {}).get("artifacts", {})) for c in spec["components"].values()
+             for task, t in c.get("dag", {}).get("tasks", {}).items() if task.startswith("evaluate-models")}  # fmt: skip
+    assert sorted(evals.values()) == [["base", "candidate", "data"]] * 2 + [["base", "candidate", "data", "sft"]]
+    # Every evaluation reads prepare-benchmark's output, not the training dataset.
+    # (inside the condition branches, as the channel of prepare-benchmark's output)
+    data_from = {t["inputs"]["artifacts"]["data"].get("componentInputArtifact")
+                 for c in spec["components"].values() for task, t in c.get("dag", {}).get("tasks", {}).items()
+                 if task.startswith("evaluate-models")}  # fmt: skip
+    assert data_from == {"pipelinechannel--prepare-benchmark-benchmark"}
+
+
+class _Artifact:
+    def __init__(self, path: Path) -> None:
+        self.path, self.metadata = str(path), {}
+
+
+def test_prepare_benchmark_renders_held_out_videos(tmp_path):
+    """The component's own function: `longrl synth` with the benchmark seed, training videos'
+    digests left out, metadata naming both seeds; seed 0 = 0 refused before anything is written."""
+    from components.launch import write_ref
+    from components.ops_data import prepare_benchmark
+    from data_gen.synth import generate
+
+    sets = DEMO_PARAMS["synth_overrides"]
+    train = tmp_path / "train"
+    generate(_synth_config(sets, videos=2, minutes=0.1, fps=4.0, seed=3), train, progress=False)
+    videos, dataset = _Artifact(tmp_path / "videos"), _Artifact(tmp_path / "dataset")
+    write_ref(videos.path, train)
+    write_ref(dataset.path, tmp_path)
+    args = dict(source="synth", videos=videos, dataset=dataset, synth_minutes=0.1, synth_fps=4.0,
+                synth_overrides=sets, runs_root="")  # fmt: skip
+    bench = _Artifact(tmp_path / "bench")
+    prepare_benchmark.python_func(eval_synth_videos=2, eval_synth_seed=4, synth_seed=3, benchmark=bench, **args)
+    assert bench.metadata["seed"] == 4 and bench.metadata["training_seed"] == 3
+    assert bench.metadata["videos"] == 2 - len(bench.metadata["dropped_videos"])
+    assert bench.metadata["questions"] == 4 * bench.metadata["videos"]
+    assert json.loads((Path(bench.path) / "manifest.json").read_text())["config"]["seed"] == 4
+    # The training seed itself: every video would be a training video.
+    same = _Artifact(tmp_path / "same")
+    with pytest.raises(StepError, match="eval_synth_seed 3 equals synth_seed"):
+        prepare_benchmark.python_func(eval_synth_videos=2, eval_synth_seed=3, synth_seed=3, benchmark=same, **args)
+    # eval_synth_videos=0: the evaluation reads the dataset, as before.
+    plain = _Artifact(tmp_path / "plain")
+    prepare_benchmark.python_func(eval_synth_videos=0, eval_synth_seed=4, synth_seed=3, benchmark=plain, **args)
+    from components.launch import resolve
+
+    assert resolve(plain.path) == tmp_path.resolve() and plain.metadata == {"benchmark": "dataset"}
