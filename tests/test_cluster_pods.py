@@ -35,7 +35,7 @@ def _all_tasks(spec: dict) -> dict[str, dict]:
 
 def test_every_executor_pod_is_admitted_by_restricted(docs):
     executors = docs[0]["deploymentSpec"]["executors"]
-    assert len(executors) == 20  # one per task (the three eval/register branches have their own)
+    assert len(executors) == 21  # one per task (the three eval/register branches have their own)
     for name in executors:
         pod = kfp_executor_pod(docs[0], docs[1], name)
         validate_k8s(pod)
@@ -98,7 +98,7 @@ def test_secrets_reach_only_the_steps_that_use_them(docs):
         assert ("OPENAI_API_KEY" in envs) == (name in ("exec-build-data", "exec-build-data-shard", "exec-evaluate-models", "exec-evaluate-models-2",
                                                       "exec-evaluate-models-3", "exec-sft", "exec-grpo", "exec-grpo-2")), name
         if name not in ("exec-prepare-videos", "exec-prepare-model", "exec-train-step-gpus", "exec-video-fingerprint",
-                        "exec-data-shard-indices"):
+                        "exec-data-shard-indices", "exec-prepare-benchmark"):  # no MLflow call in these
             assert "MLFLOW_TRACKING_PASSWORD" in envs, name
 
 
