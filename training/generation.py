@@ -24,7 +24,7 @@ Three things keep it cheap:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -125,11 +125,17 @@ def _step_masks(lm, state: Prefilled, total: int, dtype: torch.dtype):
 @torch.no_grad()
 def decode(model, state: Prefilled, stop_ids: Sequence[int], pad_id: int, max_new_tokens: int,
            temperature: float = 1.0, top_p: float = 1.0, greedy: bool = False,
-           generator: torch.Generator | None = None, sync_every: int | None = None
+           generator: torch.Generator | None = None, sync_every: int | None = None,
+           done: torch.Tensor | None = None, keep_going: Callable[[bool], bool] | None = None
            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sample from a prefilled state. Returns device tensors: tokens [B, T] (pad after the end),
     log-probs [B, T] (0 after the end), lengths [B] and done [B]. Nothing is read back to the
-    host except `done.all()` every `sync_every` steps."""
+    host except `done.all()` every `sync_every` steps.
+
+    `done`: rows finished from the start (dummy rows). `keep_going(any row alive)`: the stop
+    decided with other processes (sequence_parallel.lockstep: an all-reduce, every step); once
+    all of this process's rows are done it keeps stepping the model on pad tokens and samples
+    nothing, so its generator draws are exactly those of a decode that stopped there."""
     hidden = state.hidden
     device = hidden.device
     if sync_every is None:
@@ -142,30 +148,39 @@ def decode(model, state: Prefilled, stop_ids: Sequence[int], pad_id: int, max_ne
     pad = torch.full((B,), pad_id, dtype=torch.long, device=device)
     tokens = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)
     logps = torch.zeros((B, max_new_tokens), dtype=torch.float32, device=device)
-    done = torch.zeros(B, dtype=torch.bool, device=device)
+    done = torch.zeros(B, dtype=torch.bool, device=device) if done is None else done.clone()
     lengths = torch.zeros(B, dtype=torch.long, device=device)
     next_pos = state.next_pos
     lm_head = model.get_output_embeddings()
     steps = 0
+    mine_alive = keep_going is None or not bool(done.all())
     for t in range(max_new_tokens):
-        logits = lm_head(hidden).float()
-        if greedy:
-            choice = logits.argmax(-1)
-            logp = F.log_softmax(logits, -1)
-        else:
-            scaled = logits / temperature
-            logp = F.log_softmax(scaled, -1)
-            probs = _top_p_filter(scaled, top_p).softmax(-1)
-            choice = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-        alive = ~done
-        tokens[:, t] = torch.where(alive, choice, pad)
-        logps[:, t] = torch.where(alive, logp.gather(-1, choice[:, None]).squeeze(-1), 0.0)
-        lengths += alive.long()
-        done = done | torch.isin(choice, stop)
-        steps = t + 1
-        if t + 1 == max_new_tokens or ((t + 1) % max(1, sync_every) == 0 and bool(done.all())):
+        if mine_alive:
+            logits = lm_head(hidden).float()
+            if greedy:
+                choice = logits.argmax(-1)
+                logp = F.log_softmax(logits, -1)
+            else:
+                scaled = logits / temperature
+                logp = F.log_softmax(scaled, -1)
+                probs = _top_p_filter(scaled, top_p).softmax(-1)
+                choice = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+            alive = ~done
+            tokens[:, t] = torch.where(alive, choice, pad)
+            logps[:, t] = torch.where(alive, logp.gather(-1, choice[:, None]).squeeze(-1), 0.0)
+            lengths += alive.long()
+            done = done | torch.isin(choice, stop)
+            steps = t + 1
+            if keep_going is not None:
+                mine_alive = not bool(done.all())
+        if t + 1 == max_new_tokens:
             break
-        step_ids = torch.where(done, pad, choice)
+        if keep_going is None:
+            if (t + 1) % max(1, sync_every) == 0 and bool(done.all()):
+                break
+        elif not keep_going(mine_alive):
+            break
+        step_ids = torch.where(done, pad, tokens[:, t])  # = this step's choice on the rows alive
         pos = next_pos.view(1, B, 1).expand(3, B, 1)
         out = lm(inputs_embeds=embed(step_ids[:, None]), attention_mask=step_mask(L + t + 1), position_ids=pos,
                  past_key_values=state.cache, use_cache=True)

@@ -20,13 +20,12 @@ unsharded for the duration of `LogProbModel.run_unsharded`, a registered FSDP fo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
-from training.generation import Prefilled, _step_masks, _top_p_filter, prefill, to_lists
+from training.generation import decode, prefill, to_lists
 from training.grpo.rollout import Response, RolloutPrompt, SamplingSettings
 from training.mm_batch import base_model, collate
 from training.prompts import EncodedExample
@@ -47,64 +46,6 @@ def reshard(lpm) -> None:
     list taken then (the update's gradient-norm clipping) would miss the root's gradients."""
     if hasattr(lpm, "reshard"):
         lpm.reshard()
-
-
-@torch.no_grad()
-def lockstep_decode(
-    model,
-    state: Prefilled,
-    stop_ids: Sequence[int],
-    pad_id: int,
-    max_new_tokens: int,
-    temperature: float,
-    top_p: float,
-    generator: torch.Generator | None,
-    done: torch.Tensor,
-    keep_going: Callable[[bool], bool],
-):
-    """training.generation.decode with the stop decided by `keep_going(any row of mine alive)`
-    (an all-reduce): once this rank's rows are done it feeds pad tokens and samples nothing."""
-    hidden = state.hidden
-    device = hidden.device
-    B, L = state.attention_mask.shape
-    lm = base_model(model).language_model
-    embed = base_model(model).get_input_embeddings()
-    step_mask = _step_masks(lm, state, L + max_new_tokens, embed.weight.dtype)
-    stop = torch.tensor(list(stop_ids), dtype=torch.long, device=device)
-    pad = torch.full((B,), pad_id, dtype=torch.long, device=device)
-    tokens = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)
-    logps = torch.zeros((B, max_new_tokens), dtype=torch.float32, device=device)
-    lengths = torch.zeros(B, dtype=torch.long, device=device)
-    next_pos, lm_head, steps = state.next_pos, model.get_output_embeddings(), 0
-    mine_alive = not bool(done.all())
-    for t in range(max_new_tokens):
-        if mine_alive:  # exactly the one-process decode step (same generator draws)
-            scaled = lm_head(hidden).float() / temperature
-            logp = F.log_softmax(scaled, -1)
-            choice = torch.multinomial(
-                _top_p_filter(scaled, top_p).softmax(-1), 1, generator=generator
-            ).squeeze(-1)
-            alive = ~done
-            tokens[:, t] = torch.where(alive, choice, pad)
-            logps[:, t] = torch.where(alive, logp.gather(-1, choice[:, None]).squeeze(-1), 0.0)
-            lengths += alive.long()
-            done = done | torch.isin(choice, stop)
-            steps = t + 1
-            mine_alive = not bool(done.all())
-        if t + 1 == max_new_tokens or not keep_going(mine_alive):
-            break
-        step_ids = torch.where(done, pad, tokens[:, t])
-        pos = next_pos.view(1, B, 1).expand(3, B, 1)
-        out = lm(
-            inputs_embeds=embed(step_ids[:, None]),
-            attention_mask=step_mask(L + t + 1),
-            position_ids=pos,
-            past_key_values=state.cache,
-            use_cache=True,
-        )
-        hidden = out.last_hidden_state[:, -1]
-        next_pos = next_pos + 1
-    return tokens[:, :steps], logps[:, :steps], lengths, done
 
 
 def _generate_chunk(
@@ -128,7 +69,7 @@ def _generate_chunk(
         stats["idle_steps"] += int(going and not alive)  # a decode step only to stay in step
         return going
 
-    return lockstep_decode(
+    return decode(
         model,
         state,
         stop_ids,
@@ -136,9 +77,9 @@ def _generate_chunk(
         sampling.max_new_tokens,
         sampling.temperature,
         sampling.top_p,
-        generator,
-        done,
-        keep_going,
+        generator=generator,
+        done=done,
+        keep_going=keep_going,
     )
 
 
