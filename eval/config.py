@@ -11,7 +11,8 @@ from typing import Any
 from common.answers import NUMERIC_REL_TOL
 from eval import report
 from eval.engines.openai_engine import EndpointConfig
-from eval.task import TaskSpec, check_limit, get_task
+from eval.limits import check_limit
+from eval.task import TaskSpec, get_task
 from training.grpo.judge import JudgeConfig
 
 PREDICTIONS = "predictions.jsonl"
@@ -40,7 +41,7 @@ class EvalConfig:
     total_pixels: int = 0  # cap over all frames of a clip (qwen-vl-utils style); 0: off
     subtitles: bool = False  # show subtitle lines at the sampled frame times (Video-MME, LVB)
     # questions per benchmark: N (whole 4-try groups, spread over every task of a macro
-    # headline; see eval.task.limit_items), a fraction 0 < x < 1 of them, or 0: all
+    # headline; see eval.limits.limit_items), a fraction 0 < x < 1 of them, or 0: all
     limit: float = 0
     prompt_style: str = "auto"  # benchmark | reasoning | lmms (lmms-eval's text) | auto (native)
     max_new_tokens: int = 0  # 0: the task's default (REASONING_MAX_NEW_TOKENS when reasoning)

@@ -49,6 +49,7 @@ from eval.config import (  # noqa: F401 - EvalConfig and SettingsMismatch are pa
 )
 from eval.engines import Engine
 from eval.judge import NO_JUDGE, judge_metrics, judge_open_ended, judges_used  # noqa: F401
+from eval.limits import limit_items
 from eval.metrics import compute_metrics
 from eval.resume import (  # noqa: F401 - re-exported
     check_all_resumable,
@@ -57,7 +58,7 @@ from eval.resume import (  # noqa: F401 - re-exported
     prompt_settings,
 )
 from eval.store import PredictionStore
-from eval.task import get_task, limit_items
+from eval.task import get_task
 
 
 def evaluate_benchmark(

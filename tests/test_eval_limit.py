@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from eval.task import get_task, limit_items
+from eval.limits import limit_items
+from eval.task import get_task
 from pipelines.cli import app
 
 FAST = ["--set", "min_pixels=784", "--set", "max_pixels=3136", "--set", "max_new_tokens=4",
